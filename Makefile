@@ -1,0 +1,30 @@
+# Two entry points (README): `make demo` and `make test`. Everything else is a helper.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test test-slow venv clean
+
+$(STAMP): requirements.txt setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e . || $(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+venv: $(STAMP)
+
+# The main job on the embedded demo data: build, train, evaluate, export, predict.
+demo: $(STAMP)
+	$(PY) -m tfrecords_builder --source=demo --output_dir=data/tfrecords/demo --workers=2 --noprogress
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+# Real-data and long runs (opt-in; need ../shared/reference).
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+clean:
+	rm -rf data runs saved_models/demo

@@ -1,0 +1,52 @@
+"""Generators of small fake inputs for tests (never used for accuracy claims)."""
+
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+
+DATABASES = ("casme2", "samm", "smic")
+
+
+def make_megc_layout(root, subjects_per_db: int = 2, clips_per_subject: int = 3, seed: int = 0) -> list[dict]:
+    """Write a tiny folder in the layout of shared/reference/megc2019; returns the rows."""
+    rng = np.random.default_rng(seed)
+    for d in ("apex_faces", "flow_uvs", "flow_phases"):
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+    rows = []
+    for db in DATABASES:
+        for s in range(subjects_per_db):
+            subject = f"s{s + 1:02d}"
+            for c in range(clips_per_subject):
+                clip = f"c{c + 1}"
+                sid = f"{db}-{subject}-{clip}"
+                label = (s + c) % 3
+                rows.append(dict(sample_id=sid, database=db, subject=subject, clip=clip, label=label))
+                face = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
+                cv2.imwrite(os.path.join(root, "apex_faces", sid + ".jpg"), face)
+                cv2.imwrite(os.path.join(root, "flow_uvs", sid + ".png"),
+                            rng.integers(0, 256, (28, 28, 3), dtype=np.uint8))
+                for k in range(4):
+                    cv2.imwrite(os.path.join(root, "flow_phases", f"{sid}_{k}.png"),
+                                rng.integers(0, 256, (28, 28, 3), dtype=np.uint8))
+    with open(os.path.join(root, "manifest.csv"), "w") as f:
+        f.write("sample_id,database,subject,clip,label,seed_apex_name\n")
+        for r in rows:
+            f.write(f"{r['sample_id']},{r['database']},{r['subject']},{r['clip']},{r['label']},x.jpg\n")
+    return rows
+
+
+def random_sample(seed: int = 0, steps: int = 5, with_flow_image: bool = True, **overrides):
+    from atn_tf.feature_spec import Sample
+
+    rng = np.random.default_rng(seed)
+    fields = dict(
+        sample_id=f"casme2-sub{seed:02d}-EP01", database="casme2", subject=f"sub{seed:02d}", clip="EP01",
+        label=seed % 3, apex_image=rng.integers(0, 256, (224, 224), dtype=np.uint8),
+        flow_seq=rng.normal(size=(steps, 128)).astype(np.float32),
+        flow_image=rng.integers(0, 256, (28, 28, 3), dtype=np.uint8) if with_flow_image else None,
+        onset=10, apex=20, offset=30)
+    fields.update(overrides)
+    return Sample(**fields)
