@@ -1,0 +1,96 @@
+"""The frozen experiment config: flags are parsed once into it and it is saved beside
+every model (`<model_dir>/config.json`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+CONFIG_FILE = "config.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    data_dir: str = "data/tfrecords/demo"
+    model_dir: str = "runs/demo"
+    model: str = "atn"
+    # Held-out part (never used for training): "database/subject" ids or database names.
+    test_subjects: tuple[str, ...] = ()
+    test_databases: tuple[str, ...] = ()
+    # Seed recipe (DESIGN.md §3).
+    train_steps: int = 2500
+    batch_size: int = 16                    # global, split across replicas
+    learning_rate: float = 0.01
+    lr_decay_steps: int = 500
+    lr_decay_rate: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-6
+    dropout: float = 0.5
+    # Size of the network (CPU-sized configs shrink these, never the structure).
+    image_size: int = 224
+    width: int = 64
+    lstm_units: int = 512
+    sync_batchnorm: bool = True             # replicas share BN statistics: same curve as one device
+    augment: bool = True
+    balance: bool = True                    # class-balanced sampling of the training stream
+    init_checkpoint: Optional[str] = None
+    strategy: str = "auto"
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    seed: int = 0
+    checkpoint_every: int = 250
+    log_every: int = 25
+    cpu_devices: int = 0                    # >1: split the CPU into virtual devices (tests, demos)
+
+    def __post_init__(self):
+        for name in ("train_steps", "batch_size", "image_size", "width", "lstm_units",
+                     "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.strategy not in ("auto", "default", "mirrored", "multi_worker"):
+            raise ValueError(f"unknown strategy {self.strategy!r}")
+        # Lists from JSON or flags become tuples so the config stays hashable and frozen.
+        object.__setattr__(self, "test_subjects", tuple(self.test_subjects))
+        object.__setattr__(self, "test_databases", tuple(self.test_databases))
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: str) -> "TrainConfig":
+        if os.path.isdir(path):
+            path = os.path.join(path, CONFIG_FILE)
+        try:
+            with open(path, encoding="utf-8") as f:
+                return cls.from_dict(json.load(f))
+        except (OSError, ValueError, TypeError) as e:
+            raise ValueError(f"{path}: not a valid config ({e})") from None
+
+    def save(self, model_dir: Optional[str] = None) -> str:
+        model_dir = model_dir or self.model_dir
+        os.makedirs(model_dir, exist_ok=True)
+        path = os.path.join(model_dir, CONFIG_FILE)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(self.to_json())
+        os.replace(tmp, path)
+        return path
+
+    def model_kwargs(self) -> dict:
+        return dict(image_size=self.image_size, width=self.width, lstm_units=self.lstm_units,
+                    dropout=self.dropout)

@@ -1,0 +1,38 @@
+"""`python -m atn_tf.train --flagfile experiments/hde_smic.cfg`: train one model."""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+
+from atn_tf import flags_lib
+
+flags_lib.define_config_flags()
+flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        config = flags_lib.config_from_flags()
+    except ValueError as e:
+        raise app.UsageError(str(e))
+    from atn_tf import input_pipeline, train_lib  # after flag parsing: TF start-up is slow
+
+    try:
+        r = train_lib.train(config, progress=FLAGS.progress)
+    except (input_pipeline.DataError, train_lib.TrainingDiverged, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{config.model}: step {r.final_step}/{config.train_steps}, final loss {r.final_loss:.4f}, "
+          f"{r.steps_per_second:.2f} steps/s, {r.samples_per_second:.1f} samples/s, "
+          f"{r.seconds:.1f} s -> {config.model_dir}")
+    logging.info("done")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

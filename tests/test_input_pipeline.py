@@ -1,0 +1,109 @@
+"""tf.data input: fold integrity, balance, determinism, augmentation, bad data folders."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from atn_tf import input_pipeline as ip
+from tfrecords_builder.crops_sources import Megc2019CropsSource
+from tfrecords_builder.writer import build
+from tests.fakes import make_megc_layout
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("megc")
+    make_megc_layout(root / "in", subjects_per_db=3, clips_per_subject=4)
+    build(Megc2019CropsSource(str(root / "in")), str(root / "out"), num_shards=2, progress=False)
+    return str(root / "out")
+
+
+def test_no_test_subject_reaches_training(data_dir):
+    sel = ip.Selection(test_subjects=("samm/s02", "casme2/s01"))
+    train = ip.train_dataset(data_dir, sel, batch_size=4, augment_data=False, seed=0)
+    # Identify each training example by its apex image hash; test examples must never appear.
+    test_hashes, train_hashes = set(), set()
+    for x, m in ip.eval_dataset(data_dir, sel, batch_size=4):
+        for img, db, subj in zip(x["apex_image"].numpy(), m["database"].numpy(), m["subject"].numpy()):
+            assert f"{db.decode()}/{subj.decode()}" in sel.test_subjects
+            test_hashes.add(img.tobytes())
+    for x, _ in train.take(60):
+        train_hashes.update(img.tobytes() for img in x["apex_image"].numpy())
+    assert len(test_hashes) == 8 and not test_hashes & train_hashes
+    assert len(train_hashes) == 36 - 8
+
+
+def test_hde_selection_by_database(data_dir):
+    sel = ip.Selection(test_databases=("smic",))
+    dbs = [d.decode() for _, m in ip.eval_dataset(data_dir, sel) for d in m["database"].numpy()]
+    assert dbs == ["smic"] * 12
+    train_dbs = [d.decode() for _, m in ip.eval_dataset(data_dir, sel, held_out=False) for d in m["database"].numpy()]
+    assert sorted(set(train_dbs)) == ["casme2", "samm"] and len(train_dbs) == 24
+
+
+def test_balanced_sampling(data_dir):
+    # Hold out enough to make the training labels unbalanced, then check the stream is not.
+    sel = ip.Selection(test_subjects=("casme2/s01",))
+    labels = np.concatenate([y.numpy() for _, y in ip.train_dataset(data_dir, sel, 16, seed=3).take(60)])
+    frac = np.bincount(labels, minlength=3) / len(labels)
+    assert np.all(np.abs(frac - 1 / 3) < 0.05), frac
+
+
+def test_stream_is_deterministic_when_seeded(data_dir):
+    def first(seed):
+        x, y = next(iter(ip.train_dataset(data_dir, ip.Selection(), 8, seed=seed)))
+        return x["apex_image"].numpy(), y.numpy()
+    a, b, c = first(5), first(5), first(6)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_augmentation_changes_images_and_is_a_flag(data_dir):
+    raw = next(iter(ip.train_dataset(data_dir, ip.Selection(), 16, augment_data=False, balance=False, seed=1)))
+    aug = next(iter(ip.train_dataset(data_dir, ip.Selection(), 16, augment_data=True, balance=False, seed=1)))
+    np.testing.assert_array_equal(raw[1], aug[1])                     # same examples, same order
+    changed = [not np.array_equal(a, b) for a, b in zip(raw[0]["apex_image"], aug[0]["apex_image"])]
+    assert 8 <= sum(changed) <= 16         # P(no op of three) = 1/8
+
+
+def test_mirror_is_consistent_and_an_involution():
+    rng = np.random.default_rng(0)
+    seq = np.stack([rng.uniform(-np.pi, np.pi, (3, 64)), rng.uniform(0, 2, (3, 64))], -1).reshape(3, 128)
+    seq = tf.constant(seq, tf.float32)
+    back = ip.mirror_flow_seq(ip.mirror_flow_seq(seq)).numpy()
+    np.testing.assert_allclose(np.cos(back), np.cos(seq.numpy()), atol=1e-5)
+    np.testing.assert_allclose(np.sin(back), np.sin(seq.numpy()), atol=1e-5)
+    # Rightward flow in the left-most block becomes leftward flow in the right-most block.
+    one = np.zeros((1, 8, 8, 2), np.float32)
+    one[0, 2, 0] = [0.0, 1.5]
+    m = ip.mirror_flow_seq(tf.constant(one.reshape(1, 128))).numpy().reshape(1, 8, 8, 2)
+    assert abs(abs(m[0, 2, 7, 0]) - np.pi) < 1e-5 and m[0, 2, 7, 1] == pytest.approx(1.5)
+    img = tf.constant(rng.uniform(0, 255, (28, 28, 3)), tf.float32)
+    np.testing.assert_allclose(ip.mirror_flow_image(ip.mirror_flow_image(img)), img, atol=1e-4)
+
+
+def test_rotation_keeps_centre_and_bounds():
+    img = tf.constant(np.tile(np.arange(32, dtype=np.float32), (32, 1))[..., None])
+    assert np.array_equal(ip.rotate(img, 0.0).numpy(), img.numpy())
+    r = ip.rotate(img, 5.0).numpy()
+    assert r.shape == (32, 32, 1) and r.min() >= 0 and r.max() <= 31
+    assert abs(r[16, 16, 0] - img.numpy()[16, 16, 0]) < 1.0
+
+
+def test_clear_errors_for_bad_data_dirs(tmp_path, data_dir):
+    with pytest.raises(ip.DataError, match="does not exist"):
+        ip.read_dataset_info(str(tmp_path / "nope"))
+    with pytest.raises(ip.DataError, match="dataset_info.json: missing"):
+        ip.read_dataset_info(str(tmp_path))
+    with pytest.raises(ip.DataError, match="test subject 'casme2/s99' not in the data"):
+        ip.train_dataset(data_dir, ip.Selection(test_subjects=("casme2/s99",)), 4)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    info = json.load(open(os.path.join(data_dir, "dataset_info.json")))
+    (bad / "dataset_info.json").write_text(json.dumps(info))
+    with pytest.raises(ip.DataError, match="shard listed in dataset_info.json is missing"):
+        ip.read_dataset_info(str(bad))
