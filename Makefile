@@ -16,8 +16,14 @@ $(STAMP): requirements.txt setup.cfg pyproject.toml
 venv: $(STAMP)
 
 # The main job on the embedded demo data: build, train, evaluate, export, predict.
+DEMO_CLIP := data/demo_corpus/CASME2_RAW_selected/sub01/EP01_01
+
 demo: $(STAMP)
 	$(PY) -m tfrecords_builder --source=demo --output_dir=data/tfrecords/demo --workers=2 --noprogress
+	$(PY) -m atn_tf.train --flagfile=experiments/demo.cfg --noprogress
+	$(PY) -m atn_tf.evaluate --flagfile=experiments/demo.cfg --protocol=cde --work_dir=runs/demo_cde
+	$(PY) -m atn_tf.export --model_dir=runs/demo --export_base=saved_models/demo --version=1 --overwrite
+	$(PY) -m atn_tf.predict --saved_model=saved_models/demo --clip_dir=$(DEMO_CLIP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

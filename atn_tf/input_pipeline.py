@@ -194,8 +194,12 @@ def label_counts(ds: tf.data.Dataset) -> np.ndarray:
 
 def train_dataset(data_dir: str, selection: Selection, batch_size: int, image_size: int = IMAGE_SIZE,
                   augment_data: bool = True, balance: bool = True, seed: int = 0,
-                  input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
+                  input_context: Optional[tf.distribute.InputContext] = None,
+                  skip_batches: int = 0) -> tf.data.Dataset:
     """An endless stream of (inputs, label) batches from the records not held out.
+
+    The stream is a pure function of `seed`; `skip_batches` global batches are skipped
+    (cheaply, before decoding-heavy work) so a resumed run sees what it would have seen.
 
     With an `input_context` (tf.distribute), `batch_size` is the global batch: each input
     pipeline gets its share and its own shard of the stream.
@@ -220,10 +224,15 @@ def train_dataset(data_dir: str, selection: Selection, batch_size: int, image_si
     if input_context is not None:
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
         per_replica = input_context.get_per_replica_batch_size(batch_size)
+    # Element indices key the augmentation, so skipping (resume) keeps the stream identical.
+    ds = ds.enumerate()
+    if skip_batches:
+        ds = ds.skip(skip_batches * batch_size // (input_context.num_input_pipelines if input_context else 1))
     if augment_data:
-        ds = ds.enumerate().map(
-            lambda i, xy: (augment(xy[0], tf.stack([tf.constant(seed, tf.int64), i])), xy[1]),
-            num_parallel_calls=AUTOTUNE)
+        ds = ds.map(lambda i, xy: (augment(xy[0], tf.stack([tf.constant(seed, tf.int64), i])), xy[1]),
+                    num_parallel_calls=AUTOTUNE)
+    else:
+        ds = ds.map(lambda i, xy: xy)
     ds = _padded_batch(ds, per_replica, drop_remainder=True)
     options = tf.data.Options()
     options.deterministic = True

@@ -108,13 +108,11 @@ def train(config: TrainConfig, progress: bool = True, stop_after: Optional[int] 
         optimizer.build(model.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
 
-    dataset = strategy.distribute_datasets_from_function(
-        lambda ctx: input_pipeline.train_dataset(
-            config.data_dir, selection, config.batch_size, config.image_size,
-            augment_data=config.augment, balance=config.balance, seed=config.seed, input_context=ctx))
-    iterator = iter(dataset)
-
-    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, iterator=iterator)
+    # Keras seed generators (dropout masks) are not tracked by tf.train.Checkpoint; without
+    # them a resumed run would draw other masks than an uninterrupted one.
+    # Listed in layer order: their names carry process-global counters.
+    rng_states = [v.value for v in model.non_trainable_variables if "seed_generator" in v.path]
+    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, rng=rng_states)
     ckpt_dir = os.path.join(config.model_dir, CHECKPOINT_DIR)
     if not chief:   # every worker takes part in saving; only the chief's copy is kept
         ckpt_dir = tempfile.mkdtemp(prefix="atn_worker_ckpt_")
@@ -125,6 +123,15 @@ def train(config: TrainConfig, progress: bool = True, stop_after: Optional[int] 
     elif config.init_checkpoint:
         _load_init_checkpoint(model, config.init_checkpoint)
     resumed_from = int(step.numpy())
+
+    # The data stream is a pure function of the seed, so resuming skips what was consumed
+    # (distributed iterators cannot be checkpointed under every strategy).
+    dataset = strategy.distribute_datasets_from_function(
+        lambda ctx: input_pipeline.train_dataset(
+            config.data_dir, selection, config.batch_size, config.image_size,
+            augment_data=config.augment, balance=config.balance, seed=config.seed, input_context=ctx,
+            skip_batches=resumed_from))
+    iterator = iter(dataset)
 
     per_example_loss = keras.losses.SparseCategoricalCrossentropy(
         from_logits=True, reduction=None)
@@ -159,7 +166,7 @@ def train(config: TrainConfig, progress: bool = True, stop_after: Optional[int] 
         bar = tqdm(total=config.train_steps, initial=resumed_from, unit="step", desc=config.model,
                    dynamic_ncols=True)
     losses, win_loss, win_labels, win_preds = [], [], [], []
-    t_loop = time.time()
+    t_loop, timed_from = time.time(), resumed_from   # throughput excludes the first (tracing) step
     current = resumed_from
     try:
         while current < end:
@@ -170,6 +177,8 @@ def train(config: TrainConfig, progress: bool = True, stop_after: Optional[int] 
                 raise TrainingDiverged(
                     f"loss became {loss} at step {current}; stopped. The last good checkpoint is kept: "
                     f"{manager.latest_checkpoint or 'none yet'} (try a lower --learning_rate)")
+            if current == resumed_from + 1:
+                t_loop, timed_from = time.time(), current
             losses.append((current, loss))
             win_loss.append(loss)
             win_labels.append(labels.numpy())
@@ -197,7 +206,7 @@ def train(config: TrainConfig, progress: bool = True, stop_after: Optional[int] 
             shutil.rmtree(ckpt_dir, ignore_errors=True)
 
     seconds = time.time() - t_loop
-    steps_run = current - resumed_from
+    steps_run = current - timed_from
     result = TrainResult(model=model, final_step=current, final_loss=losses[-1][1] if losses else float("nan"),
                          losses=losses, seconds=time.time() - t_start,
                          steps_per_second=steps_run / seconds if seconds > 0 else 0.0,

@@ -1,0 +1,79 @@
+"""`python -m atn_tf.evaluate --flagfile experiments/cde_cpu.cfg --protocol=cde --work_dir=...`
+
+Trains one model per fold, predicts each held-out fold, pools the predictions and writes
+report.json, report.md and confusion.png. `--compare dir_a dir_b ...` prints a table of
+finished experiments instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+
+from absl import app, flags
+
+from atn_tf import flags_lib
+
+flags_lib.define_config_flags()
+flags.DEFINE_enum("protocol", "cde", ["cde", "hde"], "cde: leave one subject out; hde: leave one database out.")
+flags.DEFINE_string("work_dir", None, "Where fold predictions and the report go (default runs/<protocol>_<model>).")
+flags.DEFINE_list("folds", [], "Only these folds (e.g. smic or casme2/sub01); all by default.")
+flags.DEFINE_boolean("resume", True, "Reuse the stored predictions of finished folds.")
+flags.DEFINE_string("experiment", None, "Name in reports (default: the flagfile's name).")
+flags.DEFINE_boolean("keep_models", False, "Keep each fold's checkpoints (the final model.keras is always kept).")
+flags.DEFINE_boolean("compare", False, "Compare the finished work dirs given as arguments.")
+flags.DEFINE_string("compare_output", None, "Also write the comparison table (markdown) here.")
+flags.DEFINE_boolean("progress", False, "Per-fold training progress bars.")
+FLAGS = flags.FLAGS
+
+
+def _experiment_name() -> str:
+    if FLAGS.experiment:
+        return FLAGS.experiment
+    for i, a in enumerate(sys.argv):
+        path = a.split("=", 1)[1] if a.startswith("--flagfile=") else (
+            sys.argv[i + 1] if a == "--flagfile" and i + 1 < len(sys.argv) else None)
+        if path:
+            return os.path.splitext(os.path.basename(path))[0]
+    return FLAGS.model
+
+
+def main(argv):
+    from atn_tf import reports
+
+    if FLAGS.compare:
+        if len(argv) < 2:
+            raise app.UsageError("--compare needs one or more work dirs")
+        try:
+            loaded = [(os.path.basename(os.path.normpath(d)), reports.load_report(d)) for d in argv[1:]]
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        table = reports.compare_table(loaded)
+        print(table)
+        if FLAGS.compare_output:
+            with open(FLAGS.compare_output, "w", encoding="utf-8") as f:
+                f.write(table)
+        return 0
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = flags_lib.config_from_flags()
+    work_dir = FLAGS.work_dir or os.path.join("runs", f"{FLAGS.protocol}_{_experiment_name()}")
+    from atn_tf import evaluate_lib, input_pipeline, train_lib
+
+    command = "python -m atn_tf.evaluate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    try:
+        report = evaluate_lib.evaluate(config, FLAGS.protocol, work_dir, folds=FLAGS.folds, resume=FLAGS.resume,
+                                       experiment=_experiment_name(), command=command,
+                                       keep_models=FLAGS.keep_models, progress=FLAGS.progress)
+    except (input_pipeline.DataError, train_lib.TrainingDiverged, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(reports.markdown(report))
+    print(f"report: {os.path.join(work_dir, 'report.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,161 @@
+"""The three branches of the ATN family, as functions on symbolic Keras tensors.
+
+* `apex_branch`: the pre-activation ResNet of the seed's `train.prototxt` (optionally with a
+  micro-attention unit in each block: MicroAttentionNet).
+* `time_branch`: two stacked LSTMs over the right-padded flow sequence, masked by its length,
+  mean over the real steps only.
+* `flow_branch`: our own shallow CNN on the 28x28x3 onset->apex flow image (STSTNet-like).
+
+Each branch ends in an L2-normalised embedding. Layer names follow the Caffe layer names
+where there is one (`data_bn`, `conv1`, `block2_conv_expand`, `last_bn`, `lstm1`, ...).
+
+Faithfulness notes (seed -> here):
+* Caffe `BatchNorm` + `Scale(bias_term)` -> one `BatchNormalization(center, scale)`;
+  epsilon 1e-5 as Caffe, momentum 0.99 (Caffe's moving-average fraction is 0.999; with the
+  seed's 2,500 steps 0.99 settles its statistics sooner).
+* Caffe pads symmetrically (`pad: 3` for the 7x7/2 stem, `pad: 1` for the 3x3/2 convs); a
+  Keras `"same"` stride-2 conv on an even input pads bottom/right only and would shift the
+  3x3/2 branch one pixel against the 1x1/2 projection shortcut, so stride-2 convs use an
+  explicit `ZeroPadding2D` + `"valid"`. Caffe's ceil-mode 3x3/2 max-pool equals Keras
+  `"same"` max-pooling on even sizes (all sizes used here).
+* Convs use MSRA (He normal) init as the seed (the stem fan-out, the others fan-in). The LSTMs
+  keep Keras' initialisers (Glorot / orthogonal / forget-bias 1) instead of Caffe's
+  N(0, 0.1), since training here starts from scratch.
+* Micro-attention: the seed's `1x1 conv -> 1` is frozen (`lr_mult: 0`) with every weight
+  1/C, i.e. a channel mean; it is a non-trainable `Conv2D` initialised the same way. The
+  "conv1 out" it concatenates is the activated one (Caffe's BN/Scale/ReLU were in place),
+  and in the last block the trunk is taken after `last_bn`/`last_relu` (also in place),
+  exactly as the prototxt wires it.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from atn_tf.models.layers import AttentionGate, L2Normalize, MaskedMean, SequenceMask
+
+BN_EPSILON = 1e-5
+BN_MOMENTUM = 0.99
+
+
+def stage_channels(width: int) -> tuple[int, int, int, int]:
+    """Channels of the 4 stages: width x (1, 2, 4, 8) (64 -> 64, 128, 256, 512)."""
+    return tuple(width * m for m in (1, 2, 4, 8))
+
+
+def apex_embedding_dim(width: int) -> int:
+    return stage_channels(width)[-1]
+
+
+def flow_embedding_dim(width: int) -> int:
+    return 2 * width
+
+
+def _bn(x, name):
+    return keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)(x)
+
+
+def _relu(x, name):
+    return keras.layers.ReLU(name=name)(x)
+
+
+def _conv(x, filters, kernel, stride, name, *, use_bias=False, initializer="he_normal"):
+    """Conv with Caffe's symmetric padding (kernel // 2)."""
+    pad = kernel // 2
+    if stride == 1 or pad == 0:
+        padding = "same"
+    else:
+        x = keras.layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
+        padding = "valid"
+    return keras.layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=use_bias,
+                               kernel_initializer=initializer, name=name)(x)
+
+
+def micro_attention_unit(trunk, shortcut, conv1_out, conv2_out, name):
+    """`trunk * (1 + sigmoid(mean_c(conv1x1_C(concat[shortcut, conv1_out, conv2_out]))))`.
+
+    The channel mean is the seed's frozen `1x1 conv -> 1` with weights 1/C (see module doc).
+    """
+    channels = trunk.shape[-1]
+    x = keras.layers.Concatenate(axis=-1, name=f"{name}_concat")([shortcut, conv1_out, conv2_out])
+    x = keras.layers.Conv2D(channels, 1, use_bias=False, kernel_initializer="he_normal",
+                            name=f"{name}_1x1")(x)
+    x = keras.layers.Conv2D(1, 1, use_bias=False, trainable=False,
+                            kernel_initializer=keras.initializers.Constant(1.0 / channels),
+                            name=f"{name}_1x1_one")(x)
+    mask = keras.layers.Activation("sigmoid", name=f"{name}_sigmoid")(x)
+    return AttentionGate(name=f"{name}_gate")([trunk, mask])
+
+
+def preact_block(x, filters, stride, name, *, first=False, attention=False, last=False):
+    """One pre-activation basic block (Caffe `layer_<C>_1_*`).
+
+    `first`: the input is already BN-ReLU'd by the stem, so no pre-activation and an
+    identity shortcut. Otherwise BN-ReLU, then a 1x1/stride projection of the activated
+    input as shortcut. With `attention` a micro-attention unit gates the block output; for
+    the `last` block the final BN-ReLU comes before the gate (as in the seed).
+    """
+    if first:
+        preact = x
+        shortcut = x
+    else:
+        preact = _relu(_bn(x, f"{name}_bn1"), f"{name}_relu1")
+        shortcut = _conv(preact, filters, 1, stride, f"{name}_conv_expand")
+    h1 = _conv(preact, filters, 3, stride, f"{name}_conv1")
+    h1 = _relu(_bn(h1, f"{name}_bn2"), f"{name}_relu2")
+    h2 = _conv(h1, filters, 3, 1, f"{name}_conv2")
+    out = keras.layers.Add(name=f"{name}_sum")([h2, shortcut])
+    if attention:
+        if last:
+            out = _relu(_bn(out, "last_bn"), "last_relu")
+        out = micro_attention_unit(out, shortcut, h1, h2, f"{name}_attention")
+    return out
+
+
+def apex_branch(image, width: int = 64, attention: bool = False):
+    """Gray apex image (raw 0..255) -> L2-normalised embedding of `8 * width` dims."""
+    x = _bn(image, "data_bn")  # BatchNorm + learned scale/shift: the input normalisation
+    x = _conv(x, width, 7, 2, "conv1", use_bias=True,
+              initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal"))
+    x = _relu(_bn(x, "conv1_bn"), "conv1_relu")
+    x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="conv1_pool")(x)
+    channels = stage_channels(width)
+    for i, filters in enumerate(channels):
+        x = preact_block(x, filters, 1 if i == 0 else 2, f"block{i + 1}", first=i == 0,
+                         attention=attention, last=i == len(channels) - 1)
+    if not attention:
+        x = _relu(_bn(x, "last_bn"), "last_relu")
+    x = keras.layers.GlobalAveragePooling2D(name="global_pool")(x)
+    return L2Normalize(name="apex_embedding")(x)
+
+
+def time_branch(flow_seq, flow_len, units: int = 512, max_steps: int | None = None):
+    """Right-padded [B, T, 128] sequence + lengths -> L2-normalised embedding of `units` dims.
+
+    The mask (`step < flow_len`) goes to both LSTMs explicitly and to the mean, which
+    divides by the number of real steps, so zero padding never changes the embedding.
+    """
+    mask = SequenceMask(max_steps=max_steps, name="flow_mask")([flow_seq, flow_len])
+    x = keras.layers.LSTM(units, return_sequences=True, name="lstm1")(flow_seq, mask=mask)
+    x = keras.layers.LSTM(units, return_sequences=True, name="lstm2")(x, mask=mask)
+    x = MaskedMean(name="time_mean")(x, mask=mask)
+    return L2Normalize(name="time_embedding")(x)
+
+
+def flow_branch(flow_image, width: int = 64):
+    """Onset->apex flow image [B, 28, 28, 3] (raw 0..255) -> L2-normalised `2 * width` dims.
+
+    BN + learned scale on the input, then three 3x3 conv-BN-ReLU layers (width/4, width/2,
+    width channels) with 2x2 max-pooling after the first two (28 -> 14 -> 7), flatten (the
+    layout of the movement matters), a linear dense layer and L2 normalisation.
+    """
+    x = _bn(flow_image, "flow_data_bn")
+    filters = [max(1, width // 4), max(1, width // 2), width]
+    for i, f in enumerate(filters):
+        x = _conv(x, f, 3, 1, f"flow_conv{i + 1}")
+        x = _relu(_bn(x, f"flow_conv{i + 1}_bn"), f"flow_conv{i + 1}_relu")
+        if i < len(filters) - 1:
+            x = keras.layers.MaxPooling2D(2, name=f"flow_pool{i + 1}")(x)
+    x = keras.layers.Flatten(name="flow_flatten")(x)
+    x = keras.layers.Dense(flow_embedding_dim(width), name="flow_dense")(x)
+    return L2Normalize(name="flow_embedding")(x)

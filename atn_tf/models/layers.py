@@ -1,0 +1,121 @@
+"""Small custom layers of the ATN models.
+
+Every layer here is written with `keras.ops` only (no `tf.*`), so the models run under any
+Keras 3 backend, and is registered for `.keras` serialisation under the package `atn_tf`.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+PACKAGE = "atn_tf"
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class L2Normalize(keras.layers.Layer):
+    """`x / sqrt(max(sum(x**2, axis), epsilon))` — Caffe's `L2Normalization` layer.
+
+    A zero vector stays zero (the epsilon only guards the division).
+    """
+
+    def __init__(self, axis: int = -1, epsilon: float = 1e-12, **kwargs):
+        super().__init__(**kwargs)
+        self.axis = axis
+        self.epsilon = epsilon
+
+    def call(self, inputs):
+        square_sum = ops.sum(ops.square(inputs), axis=self.axis, keepdims=True)
+        return inputs * ops.rsqrt(ops.maximum(square_sum, self.epsilon))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(axis=self.axis, epsilon=self.epsilon)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SequenceMask(keras.layers.Layer):
+    """Boolean mask [B, T] of the real steps of a right-padded sequence.
+
+    Inputs: `[sequence [B, T, D], lengths [B]]`; step t is real when `t < lengths` (lengths
+    are clipped to `max_steps` when it is set). T is read at run time, so any padding works.
+    """
+
+    def __init__(self, max_steps: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.max_steps = max_steps
+
+    def call(self, inputs):
+        sequence, lengths = inputs
+        lengths = ops.cast(ops.reshape(lengths, (-1,)), "int32")
+        if self.max_steps is not None:
+            lengths = ops.minimum(lengths, self.max_steps)
+        steps = ops.arange(ops.shape(sequence)[1], dtype="int32")
+        return ops.expand_dims(steps, 0) < ops.expand_dims(lengths, 1)
+
+    def compute_output_shape(self, input_shape):
+        sequence_shape = input_shape[0]
+        return (sequence_shape[0], sequence_shape[1])
+
+    def compute_output_spec(self, inputs):
+        sequence = inputs[0]
+        return keras.KerasTensor((sequence.shape[0], sequence.shape[1]), dtype="bool")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(max_steps=self.max_steps)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MaskedMean(keras.layers.Layer):
+    """Mean over the time axis of `[B, T, D]`, counting only the steps where `mask` is true.
+
+    `sum_t x[t] * mask[t] / max(sum_t mask[t], 1)`: padded steps add nothing to the sum and
+    nothing to the count, whatever the sequence holds there. Consumes the mask.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, inputs, mask=None):
+        if mask is None:
+            return ops.mean(inputs, axis=1)
+        weights = ops.expand_dims(ops.cast(mask, inputs.dtype), -1)
+        total = ops.sum(inputs * weights, axis=1)
+        count = ops.maximum(ops.sum(weights, axis=1), 1.0)
+        return total / count
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[2])
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class AttentionGate(keras.layers.Layer):
+    """The last step of the micro-attention unit: `trunk * (1 + mask)`.
+
+    Inputs: `[trunk [B, H, W, C], mask [B, H, W, 1]]`; the one-channel mask (already through
+    its sigmoid) is broadcast over the C channels, as Caffe's `Tile` + `Eltwise PROD` +
+    `Eltwise SUM` did.
+    """
+
+    def call(self, inputs):
+        trunk, mask = inputs
+        return trunk * (1.0 + mask)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+
+CUSTOM_OBJECTS = {
+    f"{PACKAGE}>{cls.__name__}": cls
+    for cls in (L2Normalize, SequenceMask, MaskedMean, AttentionGate)
+}

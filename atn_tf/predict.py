@@ -1,0 +1,101 @@
+"""`python -m atn_tf.predict --saved_model saved_models/demo/1 --apex img.jpg --flow seq.npy`
+
+Classifies one example in-process with an exported SavedModel (its `predict_images`
+signature), from an apex image + flow features or from a folder of raw frames
+(`--clip_dir`, see `atn_tf.clip_inputs`). `--saved_model` may be a version folder or the
+export base (its highest version is used). Prints the class and the probabilities, or JSON
+with `--json`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+
+from atn_tf import clip_inputs
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Called by `__main__` only, so importing this module (tests, other tools) defines no flags."""
+    flags.DEFINE_string("saved_model", None, "SavedModel version folder (or export base: latest version).")
+    flags.DEFINE_string("signature", "predict_images", "Signature to run (it must take apex_image_bytes).")
+    clip_inputs.define_flags()
+    flags.mark_flag_as_required("saved_model")
+
+
+def resolve_version_dir(path: str) -> str:
+    """A version folder as given, or the highest integer version under an export base."""
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    from atn_tf.export_lib import list_versions
+
+    versions = list_versions(path)
+    if not versions:
+        raise FileNotFoundError(f"{path}: neither a SavedModel nor an export base with versions")
+    return os.path.join(path, str(versions[-1]))
+
+
+class LocalPredictor:
+    """A loaded SavedModel; `predict(ClipInputs)` -> Prediction."""
+
+    def __init__(self, saved_model: str, signature: str = "predict_images"):
+        import tensorflow as tf
+
+        self.path = resolve_version_dir(saved_model)
+        self._tf = tf
+        self.loaded = tf.saved_model.load(self.path)
+        if signature not in self.loaded.signatures:
+            raise ValueError(f"{self.path}: no signature {signature!r} "
+                             f"(has {sorted(self.loaded.signatures)})")
+        self.fn = self.loaded.signatures[signature]
+        self.input_names = set(self.fn.structured_input_signature[1])
+
+    def run(self, arrays: dict) -> dict:
+        tf = self._tf
+        missing = self.input_names - set(arrays)
+        if missing:
+            raise ValueError(f"missing input(s) {sorted(missing)}")
+        feeds = {k: tf.constant(v) for k, v in arrays.items() if k in self.input_names}
+        return {k: v.numpy() for k, v in self.fn(**feeds).items()}
+
+    def predict(self, inputs: clip_inputs.ClipInputs) -> clip_inputs.Prediction:
+        arrays = inputs.arrays(with_flow_image="flow_image" in self.input_names)
+        return clip_inputs.Prediction.from_outputs(self.run(arrays))
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)      # TF's SavedModel INFO lines are noise here
+    try:
+        inputs = clip_inputs.inputs_from_flags()
+    except clip_inputs.InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import tensorflow as tf
+
+    try:
+        predictor = LocalPredictor(FLAGS.saved_model, FLAGS.signature)
+        prediction = predictor.predict(inputs)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except tf.errors.InvalidArgumentError as e:
+        print(f"error: the model refused the input: {clip_inputs.error_summary(e.message)}",
+              file=sys.stderr)
+        return 1
+    if FLAGS.json:
+        print(prediction.json(saved_model=predictor.path, source=inputs.source,
+                              flow_steps=int(inputs.flow_seq.shape[0])))
+    else:
+        print(prediction.text())
+    return 0
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

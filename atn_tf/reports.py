@@ -1,0 +1,97 @@
+"""report.json -> report.md, confusion.png, and side-by-side comparison tables."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from atn_tf.feature_spec import CLASS_NAMES
+
+DATABASE_ORDER = ("casme2", "samm", "smic")
+
+
+def load_report(path: str) -> dict:
+    if os.path.isdir(path):
+        path = os.path.join(path, "report.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            report = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable report ({e})") from None
+    for key in ("protocol", "overall", "per_database"):
+        if key not in report:
+            raise ValueError(f"{path}: not an evaluation report (no {key!r})")
+    return report
+
+
+def _dbs(report):
+    return sorted(report["per_database"], key=lambda d: (DATABASE_ORDER.index(d) if d in DATABASE_ORDER else 9, d))
+
+
+def _fmt(m):
+    return f"{m['uf1']:.3f} / {m['uar']:.3f}"
+
+
+def markdown(report: dict) -> str:
+    o = report["overall"]
+    lines = [f"# {report.get('experiment') or 'experiment'} — {report['protocol'].upper()}", "",
+             f"Command: `{report.get('command', '')}`", "",
+             f"Folds: {report.get('num_folds', '?')}{'' if report.get('complete', True) else ' (partial run)'}, "
+             f"samples: {o['n']}", "",
+             "| part | n | UF1 | UAR | accuracy |", "|---|---|---|---|---|",
+             f"| overall | {o['n']} | {o['uf1']:.3f} | {o['uar']:.3f} | {o['accuracy']:.3f} |"]
+    for db in _dbs(report):
+        m = report["per_database"][db]
+        lines.append(f"| {db} | {m['n']} | {m['uf1']:.3f} | {m['uar']:.3f} | {m['accuracy']:.3f} |")
+    lines += ["", "Confusion matrix (rows true, columns predicted: " + ", ".join(CLASS_NAMES) + "):", ""]
+    for row in o["confusion"]:
+        lines.append("    " + " ".join(f"{v:4d}" for v in row))
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(report: dict, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(markdown(report))
+    os.replace(tmp, path)
+
+
+def plot_confusions(report: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    parts = [("overall", report["overall"])] + [(db, report["per_database"][db]) for db in _dbs(report)]
+    fig, axes = plt.subplots(1, len(parts), figsize=(3.4 * len(parts), 3.4), squeeze=False)
+    for ax, (name, m) in zip(axes[0], parts):
+        cm = np.asarray(m["confusion"])
+        ax.imshow(cm, cmap="Blues")
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                        color="white" if cm[i, j] > cm.max() / 2 else "black")
+        ax.set_xticks(range(3), [c[:3] for c in CLASS_NAMES])
+        ax.set_yticks(range(3), [c[:3] for c in CLASS_NAMES])
+        ax.set_xlabel("predicted")
+        ax.set_title(f"{name}\nUF1 {m['uf1']:.3f} UAR {m['uar']:.3f}", fontsize=9)
+    axes[0][0].set_ylabel("true")
+    fig.suptitle(f"{report.get('experiment', '')} {report['protocol'].upper()}", fontsize=10)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def compare_table(reports: list[tuple[str, dict]]) -> str:
+    """Markdown: one row per experiment, UF1 / UAR overall and per database."""
+    dbs = sorted({db for _, r in reports for db in r["per_database"]},
+                 key=lambda d: (DATABASE_ORDER.index(d) if d in DATABASE_ORDER else 9, d))
+    head = ["experiment", "protocol", "overall UF1 / UAR", "accuracy"] + [f"{db} UF1 / UAR" for db in dbs]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in reports:
+        cells = [name, r["protocol"].upper(), _fmt(r["overall"]), f"{r['overall']['accuracy']:.3f}"]
+        cells += [_fmt(r["per_database"][db]) if db in r["per_database"] else "" for db in dbs]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

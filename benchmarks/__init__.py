@@ -1,0 +1,1 @@
+"""Benchmarks (`python -m benchmarks.<name>`); each writes its section of benchmarks/results.md."""

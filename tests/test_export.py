@@ -1,0 +1,206 @@
+"""SavedModel export: signatures, reload equality at two batch sizes, versions, models.config,
+saved_model_cli, and in-graph validation of bad requests (tiny models, no training)."""
+
+import os
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from atn_tf import export_lib, feature_spec, serving_config
+from atn_tf.config import TrainConfig
+from atn_tf.models import build_model
+
+SIZE = 64
+TINY = dict(image_size=SIZE, width=8, lstm_units=16)
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def save_run(run_dir, name="atn", seed=0):
+    keras_seed = __import__("keras").utils.set_random_seed
+    keras_seed(seed)
+    model = build_model(name, **TINY)
+    os.makedirs(run_dir, exist_ok=True)
+    model.save(os.path.join(run_dir, "model.keras"))
+    TrainConfig(model=name, model_dir=str(run_dir), **TINY).save(str(run_dir))
+    return model
+
+
+def random_inputs(batch, steps=6, seed=0):
+    rng = np.random.default_rng(seed)
+    f = feature_spec.FLOW_IMAGE_SIZE
+    return {"apex_image": rng.integers(0, 256, (batch, SIZE, SIZE, 1)).astype(np.float32),
+            "flow_seq": rng.normal(size=(batch, steps, 128)).astype(np.float32),
+            "flow_len": rng.integers(1, steps + 1, batch).astype(np.int32),
+            "flow_image": rng.integers(0, 256, (batch, f, f, 3)).astype(np.float32)}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    model = save_run(root / "run")
+    path = export_lib.export(str(root / "run"), str(root / "saved_models" / "tiny"))
+    return model, path, root
+
+
+@pytest.fixture(scope="module")
+def loaded(exported):
+    return tf.saved_model.load(exported[1])
+
+
+def run_signature(loaded, name, **arrays):
+    fn = loaded.signatures[name]
+    wanted = fn.structured_input_signature[1]
+    return {k: v.numpy() for k, v in fn(**{k: tf.constant(v) for k, v in arrays.items() if k in wanted}).items()}
+
+
+def test_layout_and_signatures(exported, loaded):
+    _, path, root = exported
+    assert path == str(root / "saved_models" / "tiny" / "1")
+    assert sorted(os.listdir(os.path.dirname(path))) == ["1"]       # temporary folder gone
+    assert os.path.isfile(os.path.join(path, "saved_model.pb"))
+    assert export_lib.load_config_of_export(path).image_size == SIZE
+    assert os.path.isfile(os.path.join(path, "assets.extra", "tf_serving_warmup_requests"))
+    assert set(export_lib.SIGNATURES) <= set(loaded.signatures)
+    inputs = loaded.signatures["serving_default"].structured_input_signature[1]
+    assert set(inputs) == {"apex_image", "flow_seq", "flow_len"}     # no flow_image for atn
+    assert inputs["apex_image"].shape.as_list() == [None, SIZE, SIZE, 1]
+    assert inputs["flow_seq"].shape.as_list() == [None, None, 128]
+    images = loaded.signatures["predict_images"].structured_input_signature[1]
+    assert set(images) == {"apex_image_bytes", "flow_seq", "flow_len"}
+    outputs = loaded.signatures["serving_default"].structured_outputs
+    assert set(outputs) == set(export_lib.OUTPUT_NAMES)
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_reload_matches_keras(exported, loaded, batch):
+    model = exported[0]
+    x = random_inputs(batch, seed=batch)
+    want = model(x, training=False)["probabilities"].numpy()
+    got = run_signature(loaded, "serving_default", **x)
+    np.testing.assert_allclose(got["probabilities"], want, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(got["class_id"], want.argmax(-1))
+    assert [c.decode() for c in got["class_name"]] == [feature_spec.CLASS_NAMES[i] for i in want.argmax(-1)]
+
+
+def test_predict_images_decodes_in_graph(loaded):
+    x = random_inputs(2, seed=3)
+    gray = x["apex_image"].astype(np.uint8)
+    pngs = np.array([tf.io.encode_png(g).numpy() for g in gray], dtype=object)
+    direct = run_signature(loaded, "serving_default", **x)
+    via_bytes = run_signature(loaded, "predict_images", apex_image_bytes=pngs, **x)
+    np.testing.assert_allclose(via_bytes["probabilities"], direct["probabilities"], atol=1e-5)
+    # Any size, colour: a 3-channel JPEG of another size is decoded, grayed and resized.
+    colour = tf.io.encode_jpeg(tf.constant(np.random.default_rng(0).integers(
+        0, 256, (90, 120, 3)).astype(np.uint8))).numpy()
+    out = run_signature(loaded, "predict_images", apex_image_bytes=np.array([colour, pngs[0]], dtype=object), **x)
+    assert out["probabilities"].shape == (2, 3)
+    np.testing.assert_allclose(out["probabilities"].sum(-1), 1.0, atol=1e-5)
+
+
+def _bad(x, **changes):
+    return {**x, **changes}
+
+
+BAD_CASES = {
+    "T=0": (lambda x: _bad(x, flow_seq=np.zeros((1, 0, 128), np.float32)), "T = 0"),
+    "T>64": (lambda x: _bad(x, flow_seq=np.zeros((1, 65, 128), np.float32)), "more than 64"),
+    "flow_len=0": (lambda x: _bad(x, flow_len=np.array([0], np.int32)), "flow_len must be >= 1"),
+    "flow_len>T": (lambda x: _bad(x, flow_len=np.array([7], np.int32)), "flow_len must be <= T"),
+    "apex rank": (lambda x: _bad(x, apex_image=x["apex_image"][0]), "apex_image"),
+    "apex size": (lambda x: _bad(x, apex_image=np.zeros((1, 32, 32, 1), np.float32)), "apex_image"),
+    "step dim": (lambda x: _bad(x, flow_seq=np.zeros((1, 6, 100), np.float32)), "flow_seq"),
+    "empty batch": (lambda x: {k: v[:0] for k, v in x.items()}, "empty batch"),
+    "batch mismatch": (lambda x: _bad(x, flow_len=np.array([1, 1], np.int32)), "batch sizes differ"),
+    "nan": (lambda x: _bad(x, flow_seq=np.full((1, 6, 128), np.nan, np.float32)), "NaN"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_requests_are_invalid_argument(loaded, case):
+    make, message = BAD_CASES[case]
+    x = make(random_inputs(1))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        run_signature(loaded, "serving_default", **x)
+
+
+def png_header(width, height):
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr))
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"this is not an image", "Unknown image file format"), (b"", "empty"),
+    (b"\x89PNG\r\n\x1a\nxx", "PNG"),                                          # truncated header
+    (png_header(9000, 10), "more than 8000 pixels")])                           # refused before decoding
+def test_non_image_bytes_are_invalid_argument(loaded, data, message):
+    x = random_inputs(1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        run_signature(loaded, "predict_images", apex_image_bytes=np.array([data], dtype=object), **x)
+
+
+def test_versions_and_models_config(exported, tmp_path):
+    model, _, root = exported
+    cfg = TrainConfig(model="atn", **TINY)
+    base = tmp_path / "saved_models" / "atn"
+    assert export_lib.export_model(model, cfg, str(base), version=3).endswith(os.sep + "3")
+    assert export_lib.next_version(str(base)) == 4
+    with pytest.raises(FileExistsError):
+        export_lib.export_model(model, cfg, str(base), version=3)
+    assert not [n for n in os.listdir(base) if n != "3"]
+
+    config = tmp_path / "saved_models" / "models.config"
+    config.write_text('model_config_list { config { name: "other" base_path: "/models/other" '
+                      'model_platform: "tensorflow" model_version_policy { all {} } } }\n')
+    serving_config.update_models_config(str(config), "atn", "/models/atn")
+    serving_config.update_models_config(str(config), "atn", "/srv/atn")        # update, not append
+    assert serving_config.entries(str(config)) == {"other": "/models/other", "atn": "/srv/atn"}
+    parsed = serving_config.read_models_config(str(config))
+    assert parsed.model_config_list.config[0].model_version_policy.HasField("all")   # kept
+    config.write_text("model_config_list { nonsense")
+    with pytest.raises(ValueError, match="not a TF Serving model config"):
+        serving_config.read_models_config(str(config))
+
+
+def test_committed_models_config_parses():
+    path = os.path.join(os.path.dirname(__file__), "..", "saved_models", "models.config")
+    assert "demo" in serving_config.entries(path)
+
+
+def test_atn_flow_takes_flow_image(tmp_path):
+    model = save_run(tmp_path / "run", name="atn_flow", seed=1)
+    loaded = tf.saved_model.load(export_lib.export(str(tmp_path / "run"), str(tmp_path / "sm")))
+    for sig in export_lib.SIGNATURES:
+        assert "flow_image" in loaded.signatures[sig].structured_input_signature[1]
+    x = random_inputs(2, seed=5)
+    want = model(x, training=False)["probabilities"].numpy()
+    np.testing.assert_allclose(run_signature(loaded, "serving_default", **x)["probabilities"], want, atol=1e-5)
+
+
+def _cli(*args):
+    exe = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    return subprocess.run([exe, *args], capture_output=True, text=True, env=ENV, timeout=300)
+
+
+def test_saved_model_cli_show_and_run(exported, tmp_path):
+    _, path, _ = exported
+    show = _cli("show", "--dir", path, "--all")
+    assert show.returncode == 0, show.stderr
+    for name in ("signature_def['serving_default']", "signature_def['predict_images']",
+                 "inputs['apex_image']", "inputs['apex_image_bytes']", "inputs['flow_seq']",
+                 "inputs['flow_len']", "outputs['probabilities']", "outputs['class_id']",
+                 "outputs['class_name']"):
+        assert name in show.stdout
+    x = random_inputs(1)
+    files = []
+    for k in ("apex_image", "flow_seq", "flow_len"):
+        np.save(tmp_path / f"{k}.npy", x[k])
+        files.append(f"{k}={tmp_path / f'{k}.npy'}")
+    run = _cli("run", "--dir", path, "--tag_set", "serve", "--signature_def", "serving_default",
+               "--inputs", ";".join(files))
+    assert run.returncode == 0, run.stderr
+    assert "class_name" in run.stdout and "probabilities" in run.stdout

@@ -1,0 +1,311 @@
+"""Model contract tests: shapes, pinned sizes, config round trip, .keras save/load, padding
+invariance of the time branch, the micro-attention unit, and a JAX-backend forward pass.
+
+Small configs (image 64, width 8, LSTM 16) keep this fast; the full-size ATN is only built
+to pin its parameter count.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+from atn_tf.models import (CUSTOM_OBJECTS, INPUT_NAMES, MODEL_NAMES, AttentionGate, L2Normalize,
+                           MaskedMean, SequenceMask, build_model)
+from atn_tf.models import backbone
+
+SMALL = dict(image_size=64, width=8, lstm_units=16)
+STEP_DIM = 128
+
+# (total, trainable) parameters of every model at SMALL. Any architecture change moves these.
+SMALL_PARAMS = {
+    "atn": (89_447, 88_949),
+    "apex_only": (78_007, 77_509),
+    "time_only": (11_443, 11_443),
+    "micro_attention": (94_447, 93_829),
+    "atn_flow": (96_265, 95_733),
+}
+# The full-size ATN (224, width 64, LSTM 512): apex ResNet 4,901,764 + LSTMs 1,312,768 +
+# 2,099,200 + dense 3,075. Non-trainable: the BN moving statistics.
+FULL_ATN_PARAMS = (8_316_807, 8_312_837)
+
+EMBEDDINGS = {
+    "atn": ("apex_embedding", "time_embedding"),
+    "apex_only": ("apex_embedding",),
+    "time_only": ("time_embedding",),
+    "micro_attention": ("apex_embedding",),
+    "atn_flow": ("apex_embedding", "time_embedding", "flow_embedding"),
+}
+
+
+def make_batch(batch=2, image_size=64, steps=10, lengths=None, seed=0, flow_image_size=28):
+    rng = np.random.default_rng(seed)
+    lengths = np.asarray(lengths if lengths is not None else [steps] * batch, dtype=np.int32)
+    seq = rng.normal(size=(batch, steps, STEP_DIM)).astype(np.float32)
+    seq[np.arange(steps)[None, :] >= lengths[:, None]] = 0.0  # right padding with zeros
+    return {
+        "apex_image": rng.uniform(0, 255, (batch, image_size, image_size, 1)).astype(np.float32),
+        "flow_seq": seq,
+        "flow_len": lengths,
+        "flow_image": rng.uniform(0, 255, (batch, flow_image_size, flow_image_size, 3)).astype(np.float32),
+    }
+
+
+def n_params(weights):
+    return int(sum(np.prod(w.shape) for w in weights))
+
+
+def as_numpy(outputs):
+    return {k: keras.ops.convert_to_numpy(v) for k, v in outputs.items()}
+
+
+@pytest.fixture(scope="module")
+def small_models():
+    keras.utils.set_random_seed(1)
+    return {name: build_model(name, **SMALL) for name in MODEL_NAMES}
+
+
+def test_model_names():
+    assert MODEL_NAMES == ("atn", "apex_only", "time_only", "micro_attention", "atn_flow")
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("resnet50")
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_inputs_and_output_shapes(small_models, name):
+    model = small_models[name]
+    assert sorted(model.input) == sorted(INPUT_NAMES)  # every model takes the full dict
+    out = as_numpy(model(make_batch(batch=3, lengths=[10, 4, 1]), training=False))
+    expected = {"probabilities": 3, "logits": 3, "apex_embedding": 8 * SMALL["width"],
+                "time_embedding": SMALL["lstm_units"], "flow_embedding": 2 * SMALL["width"]}
+    assert set(out) == {"probabilities", "logits", *EMBEDDINGS[name]}
+    for key, value in out.items():
+        assert value.shape == (3, expected[key]), key
+        assert np.all(np.isfinite(value)), key
+    np.testing.assert_allclose(out["probabilities"].sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(out["probabilities"], keras.ops.convert_to_numpy(
+        keras.ops.softmax(out["logits"])), rtol=1e-5, atol=1e-7)
+    for key in EMBEDDINGS[name]:
+        np.testing.assert_allclose(np.linalg.norm(out[key], axis=-1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_parameter_count_small(small_models, name):
+    model = small_models[name]
+    assert (model.count_params(), n_params(model.trainable_weights)) == SMALL_PARAMS[name]
+
+
+def test_parameter_count_full_size_atn():
+    model = build_model("atn", image_size=224, width=64, lstm_units=512)
+    assert (model.count_params(), n_params(model.trainable_weights)) == FULL_ATN_PARAMS
+    assert model.output["apex_embedding"].shape == (None, 512)
+    assert model.output["time_embedding"].shape == (None, 512)
+    assert model.get_layer("conv1").output.shape == (None, 112, 112, 64)
+    assert model.get_layer("conv1_pool").output.shape == (None, 56, 56, 64)
+    assert model.get_layer("block4_sum").output.shape == (None, 7, 7, 512)
+
+
+def test_dropout_only_where_expected(small_models):
+    for name, model in small_models.items():
+        rates = [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+        assert rates == ([] if name == "micro_attention" else [0.5]), name
+    assert not any(isinstance(layer, AttentionGate) for layer in small_models["atn"].layers)
+    gates = [layer for layer in small_models["micro_attention"].layers if isinstance(layer, AttentionGate)]
+    assert len(gates) == 4
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_functional_config_round_trip(small_models, name):
+    model = small_models[name]
+    config = model.get_config()
+    json.dumps(config)  # plain data
+    clone = keras.Model.from_config(config)
+    assert clone.count_params() == model.count_params()
+    assert [l.name for l in clone.layers] == [l.name for l in model.layers]
+    clone.set_weights(model.get_weights())
+    batch = make_batch(lengths=[10, 3], seed=2)
+    expected = as_numpy(model(batch, training=False))
+    got = as_numpy(clone(batch, training=False))
+    for key in expected:
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layer", [
+    L2Normalize(axis=1, epsilon=1e-6, name="l2"),
+    SequenceMask(max_steps=32, name="mask"),
+    MaskedMean(name="mean"),
+    AttentionGate(name="gate"),
+])
+def test_custom_layer_config_round_trip(layer):
+    config = layer.get_config()
+    clone = type(layer).from_config(config)
+    assert clone.get_config() == config
+    revived = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(revived) is type(layer) and revived.get_config() == config
+    assert f"atn_tf>{type(layer).__name__}" in CUSTOM_OBJECTS
+    assert keras.saving.get_registered_name(type(layer)) == f"atn_tf>{type(layer).__name__}"
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_keras_save_load_identical(small_models, name, tmp_path):
+    model = small_models[name]
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    batch = make_batch(lengths=[10, 6], seed=3)
+    expected = as_numpy(model(batch, training=False))
+    got = as_numpy(loaded(batch, training=False))
+    assert set(got) == set(expected)
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key])
+    # a different time length and batch size after reload
+    batch = make_batch(batch=1, steps=64, lengths=[64], seed=4)
+    np.testing.assert_allclose(as_numpy(loaded(batch, training=False))["logits"],
+                               as_numpy(model(batch, training=False))["logits"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["time_only", "atn"])
+def test_padding_never_changes_time_embedding(small_models, name):
+    model = small_models[name]
+    rng = np.random.default_rng(5)
+    lengths = [1, 2, 7, 23, 40, 64]
+    seqs = [rng.normal(size=(n, STEP_DIM)).astype(np.float32) for n in lengths]
+    base = make_batch(batch=1, steps=1, seed=6)
+
+    def embed(seq_batch, len_batch):
+        b = len(len_batch)
+        inputs = {"apex_image": np.repeat(base["apex_image"], b, 0),
+                  "flow_image": np.repeat(base["flow_image"], b, 0),
+                  "flow_seq": seq_batch, "flow_len": np.asarray(len_batch, np.int32)}
+        return as_numpy(model(inputs, training=False))["time_embedding"]
+
+    # each sequence alone, unpadded
+    alone = np.concatenate([embed(s[None], [len(s)]) for s in seqs])
+    for steps in (64, 65, 80, 128):
+        for fill in ("zeros", "garbage"):  # garbage: the mask, not the zeros, must do the work
+            padded = (np.zeros if fill == "zeros" else
+                      lambda shape: rng.normal(size=shape).astype(np.float32) * 10)((len(seqs), steps, STEP_DIM))
+            padded = padded.astype(np.float32)
+            for i, s in enumerate(seqs):
+                padded[i, :len(s)] = s
+            np.testing.assert_allclose(embed(padded, lengths), alone, rtol=1e-5, atol=1e-6,
+                                       err_msg=f"T={steps} fill={fill}")
+    # short sequences padded only a little
+    for n in (1, 7):
+        s = seqs[lengths.index(n)]
+        for steps in (n + 1, n + 3):
+            padded = np.zeros((1, steps, STEP_DIM), np.float32)
+            padded[0, :n] = s
+            np.testing.assert_allclose(embed(padded, [n]), alone[lengths.index(n)][None],
+                                       rtol=1e-5, atol=1e-6)
+
+
+def test_time_mean_divides_by_length():
+    """The mean is over the real steps of the second LSTM (reference: run it unpadded)."""
+    model = build_model("time_only", **SMALL)
+    rng = np.random.default_rng(7)
+    n, steps = 5, 12
+    seq = np.zeros((1, steps, STEP_DIM), np.float32)
+    seq[0, :n] = rng.normal(size=(n, STEP_DIM))
+    lstm_stack = keras.Sequential([keras.Input((None, STEP_DIM)), model.get_layer("lstm1"),
+                                   model.get_layer("lstm2")])
+    hidden = keras.ops.convert_to_numpy(lstm_stack(seq[:, :n]))[0]
+    mean = hidden.mean(0)
+    expected = mean / np.linalg.norm(mean)
+    inputs = make_batch(batch=1, steps=steps, lengths=[n])
+    inputs["flow_seq"] = seq
+    got = as_numpy(model(inputs, training=False))["time_embedding"][0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_small_layers_math():
+    x = np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(L2Normalize()(x)), [[0.6, 0.8], [0.0, 0.0]])
+    seq = np.arange(2 * 4 * 1, dtype=np.float32).reshape(2, 4, 1)
+    mask = keras.ops.convert_to_numpy(SequenceMask()([seq, np.array([1, 3], np.int32)]))
+    np.testing.assert_array_equal(mask, [[True, False, False, False], [True, True, True, False]])
+    capped = keras.ops.convert_to_numpy(SequenceMask(max_steps=2)([seq, np.array([4, 3], np.int32)]))
+    np.testing.assert_array_equal(capped, [[True, True, False, False]] * 2)
+    mean = keras.ops.convert_to_numpy(MaskedMean()(seq, mask=mask))
+    np.testing.assert_allclose(mean, [[0.0], [5.0]])  # (4 + 5 + 6) / 3
+
+
+def test_micro_attention_unit_math():
+    rng = np.random.default_rng(8)
+    shape = (2, 3, 3, 4)
+    names = ("trunk", "shortcut", "conv1", "conv2")
+    arrays = {k: rng.normal(size=shape).astype(np.float32) for k in names}
+    inputs = {k: keras.Input(shape[1:], name=k) for k in names}
+    out = backbone.micro_attention_unit(inputs["trunk"], inputs["shortcut"], inputs["conv1"],
+                                        inputs["conv2"], name="att")
+    unit = keras.Model(inputs, out)
+    w_c = unit.get_layer("att_1x1").get_weights()[0]       # [1, 1, 3C, C], trainable
+    one = unit.get_layer("att_1x1_one")
+    assert not one.trainable and n_params(unit.trainable_weights) == 3 * 4 * 4
+    np.testing.assert_allclose(one.get_weights()[0], np.full((1, 1, 4, 1), 0.25))  # 1/C: channel mean
+    concat = np.concatenate([arrays["shortcut"], arrays["conv1"], arrays["conv2"]], axis=-1)
+    hidden = np.einsum("bhwi,io->bhwo", concat, w_c[0, 0])
+    mask = 1.0 / (1.0 + np.exp(-hidden.mean(-1, keepdims=True)))   # broadcast over channels
+    expected = arrays["trunk"] * (1.0 + mask)
+    got = keras.ops.convert_to_numpy(unit(arrays))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    gate = keras.ops.convert_to_numpy(AttentionGate()([arrays["trunk"], np.zeros(shape[:3] + (1,), np.float32)]))
+    np.testing.assert_allclose(gate, arrays["trunk"])  # mask 0 -> identity
+
+
+def test_trains_one_step_with_dict_outputs():
+    model = build_model("atn_flow", **SMALL)
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9, weight_decay=5e-6),
+                  loss={"probabilities": "sparse_categorical_crossentropy"})
+    batch = make_batch(batch=4, lengths=[10, 1, 5, 9])
+    before = [w.copy() for w in model.get_weights()]
+    logs = model.train_on_batch(batch, {"probabilities": np.array([0, 1, 2, 1])}, return_dict=True)
+    assert np.isfinite(logs["loss"])
+    changed = {w.path for w, b in zip(model.weights, before)
+               if w.trainable and not np.array_equal(keras.ops.convert_to_numpy(w), b)}
+    trainable = {w.path for w in model.trainable_weights}
+    assert changed == trainable  # every branch gets a gradient
+
+
+JAX_SCRIPT = textwrap.dedent("""
+    import json, numpy as np, keras
+    assert keras.backend.backend() == "jax", keras.backend.backend()
+    from atn_tf.models import MODEL_NAMES, build_model
+    rng = np.random.default_rng(0)
+    seq = rng.normal(size=(2, 12, 128)).astype("float32"); seq[0, 5:] = 0
+    batch = {"apex_image": rng.uniform(0, 255, (2, 64, 64, 1)).astype("float32"),
+             "flow_seq": seq, "flow_len": np.array([5, 12], "int32"),
+             "flow_image": rng.uniform(0, 255, (2, 28, 28, 3)).astype("float32")}
+    shapes = {}
+    for name in MODEL_NAMES:
+        model = build_model(name, image_size=64, width=8, lstm_units=16)
+        out = model(batch, training=False)
+        shapes[name] = {k: list(v.shape) for k, v in out.items()}
+        if "time_embedding" in out:
+            short = dict(batch, flow_seq=seq[:, :5], flow_len=np.array([5, 5], "int32"))
+            a = np.asarray(out["time_embedding"][0])
+            b = np.asarray(model(short, training=False)["time_embedding"][0])
+            assert np.allclose(a, b, atol=1e-5), name
+    print(json.dumps(shapes))
+""")
+
+
+def test_forward_pass_under_jax_backend():
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed in this environment")
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-c", JAX_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=600, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shapes = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert shapes["atn"]["probabilities"] == [2, 3]
+    assert shapes["atn_flow"]["flow_embedding"] == [2, 16]
+    assert set(shapes) == set(MODEL_NAMES)

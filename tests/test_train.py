@@ -1,0 +1,131 @@
+"""Trainer: smoke run, resume after SIGKILL, NaN handling, tf.distribute equivalence."""
+
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from atn_tf.config import TrainConfig
+from tfrecords_builder.crops_sources import Megc2019CropsSource
+from tfrecords_builder.writer import build
+from tests.fakes import make_megc_layout
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(image_size=32, width=4, lstm_units=8, batch_size=8, log_every=5, seed=1)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("megc")
+    make_megc_layout(root / "in", subjects_per_db=3, clips_per_subject=3)
+    build(Megc2019CropsSource(str(root / "in")), str(root / "out"), num_shards=1, progress=False)
+    return str(root / "out")
+
+
+def _run_worker(config: TrainConfig, tmp_path, env_extra=None, name="cfg.json"):
+    path = tmp_path / name
+    path.write_text(config.to_json())
+    env = dict(os.environ, PYTHONPATH=ROOT, **(env_extra or {}))
+    return subprocess.Popen([sys.executable, "-m", "tests.train_worker", str(path)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _result(proc, timeout=300):
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_train_smoke_writes_model_config_checkpoints_and_summaries(data_dir, tmp_path):
+    from atn_tf import train_lib
+    cfg = TrainConfig(data_dir=data_dir, model_dir=str(tmp_path / "m"), model="atn_flow",
+                      test_subjects=("smic/s01",), train_steps=10, checkpoint_every=5, **TINY)
+    r = train_lib.train(cfg, progress=False)
+    assert r.final_step == 10 and len(r.losses) == 10 and np.isfinite(r.final_loss)
+    assert TrainConfig.load(str(tmp_path / "m")) == cfg
+    assert os.path.isfile(tmp_path / "m" / "model.keras")
+    assert sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "m" / "checkpoints" / "ckpt-*.index"))) \
+        == ["ckpt-10.index", "ckpt-5.index"]
+    assert glob.glob(str(tmp_path / "m" / "train" / "events.out.tfevents.*"))
+    model, loaded_cfg = train_lib.load_trained(str(tmp_path / "m"))
+    assert loaded_cfg == cfg and "probabilities" in model.output
+
+
+def test_killed_training_resumes_to_the_same_step_and_loss(data_dir, tmp_path):
+    base = dict(data_dir=data_dir, test_subjects=("casme2/s02",), train_steps=24, checkpoint_every=4, **TINY)
+    ref = _result(_run_worker(TrainConfig(model_dir=str(tmp_path / "ref"), **base), tmp_path, name="ref.json"))
+    cfg = TrainConfig(model_dir=str(tmp_path / "run"), **base)
+    for kill_at in (6, 12, 18):            # SIGKILL three times in a row, each after a new checkpoint
+        proc = _run_worker(cfg, tmp_path)
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            done = glob.glob(str(tmp_path / "run" / "checkpoints" / "ckpt-*.index"))
+            if any(int(p.rsplit("-", 1)[1].split(".")[0]) >= kill_at for p in done):
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+    final = _result(_run_worker(cfg, tmp_path))
+    assert final["final_step"] == 24 and final["losses"][0][0] > 1     # it resumed, not restarted
+    ref_loss = dict(map(tuple, ref["losses"]))
+    for step, loss in final["losses"]:
+        assert loss == pytest.approx(ref_loss[step], rel=1e-4, abs=1e-5), step
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
+    from atn_tf import train_lib
+    cfg = TrainConfig(data_dir=data_dir, model_dir=str(tmp_path / "m"), train_steps=4, checkpoint_every=4, **TINY)
+    train_lib.train(cfg, progress=False)
+    blown = cfg.replace(train_steps=20, learning_rate=1e30)
+    with pytest.raises(train_lib.TrainingDiverged, match="loss became nan|loss became inf"):
+        train_lib.train(blown, progress=False)
+    idx = glob.glob(str(tmp_path / "m" / "checkpoints" / "ckpt-*.index"))
+    assert [os.path.basename(p) for p in idx] == ["ckpt-4.index"]
+
+
+def test_mirrored_on_two_virtual_cpus_matches_one_device(data_dir, tmp_path):
+    # Same global batch; dropout off (its masks differ per replica) and BatchNorm statistics
+    # synchronised across replicas, so the two runs compute the same function.
+    base = dict(data_dir=data_dir, train_steps=8, checkpoint_every=100, dropout=0.0, sync_batchnorm=True, **TINY)
+    one = _run_worker(TrainConfig(model_dir=str(tmp_path / "one"), strategy="default", **base), tmp_path, name="a.json")
+    two = _run_worker(TrainConfig(model_dir=str(tmp_path / "two"), strategy="mirrored", cpu_devices=2, **base),
+                      tmp_path, name="b.json")
+    a, b = _result(one), _result(two)
+    assert a["replicas"] == 1 and b["replicas"] == 2
+    # Tolerance: float32 reductions in a different order (per-replica sums, all-reduce).
+    np.testing.assert_allclose([l for _, l in a["losses"]], [l for _, l in b["losses"]], rtol=2e-3, atol=2e-4)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_multi_worker_two_local_processes(data_dir, tmp_path):
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    cfg = TrainConfig(data_dir=data_dir, model_dir=str(tmp_path / "mw"), strategy="multi_worker",
+                      train_steps=4, checkpoint_every=4, **TINY)
+    procs = [_run_worker(cfg, tmp_path, {"TF_CONFIG": json.dumps({"cluster": cluster,
+                                                                 "task": {"type": "worker", "index": i}})},
+                         name=f"w{i}.json") for i in range(2)]
+    results = [_result(p) for p in procs]
+    assert all(r["replicas"] == 2 and r["final_step"] == 4 for r in results)
+    np.testing.assert_allclose([l for _, l in results[0]["losses"]], [l for _, l in results[1]["losses"]])
+    assert [os.path.basename(p) for p in glob.glob(str(tmp_path / "mw" / "checkpoints" / "ckpt-*.index"))] \
+        == ["ckpt-4.index"]
+
+
+def test_cli_clear_error_for_empty_data_dir(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "atn_tf.train", f"--data_dir={tmp_path}",
+                        f"--model_dir={tmp_path / 'm'}", "--noprogress"],
+                       env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
+    assert r.returncode == 1 and "dataset_info.json: missing" in r.stderr and "Traceback" not in r.stderr
