@@ -138,10 +138,15 @@ def test_on_error_skip_writes_rejects_and_goes_on(corpus, tmp_path):
 
 
 def test_duplicate_sample_id_is_reported(corpus, tmp_path):
-    with open(os.path.join(corpus, "manifest.csv"), "a") as f:
-        f.write("casme2-s01-c1,casme2,s01,c1,0,x.jpg\n")
+    class Doubled(Megc2019CropsSource):
+        def plan(self):
+            specs, errors = super().plan()
+            return specs + specs[:1], errors
+
     with pytest.raises(BuildFailed, match="duplicate sample id 'casme2-s01-c1'"):
-        build(Megc2019CropsSource(corpus), str(tmp_path / "out"), progress=False)
+        build(Doubled(corpus), str(tmp_path / "out"), progress=False)
+    s = build(Doubled(corpus), str(tmp_path / "out"), progress=False, on_error="skip")
+    assert s.num_examples == 18 and "duplicate sample id" in open(tmp_path / "out" / "rejects.csv").read()
 
 
 def test_cli_reports_bad_input_without_traceback(tmp_path):

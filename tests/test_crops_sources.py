@@ -59,6 +59,7 @@ def test_symlink_out_of_input_refused(tmp_path):
     ("sample_id,database,subject\n", "missing column"),
     ("sample_id,database,subject,clip,label\na,casme2,s1,c,7\n", "line 2: label 7"),
     ("sample_id,database,subject,clip,label\na,casme2,s1,c,x\n", "line 2: label 'x'"),
+    ("sample_id,database,subject,clip,label\na,casme2,s1,c,1\na,casme2,s1,c,1\n", "line 3: duplicate sample_id 'a'"),
 ])
 def test_bad_manifest(tmp_path, content, match):
     (tmp_path / "manifest.csv").write_text(content)

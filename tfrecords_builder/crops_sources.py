@@ -7,7 +7,6 @@ apex_faces/, flow_uvs/, flow_phases/). `SeedSource`: the ATN release's `Data/` f
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import os
 import re
@@ -16,35 +15,20 @@ import cv2
 import numpy as np
 
 from atn_tf.feature_spec import IMAGE_SIZE, MAX_STEPS, NUM_CLASSES, STEP_DIM, Sample
+from atn_tf.manifest import ManifestError, read_manifest
 from tfrecords_builder.flow_features import block_features
 from tfrecords_builder.images import read_image, to_square_gray
 from tfrecords_builder.source import BuildError, SampleSpec, safe_join
 
-MANIFEST_COLUMNS = ("sample_id", "database", "subject", "clip", "label")
 NUM_PHASES = 4
 
 
-def read_manifest_rows(path: str) -> list[dict]:
-    """manifest.csv -> list of row dicts; BuildError naming the line for a bad row."""
-    if not os.path.isfile(path):
-        raise BuildError(path, "manifest not found")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise BuildError(path, f"missing column(s) {', '.join(missing)}")
-        rows = []
-        for line, row in enumerate(reader, start=2):
-            try:
-                label = int(row["label"])
-            except (TypeError, ValueError):
-                raise BuildError(path, f"line {line}: label {row['label']!r} is not an integer") from None
-            if label not in range(NUM_CLASSES):
-                raise BuildError(path, f"line {line}: label {label} not in 0..{NUM_CLASSES - 1}")
-            if not all(row[c] for c in MANIFEST_COLUMNS):
-                raise BuildError(path, f"line {line}: empty field")
-            rows.append({**row, "label": label, "line": line})
-    return rows
+def read_manifest_rows(path: str) -> list:
+    """manifest.csv rows (atn_tf.manifest), problems as BuildError naming file and line."""
+    try:
+        return read_manifest(path)
+    except ManifestError as e:
+        raise BuildError(e.path, f"line {e.line}: {e.reason}" if e.line else e.reason) from None
 
 
 def phase_map_to_flow(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +53,7 @@ class Megc2019CropsSource:
         manifest = os.path.join(self.input_dir, "manifest.csv")
         specs, errors = [], []
         for row in read_manifest_rows(manifest):
-            sid = row["sample_id"]
+            sid = row.sample_id
             try:
                 paths = {"apex": safe_join(self.input_dir, f"apex_faces/{sid}.jpg", manifest),
                          "uv": safe_join(self.input_dir, f"flow_uvs/{sid}.png", manifest),
@@ -79,8 +63,8 @@ class Megc2019CropsSource:
                 e.sample_id = sid
                 errors.append(e)
                 continue
-            specs.append(SampleSpec(sid, row["database"], row["subject"],
-                                    {"clip": row["clip"], "label": row["label"], **paths}))
+            specs.append(SampleSpec(sid, row.database, row.subject,
+                                    {"clip": row.clip, "label": row.label, **paths}))
         return specs, errors
 
     def load(self, spec: SampleSpec) -> Sample:
