@@ -116,10 +116,16 @@ def evaluate(config: TrainConfig, protocol: str, work_dir: str, folds: Optional[
 
 def make_report(predictions: list[dict], protocol: str, experiment: str, command: str,
                 config: Optional[TrainConfig] = None, complete: bool = True) -> dict:
+    import datetime
+
+    from atn_tf import reports
+
     predictions = sorted(predictions, key=lambda r: r["sample_id"])
     m = protocols.pooled_metrics([r["label"] for r in predictions], [r["pred"] for r in predictions],
                                  [r["database"] for r in predictions])
     return {"protocol": protocol, "experiment": experiment, "command": command,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": reports.machine(),
             "complete": complete, "num_folds": len({r["fold"] for r in predictions}),
             "config": dataclasses.asdict(config) if config else None,
             "overall": m["overall"], "per_database": m["per_database"], "predictions": predictions}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 
 from atn_tf.feature_spec import CLASS_NAMES
 
@@ -95,3 +96,14 @@ def compare_table(reports: list[tuple[str, dict]]) -> str:
         cells += [_fmt(r["per_database"][db]) if db in r["per_database"] else "" for db in dbs]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def machine() -> str:
+    """'2 cores (CPU model), no GPU' — recorded in every report."""
+    cpu = platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores ({cpu})"

@@ -1,0 +1,113 @@
+"""Evaluation protocols end to end: CDE on the demo corpus, HDE resume, report integrity."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score, recall_score
+
+from atn_tf import evaluate_lib, reports
+from atn_tf.config import TrainConfig
+from tfrecords_builder.crops_sources import Megc2019CropsSource
+from tfrecords_builder.demo import generate_demo_corpus
+from tfrecords_builder.raw_sources import Casme2Source
+from tfrecords_builder.writer import build
+from tests.fakes import make_megc_layout
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(image_size=32, width=4, lstm_units=8, batch_size=6, train_steps=3, checkpoint_every=3, log_every=3)
+
+
+class Interrupted(Exception):
+    """Stands for a kill in the middle of a fold."""
+
+
+@pytest.fixture(scope="module")
+def megc_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("megc")
+    make_megc_layout(root / "in")
+    build(Megc2019CropsSource(str(root / "in")), str(root / "out"), progress=False)
+    return str(root / "out")
+
+
+def _check_report_against_its_predictions(report, n):
+    preds = report["predictions"]
+    assert len(preds) == n and len({p["sample_id"] for p in preds}) == n
+    y, p = [r["label"] for r in preds], [r["pred"] for r in preds]
+    assert report["overall"]["uf1"] == pytest.approx(f1_score(y, p, average="macro", labels=[0, 1, 2], zero_division=0))
+    assert report["overall"]["uar"] == pytest.approx(recall_score(y, p, average="macro", labels=[0, 1, 2], zero_division=0))
+    for db, m in report["per_database"].items():
+        yd = [r["label"] for r in preds if r["database"] == db]
+        pd = [r["pred"] for r in preds if r["database"] == db]
+        assert m["uf1"] == pytest.approx(f1_score(yd, pd, average="macro", labels=[0, 1, 2], zero_division=0))
+    for r in preds:
+        assert r["pred"] == int(np.argmax(r["probabilities"])) and abs(sum(r["probabilities"]) - 1) < 1e-4
+
+
+def test_cde_end_to_end_on_the_demo_corpus(tmp_path):
+    corpus = generate_demo_corpus(str(tmp_path / "raw"), subjects=3, clips_per_class=1, frames=8)
+    src = Casme2Source(input_dir=corpus.input_dir, coding_sheet=corpus.coding_sheet, database="demo")
+    build(src, str(tmp_path / "records"), progress=False)
+    cfg = TrainConfig(data_dir=str(tmp_path / "records"), model="atn", **TINY)
+    report = evaluate_lib.evaluate(cfg, "cde", str(tmp_path / "work"), experiment="demo", command="test")
+    assert report["num_folds"] == 3 and report["complete"]
+    _check_report_against_its_predictions(report, 9)
+    for p in report["predictions"]:            # each sample was tested by the fold of its own subject
+        assert p["fold"] == f"demo/{p['subject']}"
+    for f in ("report.json", "report.md", "confusion.png"):
+        assert os.path.getsize(tmp_path / "work" / f) > 0
+    assert json.load(open(tmp_path / "work" / "report.json")) == json.loads(json.dumps(report))
+
+
+def test_fold_models_never_train_on_their_test_subjects(megc_dir, tmp_path):
+    index = evaluate_lib.dataset_index(megc_dir)
+    from atn_tf import protocols
+    folds = protocols.make_folds([r["sample_id"] for r in index], [r["database"] for r in index],
+                                 [r["subject"] for r in index], "cde")
+    assert len(folds) == 6
+    for fold in folds:
+        sel = evaluate_lib.fold_selection(fold, index, "cde")
+        assert sel.test_subjects == (fold.name,)
+        assert {f"{index[i]['database']}/{index[i]['subject']}" for i in fold.train_idx}.isdisjoint(sel.test_subjects)
+
+
+def test_interrupted_hde_resumes_with_the_remaining_folds(megc_dir, tmp_path, monkeypatch):
+    cfg = TrainConfig(data_dir=megc_dir, model="time_only", **TINY)
+    work = str(tmp_path / "work")
+    real_run_fold = evaluate_lib.run_fold
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[1].name)
+        if calls == ["casme2", "samm"]:
+            raise Interrupted                 # the second fold never finishes
+        return real_run_fold(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_lib, "run_fold", interrupted)
+    with pytest.raises(Interrupted):
+        evaluate_lib.evaluate(cfg, "hde", work)
+    assert os.path.isfile(os.path.join(work, "folds", "casme2", "predictions.json"))
+    assert not os.path.exists(os.path.join(work, "report.json"))
+    calls.clear()
+    report = evaluate_lib.evaluate(cfg, "hde", work)
+    assert calls == ["samm", "smic"]           # casme2 was reused, not retrained
+    _check_report_against_its_predictions(report, 18)
+    assert {p["fold"] for p in report["predictions"]} == {"casme2", "samm", "smic"}
+
+
+def test_compare_cli_and_unknown_fold(megc_dir, tmp_path):
+    cfg = TrainConfig(data_dir=megc_dir, model="time_only", **TINY)
+    with pytest.raises(ValueError, match="unknown fold"):
+        evaluate_lib.evaluate(cfg, "hde", str(tmp_path / "x"), folds=["nope"])
+    for name in ("a", "b"):
+        evaluate_lib.evaluate(cfg.replace(seed=ord(name)), "hde", str(tmp_path / name), folds=["smic"])
+    r = subprocess.run([sys.executable, "-m", "atn_tf.evaluate", "--compare", str(tmp_path / "a"), str(tmp_path / "b"),
+                        f"--compare_output={tmp_path / 'cmp.md'}"], env=dict(os.environ, PYTHONPATH=ROOT),
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    table = open(tmp_path / "cmp.md").read()
+    assert "| a | HDE |" in table and "| b | HDE |" in table and "smic UF1 / UAR" in table
+    assert reports.load_report(str(tmp_path / "a"))["complete"] is False
