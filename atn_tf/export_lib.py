@@ -104,11 +104,11 @@ MAX_IMAGE_SIDE = 8000      # as the builder: larger declared sizes are refused b
 
 
 def _check_declared_size(data):
-    """Refuse JPEG/PNG whose header declares more than MAX_IMAGE_SIDE pixels a side, before
-    decoding (a small compressed request must not allocate gigabytes)."""
+    """Refuse JPEG/PNG/BMP/GIF whose header declares more than MAX_IMAGE_SIDE pixels a side,
+    before decoding (a small compressed request must not allocate gigabytes)."""
     # Padded so that a short or truncated header never makes `substr` fail (its error
     # message would quote the raw bytes); the decoder then reports the truncation.
-    padded = tf.strings.join([data, tf.constant(b"\0" * 24)])
+    padded = tf.strings.join([data, tf.constant(b"\0" * 26)])
 
     def png_hw():
         b = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 16, 8), tf.uint8), tf.int64)
@@ -118,8 +118,18 @@ def _check_declared_size(data):
     def jpeg_hw():
         return tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64)
 
+    def bmp_hw():      # int32 little endian width, height (height < 0: top-down rows)
+        wh = tf.io.decode_raw(tf.strings.substr(padded, 18, 8), tf.int32, little_endian=True)
+        return tf.abs(tf.cast(wh[::-1], tf.int64))
+
+    def gif_hw():      # logical screen: uint16 little endian width, height
+        wh = tf.io.decode_raw(tf.strings.substr(padded, 6, 4), tf.uint16, little_endian=True)
+        return tf.cast(wh[::-1], tf.int64)
+
     hw = tf.case([(tf.equal(tf.strings.substr(padded, 0, 8), b"\x89PNG\r\n\x1a\n"), png_hw),
-                  (tf.io.is_jpeg(data), jpeg_hw)],
+                  (tf.io.is_jpeg(data), jpeg_hw),
+                  (tf.equal(tf.strings.substr(padded, 0, 2), b"BM"), bmp_hw),
+                  (tf.equal(tf.strings.substr(padded, 0, 4), b"GIF8"), gif_hw)],
                  default=lambda: tf.zeros([2], tf.int64))
     return tf.debugging.assert_less_equal(
         hw, tf.constant(MAX_IMAGE_SIDE, tf.int64),
@@ -130,8 +140,16 @@ def decode_apex(data, image_size: int):
     """Encoded image bytes (scalar string) -> float32 [S, S, 1], gray, raw 0..255."""
     with tf.control_dependencies([_check_declared_size(data)]):
         data = tf.identity(data)
-    image = tf.io.decode_image(data, channels=1, expand_animations=False, dtype=tf.uint8)
-    image = tf.ensure_shape(image, [None, None, 1])
+    # TF's BMP and GIF decoders give no 1-channel output: decode as RGB, then gray.
+    rgb_only = tf.logical_or(tf.equal(tf.strings.substr(data, 0, 2, unit="BYTE"), b"BM"),
+                             tf.equal(tf.strings.substr(data, 0, 4, unit="BYTE"), b"GIF8"))
+    image = tf.cond(
+        rgb_only,
+        lambda: tf.ensure_shape(tf.image.rgb_to_grayscale(tf.ensure_shape(
+            tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8), [None, None, 3])),
+            [None, None, 1]),
+        lambda: tf.ensure_shape(tf.io.decode_image(data, channels=1, expand_animations=False, dtype=tf.uint8),
+                                [None, None, 1]))
     hw = tf.shape(image)[:2]
     tf.debugging.assert_positive(tf.reduce_min(hw), message="decoded apex image is empty")
     image = tf.cast(image, tf.float32)

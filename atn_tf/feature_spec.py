@@ -99,7 +99,7 @@ def _png(array: np.ndarray) -> bytes:
 def decode_png_np(data: bytes) -> np.ndarray:
     import cv2
 
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if arr is None:
         raise SampleError("not a decodable PNG")
     return np.ascontiguousarray(arr[..., ::-1]) if arr.ndim == 3 else arr
@@ -138,29 +138,56 @@ def encode_example(sample: Sample) -> bytes:
     return example.SerializeToString(deterministic=True)
 
 
-def decode_example_np(data: bytes) -> Sample:
-    """Inverse of `encode_example` in numpy (tests, tools); training uses `parse_example`."""
-    import tensorflow as tf
+_KIND_OF = {"string": "bytes_list", "int64": "int64_list", "float32": "float_list"}
 
-    ex = tf.train.Example.FromString(data)
+
+def decode_example_np(data: bytes) -> Sample:
+    """Inverse of `encode_example` in numpy (tests, tools, shard verification); training uses
+    `parse_example`. Anything that is not a record of this spec raises SampleError naming the
+    record's sample_id when it has one."""
+    import tensorflow as tf
+    from google.protobuf.message import DecodeError
+
+    try:
+        ex = tf.train.Example.FromString(data)
+    except DecodeError as e:
+        raise SampleError(f"not a tf.train.Example ({e})") from None
     f = ex.features.feature
+    sid_values = f["sample_id"].bytes_list.value if "sample_id" in f else []
+    sid = sid_values[0].decode("utf-8", "replace") if len(sid_values) == 1 else "?"
+    for name, (kind, dtype, _) in FEATURES.items():
+        if name not in f:
+            raise SampleError(f"{sid}: feature {name!r} missing")
+        which = f[name].WhichOneof("kind")
+        n = len(getattr(f[name], _KIND_OF[dtype]).value)
+        if which not in (_KIND_OF[dtype], None) or (kind == "scalar" and n != 1):
+            raise SampleError(f"{sid}: feature {name!r} must be {'one ' if kind == 'scalar' else ''}{dtype}, "
+                              f"got {which} with {n} value(s)")
 
     def s(k):
-        return f[k].bytes_list.value[0].decode()
+        try:
+            return f[k].bytes_list.value[0].decode()
+        except UnicodeDecodeError:
+            raise SampleError(f"{sid}: feature {k!r} is not UTF-8") from None
 
     def n(k):
         return int(f[k].int64_list.value[0])
 
     flow_len = n("flow_len")
     seq = np.asarray(f["flow_seq"].float_list.value, np.float32)
+    if not 1 <= flow_len <= MAX_STEPS:
+        raise SampleError(f"{sid}: flow_len {flow_len} not in 1..{MAX_STEPS}")
     if seq.size != flow_len * STEP_DIM:
-        raise SampleError(f"{s('sample_id')}: flow_seq has {seq.size} values, flow_len {flow_len}")
+        raise SampleError(f"{sid}: flow_seq has {seq.size} values, flow_len {flow_len} x {STEP_DIM} expected")
+    try:
+        apex_image = decode_png_np(f["apex_image"].bytes_list.value[0])
+        flow_image = decode_png_np(f["flow_image"].bytes_list.value[0]) if n("has_flow_image") else None
+    except SampleError as e:
+        raise SampleError(f"{sid}: {e}") from None
     return Sample(
         sample_id=s("sample_id"), database=s("database"), subject=s("subject"), clip=s("clip"),
-        label=n("label"), apex_image=decode_png_np(f["apex_image"].bytes_list.value[0]),
-        flow_seq=seq.reshape(flow_len, STEP_DIM),
-        flow_image=(decode_png_np(f["flow_image"].bytes_list.value[0]) if n("has_flow_image") else None),
-        onset=n("onset"), apex=n("apex"), offset=n("offset"))
+        label=n("label"), apex_image=apex_image, flow_seq=seq.reshape(flow_len, STEP_DIM),
+        flow_image=flow_image, onset=n("onset"), apex=n("apex"), offset=n("offset"))
 
 
 def parse_spec():
@@ -186,9 +213,19 @@ def parse_example(serialized):
     p = tf.io.parse_single_example(serialized, parse_spec())
     flow_len = tf.cast(p["flow_len"], tf.int32)
     seq = tf.sparse.to_dense(p["flow_seq"])
-    tf.debugging.assert_equal(tf.size(seq), flow_len * STEP_DIM,
-                              message="flow_seq size does not match flow_len x 128")
-    seq = tf.reshape(seq, [flow_len, STEP_DIM])
+    # Every message carries the record's sample_id, so a bad record is named, not just found.
+    sid = ["record", p["sample_id"]]
+    checks = [
+        tf.debugging.Assert(tf.equal(tf.size(seq), flow_len * STEP_DIM),
+                            ["flow_seq size does not match flow_len x 128:"] + sid + ["flow_len", flow_len]),
+        tf.debugging.Assert(tf.logical_and(flow_len >= 1, flow_len <= MAX_STEPS),
+                            [f"flow_len not in 1..{MAX_STEPS}:"] + sid + ["flow_len", flow_len]),
+        tf.debugging.Assert(tf.logical_and(p["label"] >= 0, p["label"] < NUM_CLASSES),
+                            [f"label not in 0..{NUM_CLASSES - 1}:"] + sid + ["label", p["label"]]),
+        tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(seq)), ["flow_seq has NaN or Inf:"] + sid),
+    ]
+    with tf.control_dependencies(checks):
+        seq = tf.reshape(seq, [flow_len, STEP_DIM])
     apex = tf.io.decode_png(p["apex_image"], channels=1)
     apex = tf.ensure_shape(apex, [IMAGE_SIZE, IMAGE_SIZE, 1])
     flow_image = tf.cond(

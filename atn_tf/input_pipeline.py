@@ -1,15 +1,17 @@
 """tf.data input from the shards written by `tfrecords_builder`.
 
-Parse/decode in parallel, cache the decoded selection in memory (the MEGC2019 composite is
-~30 MB decoded), class-balanced sampling for training (the seed repeated minority samples
-in its list; here each class is an endless shuffled stream and the streams are sampled
-with equal weights), augmentation keyed by (seed, element index) so a run is repeatable,
-padded batching and AUTOTUNE prefetch.
+Parse/decode in parallel once and hold the decoded selection in memory (the MEGC2019
+composite is ~25 MB decoded); training streams record indices — class-balanced (the seed
+repeated minority samples in its list; here each class is an endless shuffled stream and
+the streams are sampled with equal weights) — batched before any image work, so gather,
+cast, resize and augmentation (keyed by (seed, element index), so a run is repeatable) run
+vectorised once per batch; sequences are padded to the batch's longest; AUTOTUNE prefetch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -33,7 +35,11 @@ class DataError(ValueError):
 
 # ------------------------------------------------------------------ dataset info
 
-def read_dataset_info(data_dir: str) -> dict:
+def read_dataset_info(data_dir: str, verify: bool = True) -> dict:
+    """dataset_info.json of a finished build; with `verify`, every shard is also checked
+    against it record by record (`verify_shards`, once per process while the files are
+    unchanged), so a damaged or foreign data folder fails here with the shard and record
+    index instead of as a raw TF error in the middle of training."""
     path = os.path.join(data_dir, "dataset_info.json")
     if not os.path.isdir(data_dir):
         raise DataError(f"{data_dir}: data folder does not exist (build it with python -m tfrecords_builder)")
@@ -44,13 +50,20 @@ def read_dataset_info(data_dir: str) -> dict:
             info = json.load(f)
     except ValueError as e:
         raise DataError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(info, dict):
+        raise DataError(f"{path}: not a dataset_info object")
     shards = info.get("shards")
     if not isinstance(shards, list) or not shards:
         raise DataError(f"{path}: lists no shards")
     missing_keys = set(feature_spec.FEATURES) - set(info.get("features", {}))
     if missing_keys:
         raise DataError(f"{path}: written with another feature spec (missing {sorted(missing_keys)})")
-    for sh in shards:
+    for i, sh in enumerate(shards):
+        if not isinstance(sh, dict) or not isinstance(sh.get("path"), str) \
+                or not isinstance(sh.get("num_examples"), int):
+            raise DataError(f"{path}: shard entry {i} has no path / num_examples")
+        if os.path.isabs(sh["path"]) or os.path.normpath(sh["path"]).startswith(".."):
+            raise DataError(f"{path}: shard path {sh['path']!r} leaves the data folder")
         p = os.path.join(data_dir, sh["path"])
         if not os.path.isfile(p):
             raise DataError(f"{p}: shard listed in dataset_info.json is missing")
@@ -58,7 +71,103 @@ def read_dataset_info(data_dir: str) -> dict:
         raise DataError(f"{path}: shard counts do not add up to num_examples")
     if info["num_examples"] == 0:
         raise DataError(f"{path}: the dataset is empty")
+    if verify:
+        verify_shards(data_dir, info)
     return info
+
+
+_VERIFIED: set = set()     # fingerprints of folders verified in this process
+
+
+def _fingerprint(data_dir: str, info: dict) -> tuple:
+    files = ["dataset_info.json"] + [sh["path"] for sh in info["shards"]]
+    stats = []
+    for f in files:
+        st = os.stat(os.path.join(data_dir, f))
+        stats.append((f, st.st_size, st.st_mtime_ns, st.st_ino))
+    return (os.path.realpath(data_dir), tuple(stats))
+
+
+def verify_shards(data_dir: str, info: Optional[dict] = None) -> None:
+    """Read every shard once and check it against dataset_info.json.
+
+    Each record must be a complete record of `feature_spec` (all features, the right
+    types, a decodable 224x224 apex PNG, 1..64 finite flow steps, a label in 0..2, its
+    shard's database); each shard must hold the counted records with the listed labels
+    and the recorded sha256; sample ids must be unique. The first problem raises DataError
+    naming the shard file, the record index in it and the record's sample_id. ~0.4 s for
+    the 442 real records; a folder already verified in this process (same files, sizes and
+    mtimes) is not read again.
+    """
+    info = info if info is not None else read_dataset_info(data_dir, verify=False)
+    key = _fingerprint(data_dir, info)
+    if key in _VERIFIED:
+        return
+    info_path = os.path.join(data_dir, "dataset_info.json")
+    seen: dict[str, str] = {}
+    label_counts: dict[str, list[int]] = {}
+    for sh in info["shards"]:
+        path = os.path.join(data_dir, sh["path"])
+        labels = _verify_shard(path, sh, seen)
+        counts = label_counts.setdefault(sh.get("database"), [0] * NUM_CLASSES)
+        for lab in labels:
+            counts[lab] += 1
+        want_sha = sh.get("sha256")
+        if want_sha:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            if h.hexdigest() != want_sha:
+                raise DataError(f"{path}: sha256 {h.hexdigest()[:12]}... differs from dataset_info.json "
+                                f"({want_sha[:12]}...): the shard was changed after the build")
+    for db, d in (info.get("databases") or {}).items():
+        if isinstance(d, dict) and "label_counts" in d and list(d["label_counts"]) != label_counts.get(db):
+            raise DataError(f"{info_path}: database {db!r} label_counts {d['label_counts']} disagree with "
+                            f"the shards ({label_counts.get(db)})")
+    _VERIFIED.add(key)
+
+
+def _raw_records(path: str):
+    """The serialized records of one shard; DataError with the index of the first record
+    that cannot be read (truncated file, bad checksum)."""
+    try:   # batched: per-record eager iteration costs ~1 ms a record
+        return [r for batch in tf.data.TFRecordDataset(path).batch(256) for r in batch.numpy()]
+    except tf.errors.OpError:
+        pass
+    index = 0
+    it = iter(tf.data.TFRecordDataset(path))
+    while True:
+        try:
+            next(it)
+        except StopIteration:      # pragma: no cover - the batched read failed, so this one does
+            raise DataError(f"{path}: unreadable shard") from None
+        except tf.errors.OpError as e:
+            reason = e.message.splitlines()[0] if e.message else type(e).__name__
+            raise DataError(f"{path}: record {index}: truncated or corrupt shard ({reason})") from None
+        index += 1
+
+
+def _verify_shard(path: str, sh: dict, seen: dict) -> list[int]:
+    want_labels = sh.get("labels")
+    labels: list[int] = []
+    for index, raw in enumerate(_raw_records(path)):
+        try:
+            sample = feature_spec.decode_example_np(raw).validate()
+        except feature_spec.SampleError as e:
+            raise DataError(f"{path}: record {index}: {e}") from None
+        where = f"{path}: record {index} ({sample.sample_id})"
+        if sh.get("database") and sample.database != sh["database"]:
+            raise DataError(f"{where}: database {sample.database!r} in a {sh['database']!r} shard")
+        if sample.sample_id in seen:
+            raise DataError(f"{where}: duplicate sample_id, already in {seen[sample.sample_id]}")
+        seen[sample.sample_id] = f"{os.path.basename(path)} record {index}"
+        if isinstance(want_labels, list) and index < len(want_labels) and want_labels[index] != sample.label:
+            raise DataError(f"{where}: label {sample.label}, dataset_info.json lists {want_labels[index]}")
+        labels.append(sample.label)
+    if len(labels) != sh["num_examples"]:
+        raise DataError(f"{path}: holds {len(labels)} records, dataset_info.json says {sh['num_examples']}")
+    return labels
 
 
 def shard_paths(data_dir: str, info: dict) -> list[str]:
@@ -129,67 +238,132 @@ def to_model_inputs(rec, image_size: int):
 # ------------------------------------------------------------------ augmentation
 
 def mirror_flow_seq(seq):
-    """Horizontal mirror of [T,128] block features: columns of the 8x8 grid reversed,
+    """Horizontal mirror of [..., T, 128] block features: columns of the 8x8 grid reversed,
     directions reflected (theta -> pi - theta, wrapped to (-pi, pi]), magnitudes kept."""
-    t = tf.shape(seq)[0]
-    grid = tf.reshape(seq, [t, feature_spec.GRID, feature_spec.GRID, 2])[:, :, ::-1, :]
+    shape = tf.shape(seq)
+    grid = tf.reshape(seq, tf.concat([shape[:-1], [feature_spec.GRID, feature_spec.GRID, 2]], 0))
+    grid = grid[..., ::-1, :]
     ang, mag = grid[..., 0], grid[..., 1]
     ang = tf.math.atan2(tf.sin(np.pi - ang), tf.cos(np.pi - ang))
-    return tf.reshape(tf.stack([ang, mag], axis=-1), [t, STEP_DIM])
+    return tf.reshape(tf.stack([ang, mag], axis=-1), shape)
 
 
 def mirror_flow_image(img):
-    """Mirror the (u, v, strain) flow image; u is stored normalised to 0..255, so the
-    mirrored horizontal flow is 255 - u (exact for the symmetric normalisation)."""
-    img = img[:, ::-1, :]
+    """Mirror the (u, v, strain) flow image ([H,W,3] or a batch); u is stored normalised to
+    0..255, so the mirrored horizontal flow is 255 - u (exact for the symmetric normalisation)."""
+    img = img[..., ::-1, :]
     return tf.concat([255.0 - img[..., :1], img[..., 1:]], axis=-1)
 
 
-def rotate(image, degrees):
-    """Rotate [H,W,C] about its centre, edges replicated."""
-    h = tf.cast(tf.shape(image)[0], tf.float32)
-    w = tf.cast(tf.shape(image)[1], tf.float32)
-    a = degrees * (np.pi / 180.0)
-    c, s = tf.cos(a), tf.sin(a)
+def warp(images, degrees):
+    """Bilinear rotation of a batch [B,H,W,C] about the image centre by `degrees` [B]
+    (positive: counter-clockwise on screen), edges replicated. Plain gathers and
+    arithmetic, so XLA compiles it into a few fused loops (TF's ImageProjectiveTransform
+    kernel is several times slower on CPU). Zero degrees samples exact pixel centres and
+    returns the input exactly."""
+    images = tf.convert_to_tensor(images)
+    _, h, w, ch = images.shape            # static H, W, C (B may be dynamic)
+    b = tf.shape(images)[0]
+    if ch != 1:                           # channels into the batch: element gathers only
+        out = warp(tf.reshape(tf.transpose(images, [0, 3, 1, 2]), [-1, h, w, 1]), tf.repeat(degrees, ch))
+        return tf.transpose(tf.reshape(out, [b, ch, h, w]), [0, 2, 3, 1])
+    a = tf.reshape(tf.cast(degrees, tf.float32), [-1]) * (np.pi / 180.0)
+    c, s = tf.cos(a)[:, None, None], tf.sin(a)[:, None, None]
     cx, cy = (w - 1) / 2, (h - 1) / 2
-    # Output pixel (x, y) samples input at A*(x, y) + b (inverse rotation about the centre).
-    transform = tf.stack([c, -s, cx - c * cx + s * cy, s, c, cy - s * cx - c * cy, 0.0, 0.0])
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[None], transforms=transform[None], output_shape=tf.shape(image)[:2],
-        fill_value=0.0, interpolation="BILINEAR", fill_mode="NEAREST")
-    return out[0]
+    ys, xs = tf.meshgrid(tf.range(h, dtype=tf.float32), tf.range(w, dtype=tf.float32), indexing="ij")
+    # Output pixel (x, y) samples the input at A*(x, y) + b: the inverse rotation.
+    sx = tf.clip_by_value(c * xs - s * ys + (cx - c * cx + s * cy), 0.0, w - 1.0)
+    sy = tf.clip_by_value(s * xs + c * ys + (cy - s * cx - c * cy), 0.0, h - 1.0)
+    x0, y0 = tf.floor(sx), tf.floor(sy)
+    fx, fy = tf.reshape(sx - x0, [b, h * w]), tf.reshape(sy - y0, [b, h * w])
+    x0, y0 = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
+    x1, y1 = tf.minimum(x0 + 1, w - 1), tf.minimum(y0 + 1, h - 1)
+    flat = tf.reshape(images, [b, h * w])
+
+    def at(yy, xx):
+        return tf.gather(flat, tf.reshape(yy * w + xx, [b, h * w]), batch_dims=1)
+
+    v00, v01, v10, v11 = at(y0, x0), at(y0, x1), at(y1, x0), at(y1, x1)
+    top = v00 + (v01 - v00) * fx
+    bottom = v10 + (v11 - v10) * fx
+    return tf.reshape(top + (bottom - top) * fy, [b, h, w, 1])
 
 
-def augment(inputs, seed):
-    """Mirror (apex, flow image and flow sequence together), rotation <= 5 degrees and
-    brightness shift <= 10 grey levels on the apex; each with p = 0.5, stateless in `seed`."""
-    u = tf.random.stateless_uniform([6], seed=seed)
+def rotate(image, degrees):
+    """Rotate [H,W,C] about its centre by `degrees` (or a batch [B,H,W,C] by [B] degrees),
+    edges replicated."""
+    batched = image.shape.rank == 4
+    images = tf.cast(image if batched else image[None], tf.float32)
+    degrees = tf.broadcast_to(tf.reshape(tf.cast(degrees, tf.float32), [-1]), tf.shape(images)[:1])
+    out = warp(images, degrees)
+    return out if batched else out[0]
+
+
+@tf.function(jit_compile=True)
+def _augment_apex(apex, draws):
+    """Mirror, rotation and brightness of a float32 apex batch [B,H,W,1], one XLA computation."""
+    u = draws
+    w = apex.shape[2]
+    flipped = tf.reshape(tf.reverse(tf.reshape(apex, [-1, w]), [1]), tf.shape(apex))
+    apex = tf.where((u[:, 0] < 0.5)[:, None, None, None], flipped, apex)
+    apex = warp(apex, tf.where(u[:, 1] < 0.5, (u[:, 2] * 2 - 1) * MAX_ROTATION_DEG, 0.0))
+    shift = (u[:, 4] * 2 - 1) * MAX_BRIGHTNESS
+    return tf.where((u[:, 3] < 0.5)[:, None, None, None],
+                    tf.clip_by_value(apex + shift[:, None, None, None], 0.0, 255.0), apex)
+
+
+def augment_draws(seed, index):
+    """The 6 uniforms that decide the augmentation of the element with stream index `index`."""
+    return tf.random.stateless_uniform([6], seed=tf.stack([tf.cast(seed, tf.int64), index]))
+
+
+def augment_batch(inputs, draws):
+    """Mirror (apex, flow image and the valid steps of the flow sequence together), rotation
+    <= 5 degrees and brightness shift <= 10 grey levels on the apex, each with p = 0.5,
+    decided per example by `draws` [B, 6] (see `augment_draws`). Vectorised over the batch;
+    the apex part is XLA-compiled."""
     out = dict(inputs)
-    flip = u[0] < 0.5
-    out["apex_image"] = tf.cond(flip, lambda: out["apex_image"][:, ::-1, :], lambda: out["apex_image"])
-    out["flow_image"] = tf.cond(flip, lambda: mirror_flow_image(out["flow_image"]), lambda: out["flow_image"])
-    out["flow_seq"] = tf.cond(flip, lambda: mirror_flow_seq(out["flow_seq"]), lambda: out["flow_seq"])
-    angle = (u[2] * 2 - 1) * MAX_ROTATION_DEG
-    out["apex_image"] = tf.cond(u[1] < 0.5, lambda: rotate(out["apex_image"], angle), lambda: out["apex_image"])
-    shift = (u[4] * 2 - 1) * MAX_BRIGHTNESS
-    out["apex_image"] = tf.cond(u[3] < 0.5, lambda: tf.clip_by_value(out["apex_image"] + shift, 0.0, 255.0),
-                                lambda: out["apex_image"])
+    flip = draws[:, 0] < 0.5
+    out["apex_image"] = _augment_apex(tf.cast(inputs["apex_image"], tf.float32), draws)
+    fi = out["flow_image"]
+    out["flow_image"] = tf.where(flip[:, None, None, None], mirror_flow_image(fi), fi)
+    seq = out["flow_seq"]
+    valid = tf.sequence_mask(out["flow_len"], tf.shape(seq)[1])          # padding stays zero
+    out["flow_seq"] = tf.where(tf.logical_and(flip[:, None], valid)[..., None], mirror_flow_seq(seq), seq)
     return out
 
 
+def augment(inputs, seed):
+    """`augment_batch` for one example (unbatched tensors), keyed by the stateless `seed` [2]."""
+    batch = {k: v[None] for k, v in inputs.items()}
+    if "flow_len" not in batch:
+        batch["flow_len"] = tf.shape(inputs["flow_seq"])[:1]
+    out = augment_batch(batch, tf.random.stateless_uniform([6], seed=seed)[None])
+    return {k: out[k][0] for k in inputs}
+
+
 # ------------------------------------------------------------------ datasets
-
-def _padded_batch(ds, batch_size, drop_remainder):
-    shapes = ({"apex_image": [None, None, 1], "flow_seq": [None, STEP_DIM], "flow_len": [],
-               "flow_image": [FLOW_IMAGE_SIZE, FLOW_IMAGE_SIZE, 3]}, [])
-    return ds.padded_batch(batch_size, padded_shapes=shapes, drop_remainder=drop_remainder)
-
 
 def label_counts(ds: tf.data.Dataset) -> np.ndarray:
     counts = np.zeros(NUM_CLASSES, np.int64)
     for lab in ds.map(lambda r: r["label"]).as_numpy_iterator():
         counts[lab] += 1
     return counts
+
+
+def load_arrays(data_dir: str, info: dict, selection: Selection) -> dict:
+    """Parse and decode the records not held out, once, into numpy arrays (apex uint8
+    [N,224,224,1], flow_seq float32 [N,Tmax,128] zero-padded, flow_len, flow_image, label)."""
+    keys = ("label", "apex_image", "flow_seq", "flow_len", "flow_image")
+    recs = records(data_dir, info).filter(lambda r: tf.logical_not(selection.is_test(r)))
+    parts = list(recs.map(lambda r: {k: r[k] for k in keys}).padded_batch(128).as_numpy_iterator())
+    if not parts:
+        return {"label": np.zeros([0], np.int32)}
+    t_max = max(p["flow_seq"].shape[1] for p in parts)
+    out = {k: np.concatenate([p[k] for p in parts]) for k in keys if k != "flow_seq"}
+    out["flow_seq"] = np.concatenate(
+        [np.pad(p["flow_seq"], ((0, 0), (0, t_max - p["flow_seq"].shape[1]), (0, 0))) for p in parts])
+    return out
 
 
 def train_dataset(data_dir: str, selection: Selection, batch_size: int, image_size: int = IMAGE_SIZE,
@@ -199,41 +373,60 @@ def train_dataset(data_dir: str, selection: Selection, batch_size: int, image_si
     """An endless stream of (inputs, label) batches from the records not held out.
 
     The stream is a pure function of `seed`; `skip_batches` global batches are skipped
-    (cheaply, before decoding-heavy work) so a resumed run sees what it would have seen.
+    (cheaply: only indices are skipped) so a resumed run sees what it would have seen.
 
     With an `input_context` (tf.distribute), `batch_size` is the global batch: each input
     pipeline gets its share and its own shard of the stream.
+
+    The selection is decoded once into memory (`load_arrays`; the 442 MEGC2019 records are
+    ~25 MB); the stream itself is one of record indices (class-balanced: one endless shuffled
+    stream per class, sampled with equal weights), batched before any image work, so
+    gathering, casting, resizing and augmenting run once per batch, vectorised. (A
+    per-example pipeline ran ~10x slower: see benchmarks/results.md.)
     """
     info = read_dataset_info(data_dir)
     validate_selection(info, selection, data_dir)
-    recs = records(data_dir, info).filter(lambda r: tf.logical_not(selection.is_test(r))).cache()
-    counts = label_counts(recs)
+    data = load_arrays(data_dir, info, selection)
+    counts = np.bincount(data["label"], minlength=NUM_CLASSES)
     if counts.sum() == 0:
         raise DataError(f"{data_dir}: no training records left after holding out {selection}")
     present = [c for c in range(NUM_CLASSES) if counts[c] > 0]
     if balance and len(present) > 1:
-        streams = [recs.filter(lambda r, c=c: tf.equal(r["label"], c))
+        streams = [tf.data.Dataset.from_tensor_slices(np.flatnonzero(data["label"] == c).astype(np.int64))
                        .shuffle(int(counts[c]), seed=seed + 17 * c, reshuffle_each_iteration=True).repeat()
                    for c in present]
-        ds = tf.data.Dataset.sample_from_datasets(streams, weights=[1.0 / len(present)] * len(present),
-                                                  seed=seed, stop_on_empty_dataset=False)
+        ids = tf.data.Dataset.sample_from_datasets(streams, weights=[1.0 / len(present)] * len(present),
+                                                   seed=seed, stop_on_empty_dataset=False)
     else:
-        ds = recs.shuffle(int(counts.sum()), seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.map(lambda r: (to_model_inputs(r, image_size), r["label"]), num_parallel_calls=AUTOTUNE)
+        ids = tf.data.Dataset.range(int(counts.sum())).shuffle(
+            int(counts.sum()), seed=seed, reshuffle_each_iteration=True).repeat()
     per_replica = batch_size
     if input_context is not None:
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        ids = ids.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
         per_replica = input_context.get_per_replica_batch_size(batch_size)
     # Element indices key the augmentation, so skipping (resume) keeps the stream identical.
-    ds = ds.enumerate()
+    ids = ids.enumerate()
     if skip_batches:
-        ds = ds.skip(skip_batches * batch_size // (input_context.num_input_pipelines if input_context else 1))
-    if augment_data:
-        ds = ds.map(lambda i, xy: (augment(xy[0], tf.stack([tf.constant(seed, tf.int64), i])), xy[1]),
-                    num_parallel_calls=AUTOTUNE)
-    else:
-        ds = ds.map(lambda i, xy: xy)
-    ds = _padded_batch(ds, per_replica, drop_remainder=True)
+        ids = ids.skip(skip_batches * batch_size // (input_context.num_input_pipelines if input_context else 1))
+    ids = ids.batch(per_replica, drop_remainder=True)
+
+    if image_size != IMAGE_SIZE:     # once for the whole selection, not per batch
+        data["apex_image"] = tf.image.resize(tf.cast(data["apex_image"], tf.float32),
+                                             [image_size, image_size], method="area").numpy()
+    table = {k: tf.constant(v) for k, v in data.items()}
+
+    def make_batch(index, rows):
+        flow_len = tf.gather(table["flow_len"], rows)
+        x = {"apex_image": tf.cast(tf.gather(table["apex_image"], rows), tf.float32),
+             "flow_seq": tf.gather(table["flow_seq"], rows)[:, :tf.reduce_max(flow_len)],
+             "flow_len": flow_len,
+             "flow_image": tf.cast(tf.gather(table["flow_image"], rows), tf.float32)}
+        if augment_data:
+            draws = tf.map_fn(lambda i: augment_draws(seed, i), index, fn_output_signature=tf.float32)
+            x = augment_batch(x, draws)
+        return x, tf.gather(table["label"], rows)
+
+    ds = ids.map(make_batch, num_parallel_calls=AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options).prefetch(AUTOTUNE)

@@ -10,13 +10,13 @@ examples/s) replaces the `## Serving` section of `benchmarks/results.md`.
 from __future__ import annotations
 
 import os
-import platform
-import re
 import tempfile
 import time
 
 import numpy as np
 from absl import app, flags, logging
+
+from benchmarks import common
 
 flags.DEFINE_string("model_dir", None, "Finished run to export (default: untrained full-size --model).")
 flags.DEFINE_string("model", "atn", "Model built when --model_dir is not given.")
@@ -61,23 +61,14 @@ def time_signature(fn, inputs: dict, repeats: int, warmup: int) -> dict:
 
 
 def replace_section(path: str, body: str) -> None:
-    text = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmarks\n"
-    section = f"{SECTION}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    common.write_section(SECTION[len("## "):], body, path)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)      # TF's SavedModel INFO lines are noise here
+    load0 = common.load_str()
     import tensorflow as tf
 
     if FLAGS.threads:
@@ -109,13 +100,12 @@ def main(argv):
                 rows.append((batch, steps, r))
                 print(f"batch {batch:3d}  T {steps:2d}  median {r['median_ms']:8.1f} ms  "
                       f"p99 {r['p99_ms']:8.1f} ms  {r['examples_per_s']:8.1f} examples/s", flush=True)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [
-        f"`python -m benchmarks.serving` — `serving_default` of the exported SavedModel, in-process "
+        common.preamble(load0),
+        "",
+        f"`serving_default` of the exported SavedModel, in-process "
         f"(`tf.saved_model.load`), CPU; {what}: `{config.model}`, {config.image_size}x{config.image_size}, "
-        f"width {config.width}, LSTM {config.lstm_units}, {params / 1e6:.1f} M parameters.",
-        f"Machine: {os.cpu_count()} logical CPUs ({platform.processor() or platform.machine()}), "
-        f"TensorFlow {tf.__version__}; 1-min load average at the end {load:.1f}. "
+        f"width {config.width}, LSTM {config.lstm_units}, {params / 1e6:.1f} M parameters. "
         f"Batch 1: {FLAGS.repeats} timed calls after {FLAGS.warmup} warm-up calls; larger batches "
         f"{max(10, FLAGS.repeats // 5)}.",
     ]

@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -58,25 +59,51 @@ def test_train_smoke_writes_model_config_checkpoints_and_summaries(data_dir, tmp
     assert loaded_cfg == cfg and "probabilities" in model.output
 
 
+def _checkpoint_steps(model_dir):
+    return [int(p.rsplit("-", 1)[1].split(".")[0])
+            for p in glob.glob(os.path.join(model_dir, "checkpoints", "ckpt-*.index"))]
+
+
 def test_killed_training_resumes_to_the_same_step_and_loss(data_dir, tmp_path):
+    # Kill points are random (a new seed each run, printed on failure): each kill waits for
+    # the first checkpoint at or after a random step, then a random 0..2 steps more, so the
+    # process dies at a random point of a later step (mid-step, mid-save or mid-restore).
+    seed = random.randrange(2 ** 32)
+    rng = random.Random(seed)
     base = dict(data_dir=data_dir, test_subjects=("casme2/s02",), train_steps=24, checkpoint_every=4, **TINY)
-    ref = _result(_run_worker(TrainConfig(model_dir=str(tmp_path / "ref"), **base), tmp_path, name="ref.json"))
+    ref_cfg = TrainConfig(model_dir=str(tmp_path / "ref"), **base)
+    proc = _run_worker(ref_cfg, tmp_path, name="ref.json")
+    seen = {}                           # checkpoint step -> when it appeared: the time of a step
+    while proc.poll() is None:
+        for s in _checkpoint_steps(ref_cfg.model_dir):
+            seen.setdefault(s, time.time())
+        time.sleep(0.01)
+    ref = _result(proc)
+    step_seconds = (seen[24] - seen[8]) / 16 if {8, 24} <= set(seen) else 0.02
     cfg = TrainConfig(model_dir=str(tmp_path / "run"), **base)
-    for kill_at in (6, 12, 18):            # SIGKILL three times in a row, each after a new checkpoint
+    kills = []
+    for limit in (10, 14, 18):         # SIGKILL three times in a row; the last run still has steps to do
+        newest = max(_checkpoint_steps(cfg.model_dir), default=0)
+        kill_at = rng.randint(newest + 1, max(newest + 1, limit))
+        delay = rng.uniform(0.0, 2.0) * step_seconds
         proc = _run_worker(cfg, tmp_path)
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
-            done = glob.glob(str(tmp_path / "run" / "checkpoints" / "ckpt-*.index"))
-            if any(int(p.rsplit("-", 1)[1].split(".")[0]) >= kill_at for p in done):
+            if any(s >= kill_at for s in _checkpoint_steps(cfg.model_dir)):
+                time.sleep(delay)
                 break
-            time.sleep(0.05)
+            time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
+        kills.append((kill_at, round(delay, 3), max(_checkpoint_steps(cfg.model_dir), default=0)))
+    why = f"random seed {seed}: (kill after step, delay s, newest checkpoint) = {kills}"
+    assert proc.returncode == -signal.SIGKILL, why
+    assert [k[2] for k in kills] == sorted({k[2] for k in kills}) and kills[-1][2] < 24, why   # progress each time
     final = _result(_run_worker(cfg, tmp_path))
-    assert final["final_step"] == 24 and final["losses"][0][0] > 1     # it resumed, not restarted
+    assert final["final_step"] == 24 and final["losses"][0][0] > 1, why     # it resumed, not restarted
     ref_loss = dict(map(tuple, ref["losses"]))
     for step, loss in final["losses"]:
-        assert loss == pytest.approx(ref_loss[step], rel=1e-4, abs=1e-5), step
+        assert loss == pytest.approx(ref_loss[step], rel=1e-4, abs=1e-5), (step, why)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):

@@ -45,6 +45,11 @@ def main(argv):
         logging.error("build failed: %s", e)
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:       # disk full, permissions: nothing was published
+        logging.error("build failed: %s", e)
+        print(f"error: writing the output failed: {e}\nnothing was published in {output_dir}; "
+              "fix the cause and rerun with --resume", file=sys.stderr)
+        return 1
     print(summary.table())
     if summary.rejects:
         print(f"{len(summary.rejects)} rejected sample(s) listed in {os.path.join(output_dir, 'rejects.csv')}")

@@ -133,9 +133,12 @@ def _plan_fingerprint(source: Source, shards: list[ShardPlan]) -> str:
 def _write_shard(path: str, records: Iterable[bytes]) -> None:
     import tensorflow as tf
 
-    with tf.io.TFRecordWriter(path) as w:
-        for r in records:
-            w.write(r)
+    try:
+        with tf.io.TFRecordWriter(path) as w:
+            for r in records:
+                w.write(r)
+    except tf.errors.OpError as e:     # e.g. ResourceExhaustedError: No space left on device
+        raise OSError(f"{path}: cannot write the shard ({e.message})") from None
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
 

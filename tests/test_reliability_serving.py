@@ -1,0 +1,197 @@
+"""Serving reliability: the bad requests not already covered by test_export / test_serving.
+
+Each bad request must come back as INVALID_ARGUMENT (tf.errors.InvalidArgumentError in
+process, grpc INVALID_ARGUMENT through the PredictionService), and the server must still
+answer the next good request. Tiny model (image 32, width 4, LSTM 8), no training.
+"""
+
+import concurrent.futures
+import os
+import struct
+
+import cv2
+import grpc
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+from atn_tf import export_lib, serve_client
+from atn_tf.config import TrainConfig
+from atn_tf.models import build_model
+from tests.test_serving import SavedModelPredictionService
+
+SIZE = 32
+TINY = dict(image_size=SIZE, width=4, lstm_units=8)
+NAME = "tiny"
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rel_serving")
+    keras.utils.set_random_seed(0)
+    model = build_model("atn", **TINY)
+    os.makedirs(root / "run")
+    model.save(str(root / "run" / "model.keras"))
+    TrainConfig(model="atn", model_dir=str(root / "run"), **TINY).save(str(root / "run"))
+    return export_lib.export(str(root / "run"), str(root / "saved_models" / NAME))
+
+
+@pytest.fixture(scope="module")
+def loaded(saved_model):
+    return tf.saved_model.load(saved_model)
+
+
+@pytest.fixture(scope="module")
+def grpc_server(saved_model):
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        SavedModelPredictionService(NAME, saved_model), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop(0)
+
+
+def good(batch=1, steps=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"apex_image": rng.integers(0, 256, (batch, SIZE, SIZE, 1)).astype(np.float32),
+            "flow_seq": rng.normal(size=(batch, steps, 128)).astype(np.float32),
+            "flow_len": np.full(batch, steps, np.int32)}
+
+
+def png(gray):
+    return cv2.imencode(".png", gray)[1].tobytes()
+
+
+def as_bytes_request(x):
+    return {"apex_image_bytes": np.array([png(a[..., 0].astype(np.uint8)) for a in x["apex_image"]], dtype=object),
+            "flow_seq": x["flow_seq"], "flow_len": x["flow_len"]}
+
+
+def call(loaded, signature, arrays):
+    return loaded.signatures[signature](**{k: tf.constant(v) for k, v in arrays.items()})
+
+
+# ------------------------------------------------------------------ in process
+
+@pytest.mark.parametrize("signature, change, message", [
+    ("serving_default", dict(apex_image=np.zeros((1, SIZE, SIZE, 1), np.float64)), "expected to be a float"),
+    ("serving_default", dict(flow_seq=np.zeros((1, 5, 128), np.float16)), "expected to be a float"),
+    ("serving_default", dict(flow_len=np.array([5], np.int64)), "expected to be a int32"),
+    ("predict_images", dict(flow_len=np.array([5.0], np.float32)), "expected to be a int32"),
+])
+def test_wrong_dtype_is_invalid_argument(loaded, signature, change, message):
+    x = good()
+    arrays = as_bytes_request(x) if signature == "predict_images" else x
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        call(loaded, signature, {**arrays, **change})
+    assert call(loaded, signature, arrays)["class_id"].shape == (1,)          # still serving
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(flow_seq=np.zeros((5, 128), np.float32)), "flow_seq"),               # rank 2
+    (dict(flow_seq=np.zeros((1, 1, 5, 128), np.float32)), "flow_seq"),         # rank 4
+    (dict(flow_len=np.array(5, np.int32)), "flow_len"),                        # scalar
+    (dict(apex_image=np.zeros((1, SIZE, SIZE), np.float32)), "apex_image"),    # no channel axis
+])
+def test_wrong_rank_is_invalid_argument(loaded, change, message):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        call(loaded, "serving_default", {**good(), **change})
+
+
+def test_predict_images_empty_batch_and_t_limits(loaded):
+    x = as_bytes_request(good())
+    for change, message in [
+            (dict(apex_image_bytes=np.array([], dtype=object), flow_seq=np.zeros((0, 5, 128), np.float32),
+                  flow_len=np.zeros(0, np.int32)), "empty batch"),
+            (dict(flow_seq=np.zeros((1, 0, 128), np.float32)), "T = 0"),
+            (dict(flow_seq=np.zeros((1, 65, 128), np.float32)), "more than 64"),
+            (dict(apex_image_bytes=np.array([[x["apex_image_bytes"][0]]], dtype=object)), "apex_image_bytes")]:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            call(loaded, "predict_images", {**x, **change})
+
+
+def bmp_header(width, height):
+    dib = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 14 + 40 + 16, 0, 0, 54) + dib + b"\0" * 16
+
+
+def gif_header(width, height):
+    return (b"GIF89a" + struct.pack("<HH", width, height) + b"\x00\x00\x00"
+            + b",\x00\x00\x00\x00" + struct.pack("<HH", width, height) + b"\x00\x02\x02D\x01\x00;")
+
+
+def jpeg_header(width, height):
+    sof = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, height, width, 1) + b"\x01\x11\x00"
+    sos = b"\xff\xda" + struct.pack(">HB", 8, 1) + b"\x01\x00\x00\x3f\x00"
+    return b"\xff\xd8" + sof + sos + b"\x00" * 16 + b"\xff\xd9"
+
+
+@pytest.mark.parametrize("data, message", [
+    (bmp_header(20000, 20000), "more than 8000 pixels"),
+    (bmp_header(20000, -20000), "more than 8000 pixels"),        # top-down BMP
+    (gif_header(20000, 20000), "more than 8000 pixels"),
+    (jpeg_header(20000, 20000), "more than 8000 pixels"),
+    (b"BM" + b"\x00" * 10, "BMP|bmp|Invalid|size"),               # truncated BMP header
+    (b"GIF89a\x01", "GIF|gif|Invalid"),
+    (b"\xff\xd8\xff\xe0 not a jpeg", "JPEG|jpeg|Invalid"),
+    (b"%PDF-1.4 not an image at all", "Unknown image file format"),
+    (bytes(range(256)) * 4, "Unknown image file format"),
+])
+def test_image_bombs_and_non_images_are_invalid_argument(loaded, data, message):
+    x = as_bytes_request(good())
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        call(loaded, "predict_images", {**x, "apex_image_bytes": np.array([data], dtype=object)})
+
+
+def test_bmp_and_gif_apex_images_are_decoded(loaded):
+    """The README promises JPEG/PNG/BMP/GIF; SMIC frames are BMP (this used to fail with
+    "`channels` must be 0, 3 or 4 for BMP")."""
+    x = good(seed=4)
+    gray = x["apex_image"][0, ..., 0].astype(np.uint8)
+    want = call(loaded, "serving_default", x)["probabilities"].numpy()
+    colour_bmp = cv2.imencode(".bmp", cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))[1].tobytes()   # 24 bit
+    gray_bmp = cv2.imencode(".bmp", gray)[1].tobytes()                                       # 8 bit
+    gif = tf.io.encode_png(gray[..., None]).numpy()   # TF has no GIF encoder: PNG control for the batch
+    req = {**as_bytes_request(good(3, seed=4)), "flow_seq": np.repeat(x["flow_seq"], 3, 0),
+           "flow_len": np.repeat(x["flow_len"], 3)}
+    req["apex_image_bytes"] = np.array([colour_bmp, gray_bmp, gif], dtype=object)
+    got = call(loaded, "predict_images", req)["probabilities"].numpy()
+    np.testing.assert_allclose(got, np.repeat(want, 3, 0), atol=2e-3)
+
+
+# ------------------------------------------------------------------ through gRPC
+
+def _grpc_error(server, arrays, signature):
+    with pytest.raises(serve_client.ServingError) as err:
+        serve_client.grpc_predict(server, arrays, NAME, signature=signature)
+    return err.value
+
+
+@pytest.mark.parametrize("case", ["wrong rank", "empty batch", "apex float64", "bytes as floats", "T=0 default",
+                                  "T>64 default", "bomb"])
+def test_grpc_bad_requests_are_invalid_argument(grpc_server, case):
+    x = good()
+    signature, arrays = "serving_default", dict(x)
+    if case == "wrong rank":
+        arrays["flow_seq"] = x["flow_seq"][0]
+    elif case == "empty batch":
+        arrays = {k: v[:0] for k, v in x.items()}
+    elif case == "apex float64":
+        arrays["apex_image"] = x["apex_image"].astype(np.float64)
+    elif case == "bytes as floats":
+        signature, arrays = "predict_images", {**as_bytes_request(x), "apex_image_bytes": np.zeros(1, np.float32)}
+    elif case == "T=0 default":
+        arrays["flow_seq"] = np.zeros((1, 0, 128), np.float32)
+    elif case == "T>64 default":
+        arrays["flow_seq"] = np.zeros((1, 65, 128), np.float32)
+    else:
+        signature, arrays = "predict_images", {**as_bytes_request(x),
+                                               "apex_image_bytes": np.array([bmp_header(20000, 20000)], dtype=object)}
+    err = _grpc_error(grpc_server, arrays, signature)
+    assert err.code == "INVALID_ARGUMENT" and err.message
+    assert "Graph execution error" not in err.message
+    # the server process is still up and answers a good request
+    assert serve_client.grpc_predict(grpc_server, good(), NAME, signature="serving_default")["class_id"].shape == (1,)
