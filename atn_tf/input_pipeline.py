@@ -13,15 +13,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 
 from atn_tf import feature_spec
-from atn_tf.feature_spec import FLOW_IMAGE_SIZE, IMAGE_SIZE, MAX_STEPS, NUM_CLASSES, STEP_DIM
+from atn_tf.feature_spec import FLOW_IMAGE_SIZE, IMAGE_SIZE, NUM_CLASSES, STEP_DIM
 
 AUTOTUNE = tf.data.AUTOTUNE
 MODEL_INPUTS = ("apex_image", "flow_seq", "flow_len", "flow_image")
@@ -326,30 +325,15 @@ def augment_batch(inputs, draws):
     flip = draws[:, 0] < 0.5
     out["apex_image"] = _augment_apex(tf.cast(inputs["apex_image"], tf.float32), draws)
     fi = out["flow_image"]
-    out["flow_image"] = tf.where(flip[:, None, None, None], mirror_flow_image(fi), fi)
+    present = tf.reduce_any(fi != 0, axis=[1, 2, 3])       # absent flow images stay all-zero
+    out["flow_image"] = tf.where(tf.logical_and(flip, present)[:, None, None, None], mirror_flow_image(fi), fi)
     seq = out["flow_seq"]
     valid = tf.sequence_mask(out["flow_len"], tf.shape(seq)[1])          # padding stays zero
     out["flow_seq"] = tf.where(tf.logical_and(flip[:, None], valid)[..., None], mirror_flow_seq(seq), seq)
     return out
 
 
-def augment(inputs, seed):
-    """`augment_batch` for one example (unbatched tensors), keyed by the stateless `seed` [2]."""
-    batch = {k: v[None] for k, v in inputs.items()}
-    if "flow_len" not in batch:
-        batch["flow_len"] = tf.shape(inputs["flow_seq"])[:1]
-    out = augment_batch(batch, tf.random.stateless_uniform([6], seed=seed)[None])
-    return {k: out[k][0] for k in inputs}
-
-
 # ------------------------------------------------------------------ datasets
-
-def label_counts(ds: tf.data.Dataset) -> np.ndarray:
-    counts = np.zeros(NUM_CLASSES, np.int64)
-    for lab in ds.map(lambda r: r["label"]).as_numpy_iterator():
-        counts[lab] += 1
-    return counts
-
 
 def load_arrays(data_dir: str, info: dict, selection: Selection) -> dict:
     """Parse and decode the records not held out, once, into numpy arrays (apex uint8

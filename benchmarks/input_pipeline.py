@@ -16,11 +16,8 @@ list and parsing the flow text) is reported separately.
 from __future__ import annotations
 
 import math
-import os
 import tempfile
-import time
 
-import numpy as np
 from absl import app, flags
 
 from benchmarks import common

@@ -15,7 +15,6 @@ same shapes, to show whether the input pipeline limits training.
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np

@@ -11,7 +11,7 @@ import pytest
 
 from atn_tf import feature_spec
 from tfrecords_builder.crops_sources import Megc2019CropsSource
-from tfrecords_builder.source import BuildError
+
 from tfrecords_builder.writer import BuildFailed, build, plan_shards
 from tests.fakes import make_megc_layout
 

@@ -22,7 +22,7 @@ import time
 from typing import Callable, Iterable, Optional
 
 from atn_tf import feature_spec
-from atn_tf.feature_spec import CLASS_NAMES, Sample, SampleError
+from atn_tf.feature_spec import CLASS_NAMES, SampleError
 from tfrecords_builder.source import BuildError, SampleSpec, Source
 
 INFO_FILE = "dataset_info.json"
