@@ -8,6 +8,8 @@ import json
 import os
 from typing import Optional
 
+from atn_tf import atomic_io
+
 CONFIG_FILE = "config.json"
 
 
@@ -83,13 +85,7 @@ class TrainConfig:
 
     def save(self, model_dir: Optional[str] = None) -> str:
         model_dir = model_dir or self.model_dir
-        os.makedirs(model_dir, exist_ok=True)
-        path = os.path.join(model_dir, CONFIG_FILE)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(self.to_json())
-        os.replace(tmp, path)
-        return path
+        return atomic_io.write_text(os.path.join(model_dir, CONFIG_FILE), self.to_json())
 
     def model_kwargs(self) -> dict:
         return dict(image_size=self.image_size, width=self.width, lstm_units=self.lstm_units,

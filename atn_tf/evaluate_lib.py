@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 from absl import logging
 
-from atn_tf import input_pipeline, protocols
+from atn_tf import atomic_io, host, input_pipeline, protocols
 from atn_tf.config import TrainConfig
 
 REPORT_JSON = "report.json"
@@ -118,23 +118,16 @@ def make_report(predictions: list[dict], protocol: str, experiment: str, command
                 config: Optional[TrainConfig] = None, complete: bool = True) -> dict:
     import datetime
 
-    from atn_tf import reports
-
     predictions = sorted(predictions, key=lambda r: r["sample_id"])
     m = protocols.pooled_metrics([r["label"] for r in predictions], [r["pred"] for r in predictions],
                                  [r["database"] for r in predictions])
     return {"protocol": protocol, "experiment": experiment, "command": command,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": reports.machine(),
+            "machine": host.describe(), "code_version": host.code_version(),
             "complete": complete, "num_folds": len({r["fold"] for r in predictions}),
             "config": dataclasses.asdict(config) if config else None,
             "overall": m["overall"], "per_database": m["per_database"], "predictions": predictions}
 
 
 def _write_json(path: str, obj) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_io.write_json(path, obj, indent=1)

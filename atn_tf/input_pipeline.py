@@ -4,8 +4,9 @@ Parse/decode in parallel once and hold the decoded selection in memory (the MEGC
 composite is ~25 MB decoded); training streams record indices — class-balanced (the seed
 repeated minority samples in its list; here each class is an endless shuffled stream and
 the streams are sampled with equal weights) — batched before any image work, so gather,
-cast, resize and augmentation (keyed by (seed, element index), so a run is repeatable) run
-vectorised once per batch; sequences are padded to the batch's longest; AUTOTUNE prefetch.
+cast, resize and augmentation (`atn_tf.augment`, keyed by (seed, position in the stream), so
+a run is repeatable) run once per group of batches; sequences are padded to the longest of
+the group; AUTOTUNE prefetch.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from atn_tf import feature_spec
+from atn_tf import augment, feature_spec
 from atn_tf.feature_spec import FLOW_IMAGE_SIZE, IMAGE_SIZE, NUM_CLASSES, STEP_DIM
 
 AUTOTUNE = tf.data.AUTOTUNE
+# Batches are assembled GROUP at a time (one map call), then split: the per-call cost of
+# tf.data's map is most of a batch's cost once augmentation is lookups (~1.4x throughput).
+GROUP = 4
 MODEL_INPUTS = ("apex_image", "flow_seq", "flow_len", "flow_image")
-MAX_ROTATION_DEG = 5.0
-MAX_BRIGHTNESS = 10.0
 
 
 class DataError(ValueError):
@@ -234,105 +236,6 @@ def to_model_inputs(rec, image_size: int):
             "flow_image": tf.cast(rec["flow_image"], tf.float32)}
 
 
-# ------------------------------------------------------------------ augmentation
-
-def mirror_flow_seq(seq):
-    """Horizontal mirror of [..., T, 128] block features: columns of the 8x8 grid reversed,
-    directions reflected (theta -> pi - theta, wrapped to (-pi, pi]), magnitudes kept."""
-    shape = tf.shape(seq)
-    grid = tf.reshape(seq, tf.concat([shape[:-1], [feature_spec.GRID, feature_spec.GRID, 2]], 0))
-    grid = grid[..., ::-1, :]
-    ang, mag = grid[..., 0], grid[..., 1]
-    ang = tf.math.atan2(tf.sin(np.pi - ang), tf.cos(np.pi - ang))
-    return tf.reshape(tf.stack([ang, mag], axis=-1), shape)
-
-
-def mirror_flow_image(img):
-    """Mirror the (u, v, strain) flow image ([H,W,3] or a batch); u is stored normalised to
-    0..255, so the mirrored horizontal flow is 255 - u (exact for the symmetric normalisation)."""
-    img = img[..., ::-1, :]
-    return tf.concat([255.0 - img[..., :1], img[..., 1:]], axis=-1)
-
-
-def warp(images, degrees):
-    """Bilinear rotation of a batch [B,H,W,C] about the image centre by `degrees` [B]
-    (positive: counter-clockwise on screen), edges replicated. Plain gathers and
-    arithmetic, so XLA compiles it into a few fused loops (TF's ImageProjectiveTransform
-    kernel is several times slower on CPU). Zero degrees samples exact pixel centres and
-    returns the input exactly."""
-    images = tf.convert_to_tensor(images)
-    _, h, w, ch = images.shape            # static H, W, C (B may be dynamic)
-    b = tf.shape(images)[0]
-    if ch != 1:                           # channels into the batch: element gathers only
-        out = warp(tf.reshape(tf.transpose(images, [0, 3, 1, 2]), [-1, h, w, 1]), tf.repeat(degrees, ch))
-        return tf.transpose(tf.reshape(out, [b, ch, h, w]), [0, 2, 3, 1])
-    a = tf.reshape(tf.cast(degrees, tf.float32), [-1]) * (np.pi / 180.0)
-    c, s = tf.cos(a)[:, None, None], tf.sin(a)[:, None, None]
-    cx, cy = (w - 1) / 2, (h - 1) / 2
-    ys, xs = tf.meshgrid(tf.range(h, dtype=tf.float32), tf.range(w, dtype=tf.float32), indexing="ij")
-    # Output pixel (x, y) samples the input at A*(x, y) + b: the inverse rotation.
-    sx = tf.clip_by_value(c * xs - s * ys + (cx - c * cx + s * cy), 0.0, w - 1.0)
-    sy = tf.clip_by_value(s * xs + c * ys + (cy - s * cx - c * cy), 0.0, h - 1.0)
-    x0, y0 = tf.floor(sx), tf.floor(sy)
-    fx, fy = tf.reshape(sx - x0, [b, h * w]), tf.reshape(sy - y0, [b, h * w])
-    x0, y0 = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
-    x1, y1 = tf.minimum(x0 + 1, w - 1), tf.minimum(y0 + 1, h - 1)
-    flat = tf.reshape(images, [b, h * w])
-
-    def at(yy, xx):
-        return tf.gather(flat, tf.reshape(yy * w + xx, [b, h * w]), batch_dims=1)
-
-    v00, v01, v10, v11 = at(y0, x0), at(y0, x1), at(y1, x0), at(y1, x1)
-    top = v00 + (v01 - v00) * fx
-    bottom = v10 + (v11 - v10) * fx
-    return tf.reshape(top + (bottom - top) * fy, [b, h, w, 1])
-
-
-def rotate(image, degrees):
-    """Rotate [H,W,C] about its centre by `degrees` (or a batch [B,H,W,C] by [B] degrees),
-    edges replicated."""
-    batched = image.shape.rank == 4
-    images = tf.cast(image if batched else image[None], tf.float32)
-    degrees = tf.broadcast_to(tf.reshape(tf.cast(degrees, tf.float32), [-1]), tf.shape(images)[:1])
-    out = warp(images, degrees)
-    return out if batched else out[0]
-
-
-@tf.function(jit_compile=True)
-def _augment_apex(apex, draws):
-    """Mirror, rotation and brightness of a float32 apex batch [B,H,W,1], one XLA computation."""
-    u = draws
-    w = apex.shape[2]
-    flipped = tf.reshape(tf.reverse(tf.reshape(apex, [-1, w]), [1]), tf.shape(apex))
-    apex = tf.where((u[:, 0] < 0.5)[:, None, None, None], flipped, apex)
-    apex = warp(apex, tf.where(u[:, 1] < 0.5, (u[:, 2] * 2 - 1) * MAX_ROTATION_DEG, 0.0))
-    shift = (u[:, 4] * 2 - 1) * MAX_BRIGHTNESS
-    return tf.where((u[:, 3] < 0.5)[:, None, None, None],
-                    tf.clip_by_value(apex + shift[:, None, None, None], 0.0, 255.0), apex)
-
-
-def augment_draws(seed, index):
-    """The 6 uniforms that decide the augmentation of the element with stream index `index`."""
-    return tf.random.stateless_uniform([6], seed=tf.stack([tf.cast(seed, tf.int64), index]))
-
-
-def augment_batch(inputs, draws):
-    """Mirror (apex, flow image and the valid steps of the flow sequence together), rotation
-    <= 5 degrees and brightness shift <= 10 grey levels on the apex, each with p = 0.5,
-    decided per example by `draws` [B, 6] (see `augment_draws`). Vectorised over the batch;
-    the apex part is XLA-compiled."""
-    out = dict(inputs)
-    flip = draws[:, 0] < 0.5
-    out["apex_image"] = _augment_apex(tf.cast(inputs["apex_image"], tf.float32), draws)
-    fi = out["flow_image"]
-    present = tf.reduce_any(fi != 0, axis=[1, 2, 3])       # absent flow images stay all-zero
-    out["flow_image"] = tf.where(tf.logical_and(flip, present)[:, None, None, None], mirror_flow_image(fi), fi)
-    seq = out["flow_seq"]
-    valid = tf.sequence_mask(out["flow_len"], tf.shape(seq)[1])          # padding stays zero
-    out["flow_seq"] = tf.where(tf.logical_and(flip[:, None], valid)[..., None], mirror_flow_seq(seq), seq)
-    return out
-
-
 # ------------------------------------------------------------------ datasets
 
 def load_arrays(data_dir: str, info: dict, selection: Selection) -> dict:
@@ -365,7 +268,7 @@ def train_dataset(data_dir: str, selection: Selection, batch_size: int, image_si
     The selection is decoded once into memory (`load_arrays`; the 442 MEGC2019 records are
     ~25 MB); the stream itself is one of record indices (class-balanced: one endless shuffled
     stream per class, sampled with equal weights), batched before any image work, so
-    gathering, casting, resizing and augmenting run once per batch, vectorised. (A
+    gathering, casting, resizing and augmenting run once per batch. (A
     per-example pipeline ran ~10x slower: see benchmarks/results.md.)
     """
     info = read_dataset_info(data_dir)
@@ -388,32 +291,44 @@ def train_dataset(data_dir: str, selection: Selection, batch_size: int, image_si
     if input_context is not None:
         ids = ids.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
         per_replica = input_context.get_per_replica_batch_size(batch_size)
-    # Element indices key the augmentation, so skipping (resume) keeps the stream identical.
+    # Stream positions key the augmentation, so skipping (resume) keeps the stream identical.
     ids = ids.enumerate()
     if skip_batches:
         ids = ids.skip(skip_batches * batch_size // (input_context.num_input_pipelines if input_context else 1))
-    ids = ids.batch(per_replica, drop_remainder=True)
+    ids = ids.batch(per_replica * GROUP, drop_remainder=True)
 
     if image_size != IMAGE_SIZE:     # once for the whole selection, not per batch
         data["apex_image"] = tf.image.resize(tf.cast(data["apex_image"], tf.float32),
                                              [image_size, image_size], method="area").numpy()
+    if augment_data:                 # every rotation and mirror, once (see atn_tf.augment)
+        data["apex_image"] = augment.rotation_table(data["apex_image"])
+        data["flow_seq"], data["flow_image"] = augment.mirror_tables(
+            data["flow_seq"], data["flow_len"], data["flow_image"])
     table = {k: tf.constant(v) for k, v in data.items()}
+    del data
+    # Each input pipeline (tf.distribute) gets its own augmentation stream.
+    stream_offset = (input_context.input_pipeline_id if input_context else 0) * 2 ** 40
 
     def make_batch(index, rows):
         flow_len = tf.gather(table["flow_len"], rows)
-        x = {"apex_image": tf.cast(tf.gather(table["apex_image"], rows), tf.float32),
-             "flow_seq": tf.gather(table["flow_seq"], rows)[:, :tf.reduce_max(flow_len)],
-             "flow_len": flow_len,
-             "flow_image": tf.cast(tf.gather(table["flow_image"], rows), tf.float32)}
+        t = tf.reduce_max(flow_len)
         if augment_data:
-            draws = tf.map_fn(lambda i: augment_draws(seed, i), index, fn_output_signature=tf.float32)
-            x = augment_batch(x, draws)
+            u = augment.draws(seed, stream_offset + index)
+            apex, flow_image = augment.augment_images(table["apex_image"], table["flow_image"], rows, u)
+            mirrored = tf.stack([tf.cast(augment.decisions(u)[0], tf.int64), rows], axis=1)
+            x = {"apex_image": apex, "flow_seq": tf.gather_nd(table["flow_seq"], mirrored)[:, :t],
+                 "flow_image": flow_image}
+        else:
+            x = {"apex_image": tf.cast(tf.gather(table["apex_image"], rows), tf.float32),
+                 "flow_seq": tf.gather(table["flow_seq"], rows)[:, :t],
+                 "flow_image": tf.cast(tf.gather(table["flow_image"], rows), tf.float32)}
+        x["flow_len"] = flow_len
         return x, tf.gather(table["label"], rows)
 
     ds = ids.map(make_batch, num_parallel_calls=AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = True
-    return ds.with_options(options).prefetch(AUTOTUNE)
+    return ds.rebatch(per_replica, drop_remainder=True).with_options(options).prefetch(AUTOTUNE)
 
 
 def eval_dataset(data_dir: str, selection: Optional[Selection] = None, batch_size: int = 32,

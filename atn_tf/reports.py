@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import platform
 
+from atn_tf import atomic_io
 from atn_tf.feature_spec import CLASS_NAMES
 
 DATABASE_ORDER = ("casme2", "samm", "smic")
@@ -51,10 +52,7 @@ def markdown(report: dict) -> str:
 
 
 def write_markdown(report: dict, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(markdown(report))
-    os.replace(tmp, path)
+    atomic_io.write_text(path, markdown(report))
 
 
 def plot_confusions(report: dict, path: str) -> None:
@@ -79,10 +77,10 @@ def plot_confusions(report: dict, path: str) -> None:
     axes[0][0].set_ylabel("true")
     fig.suptitle(f"{report.get('experiment', '')} {report['protocol'].upper()}", fontsize=10)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_io.write_bytes(path, buf.getvalue())
 
 
 def compare_table(reports: list[tuple[str, dict]]) -> str:
@@ -96,14 +94,3 @@ def compare_table(reports: list[tuple[str, dict]]) -> str:
         cells += [_fmt(r["per_database"][db]) if db in r["per_database"] else "" for db in dbs]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def machine() -> str:
-    """'2 cores (CPU model), no GPU' — recorded in every report."""
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores ({cpu})"

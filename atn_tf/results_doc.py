@@ -13,7 +13,7 @@ import sys
 
 from absl import app, flags
 
-from atn_tf import reports
+from atn_tf import atomic_io, host, reports
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("results_dir", "docs/results", "Folder of report JSON files.")
@@ -82,10 +82,7 @@ def update(results_dir: str, output: str, when: str, machine: str) -> str:
         new = old[:old.index(BEGIN)] + body + old[old.index(END) + len(END):]
     else:
         new = old.rstrip("\n") + "\n\n## Deep models on the real MEGC2019 data\n\n" + body + "\n"
-    tmp = output + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(new)
-    os.replace(tmp, output)
+    atomic_io.write_text(output, new)
     return body
 
 
@@ -94,7 +91,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
-        print(update(FLAGS.results_dir, FLAGS.output, datetime.date.today().isoformat(), reports.machine()))
+        print(update(FLAGS.results_dir, FLAGS.output, datetime.date.today().isoformat(), host.describe()))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -12,11 +12,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Optional
 
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
+
+from atn_tf import atomic_io
 
 HEADER = ("# TF Serving model config (text proto), updated by `python -m atn_tf.export`.\n"
           "# tensorflow_model_server --model_config_file=saved_models/models.config ...\n")
@@ -39,18 +40,7 @@ def read_models_config(path: str) -> model_server_config_pb2.ModelServerConfig:
 
 
 def write_models_config(config: model_server_config_pb2.ModelServerConfig, path: str) -> None:
-    text = HEADER + text_format.MessageToString(config)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".models.config-", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_io.write_text(path, HEADER + text_format.MessageToString(config))
 
 
 def update_models_config(path: str, name: str, base_path: str,

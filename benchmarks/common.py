@@ -10,39 +10,18 @@ from __future__ import annotations
 
 import datetime
 import os
-import platform
 import re
 import shlex
 import sys
 import time
 from typing import Callable
 
+from atn_tf import atomic_io, host
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.md")
 HEADER = ("# Benchmarks\n\n"
           "Written by `python -m benchmarks.<name>` (input_pipeline, train_step, serving, builder); "
           "each command replaces only its own section. Timings are not unit-test assertions.\n")
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def memory_gb() -> float:
-    try:
-        with open("/proc/meminfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) / 1024 ** 2
-    except OSError:
-        pass
-    return float("nan")
 
 
 def load_average() -> tuple[float, float, float]:
@@ -53,19 +32,7 @@ def load_str() -> str:
     return "/".join(f"{x:.1f}" for x in load_average())
 
 
-def nproc() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def machine() -> str:
-    """One line: CPU, cores, memory, Python, TensorFlow (if imported), OpenCV (if imported)."""
-    parts = [f"{cpu_model()}, {nproc()} logical CPUs (nproc), {memory_gb():.0f} GB RAM",
-             f"{platform.system()} {platform.release()}", f"Python {platform.python_version()}"]
-    if "tensorflow" in sys.modules:
-        parts.append(f"TensorFlow {sys.modules['tensorflow'].__version__}")
-    if "cv2" in sys.modules:
-        parts.append(f"OpenCV {sys.modules['cv2'].__version__}")
-    return "; ".join(parts)
+machine = host.describe
 
 
 def command() -> str:
@@ -104,12 +71,7 @@ def write_section(title: str, markdown: str, path: str = RESULTS) -> None:
         text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
     else:
         text = text.rstrip() + "\n\n" + section
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_io.write_text(path, text)
 
 
 def markdown_table(header: list[str], rows: list[list], align: str = "") -> str:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from atn_tf import augment
 from atn_tf import input_pipeline as ip
 from tfrecords_builder.crops_sources import Megc2019CropsSource
 from tfrecords_builder.writer import build
@@ -73,25 +74,85 @@ def test_augmentation_changes_images_and_is_a_flag(data_dir):
 def test_mirror_is_consistent_and_an_involution():
     rng = np.random.default_rng(0)
     seq = np.stack([rng.uniform(-np.pi, np.pi, (3, 64)), rng.uniform(0, 2, (3, 64))], -1).reshape(3, 128)
-    seq = tf.constant(seq, tf.float32)
-    back = ip.mirror_flow_seq(ip.mirror_flow_seq(seq)).numpy()
-    np.testing.assert_allclose(np.cos(back), np.cos(seq.numpy()), atol=1e-5)
-    np.testing.assert_allclose(np.sin(back), np.sin(seq.numpy()), atol=1e-5)
+    seq = seq.astype(np.float32)
+    once = augment.mirror_flow_seq(seq)
+    assert np.all(once.reshape(3, 64, 2)[..., 0] > -np.pi) and np.all(once.reshape(3, 64, 2)[..., 0] <= np.pi)
+    back = augment.mirror_flow_seq(once)
+    np.testing.assert_allclose(np.cos(back), np.cos(seq), atol=1e-5)
+    np.testing.assert_allclose(np.sin(back), np.sin(seq), atol=1e-5)
     # Rightward flow in the left-most block becomes leftward flow in the right-most block.
     one = np.zeros((1, 8, 8, 2), np.float32)
     one[0, 2, 0] = [0.0, 1.5]
-    m = ip.mirror_flow_seq(tf.constant(one.reshape(1, 128))).numpy().reshape(1, 8, 8, 2)
+    m = augment.mirror_flow_seq(one.reshape(1, 128)).reshape(1, 8, 8, 2)
     assert abs(abs(m[0, 2, 7, 0]) - np.pi) < 1e-5 and m[0, 2, 7, 1] == pytest.approx(1.5)
-    img = tf.constant(rng.uniform(0, 255, (28, 28, 3)), tf.float32)
-    np.testing.assert_allclose(ip.mirror_flow_image(ip.mirror_flow_image(img)), img, atol=1e-4)
+    img = rng.uniform(0, 255, (28, 28, 3)).astype(np.float32)
+    np.testing.assert_allclose(augment.mirror_flow_image(augment.mirror_flow_image(img)), img, atol=1e-4)
 
 
-def test_rotation_keeps_centre_and_bounds():
-    img = tf.constant(np.tile(np.arange(32, dtype=np.float32), (32, 1))[..., None])
-    assert np.array_equal(ip.rotate(img, 0.0).numpy(), img.numpy())
-    r = ip.rotate(img, 5.0).numpy()
+def test_rotation_keeps_centre_bounds_and_direction():
+    img = np.tile(np.arange(32, dtype=np.float32), (32, 1))[..., None]
+    assert np.array_equal(augment.rotate(img, 0.0), img)
+    r = augment.rotate(img, 5.0)
     assert r.shape == (32, 32, 1) and r.min() >= 0 and r.max() <= 31
-    assert abs(r[16, 16, 0] - img.numpy()[16, 16, 0]) < 1.0
+    assert abs(r[16, 16, 0] - img[16, 16, 0]) < 1.0
+    # Counter-clockwise on screen: a horizontal ramp rotated CCW increases upwards too, so
+    # near the centre the pixel above is brighter than the one below.
+    assert r[8, 16, 0] > r[24, 16, 0]
+    # Bilinear: a 90-degree turn of an odd-sized image maps pixels onto pixels exactly.
+    sq = np.arange(49, dtype=np.float32).reshape(7, 7)
+    np.testing.assert_allclose(augment.rotate(sq, 90.0), np.rot90(sq), atol=1e-3)
+
+
+def test_augmentation_applies_each_draw():
+    rng = np.random.default_rng(0)
+    apex = rng.integers(0, 256, (4, 24, 24, 1)).astype(np.uint8)
+    table = augment.rotation_table(apex)
+    assert table.shape == (4, len(augment.ANGLES), 24, 24, 1) and table.dtype == np.uint8
+    np.testing.assert_array_equal(table[:, augment.IDENTITY], apex)
+    np.testing.assert_array_equal(table[2, 0], augment.rotate(apex[2], -5))
+    u = np.array([[0.9, 0.9, 0.0, 0.9, 0.0],      # nothing
+                  [0.1, 0.9, 0.0, 0.9, 0.0],      # mirror only
+                  [0.9, 0.1, 1.0, 0.9, 0.0],      # rotate by +5 degrees only
+                  [0.9, 0.9, 0.0, 0.1, 1.0]],     # brightness +10 only
+                 np.float32)
+    flow = np.zeros((2, 4, 28, 28, 3), np.uint8)
+    flow[1] = 1                                                   # the mirrored stack
+    out, fi = augment.augment_images(tf.constant(table), tf.constant(flow), tf.range(4, dtype=tf.int64),
+                                     tf.constant(u))
+    out = out.numpy()
+    np.testing.assert_array_equal(fi.numpy()[:, 0, 0, 0], [0, 1, 0, 0])   # only the flipped one
+    assert out.dtype == np.float32 and out.shape == apex.shape
+    np.testing.assert_array_equal(out[0], apex[0])
+    np.testing.assert_array_equal(out[1], apex[1][:, ::-1])
+    np.testing.assert_array_equal(out[2], augment.rotate(apex[2], 5))
+    np.testing.assert_allclose(out[3], np.clip(apex[3].astype(np.float32) + 10, 0, 255), atol=1e-4)
+    # Rotation angles are the whole degrees -5..5, each reachable.
+    k = augment.decisions(tf.constant(np.stack([np.full(110, 0.9), np.zeros(110), np.linspace(0, 1, 110),
+                                                np.ones(110), np.ones(110)], 1), tf.float32))[1].numpy()
+    assert sorted(set(k)) == list(range(len(augment.ANGLES)))
+
+
+def test_draws_are_per_element_uniform_and_seeded():
+    u = augment.draws(0, tf.range(20000, dtype=tf.int64)).numpy()
+    assert u.shape == (20000, augment.NUM_DRAWS) and u.min() >= 0 and u.max() < 1
+    np.testing.assert_allclose(u.mean(axis=0), 0.5, atol=0.01)
+    assert np.abs(np.corrcoef(u.T) - np.eye(augment.NUM_DRAWS)).max() < 0.03
+    # The same element gets the same draws in any batch; another seed gives others.
+    np.testing.assert_array_equal(augment.draws(0, tf.constant([9, 3], tf.int64)).numpy(), u[[9, 3]])
+    assert not np.allclose(augment.draws(1, tf.range(4, dtype=tf.int64)).numpy(), u[:4])
+
+
+def test_mirror_tables_keep_padding_and_absent_images():
+    seq = np.ones((2, 3, 128), np.float32)
+    seq[1, 2] = 0.0                                               # padding of a 2-step sequence
+    img = np.full((2, 28, 28, 3), 7, np.uint8)
+    img[1] = 0                                                    # absent flow image
+    seqs, imgs = augment.mirror_tables(seq, np.array([3, 2]), img)
+    np.testing.assert_array_equal(seqs[0], seq)
+    np.testing.assert_array_equal(imgs[0], img)
+    np.testing.assert_array_equal(seqs[1, 0, 0], augment.mirror_flow_seq(np.ones(128, np.float32)))
+    assert not seqs[1, 1, 2].any() and not imgs[1, 1].any()
+    assert imgs.dtype == np.uint8 and imgs[1, 0, 0, 0, 0] == 248 and imgs[1, 0, 0, 0, 1] == 7
 
 
 def test_clear_errors_for_bad_data_dirs(tmp_path, data_dir):

@@ -291,13 +291,13 @@ def test_disk_full_while_writing_a_shard_publishes_nothing(corpus, tmp_path, mon
 def test_disk_full_while_writing_dataset_info(corpus, tmp_path, monkeypatch):
     from atn_tf import input_pipeline
     out = str(tmp_path / "out")
-    real = writer.write_json_atomic
+    real = writer.atomic_io.write_json
 
-    def full(path, obj):
+    def full(path, obj, **kw):
         if path.endswith(writer.INFO_FILE):
             raise OSError(errno.ENOSPC, "No space left on device", path)
-        real(path, obj)
-    monkeypatch.setattr(writer, "write_json_atomic", full)
+        return real(path, obj, **kw)
+    monkeypatch.setattr(writer.atomic_io, "write_json", full)
     with pytest.raises(OSError, match="No space left"):
         build(Megc2019CropsSource(corpus), out, num_shards=1, progress=False)
     assert not os.path.exists(os.path.join(out, writer.INFO_FILE))

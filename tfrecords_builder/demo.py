@@ -37,6 +37,8 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from atn_tf import atomic_io
+
 HEIGHT, WIDTH = 240, 320
 ROOT = "CASME2_RAW_selected"
 SHEET = "demo-coding.xlsx"
@@ -249,8 +251,4 @@ def _write_stable_zip(data: bytes, path: str) -> None:
             if info.filename == "docProps/core.xml":   # openpyxl stamps 'modified' at save
                 body = re.sub(rb"(<dcterms:modified[^>]*>)[^<]*", rb"\g<1>" + STAMP, body)
             dst.writestr(zi, body)
-    tmp = path + ".tmp"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(tmp, "wb") as fh:
-        fh.write(out.getvalue())
-    os.replace(tmp, path)
+    atomic_io.write_bytes(path, out.getvalue())

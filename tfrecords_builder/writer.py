@@ -21,7 +21,7 @@ import shutil
 import time
 from typing import Callable, Iterable, Optional
 
-from atn_tf import feature_spec
+from atn_tf import atomic_io, feature_spec
 from atn_tf.feature_spec import CLASS_NAMES, SampleError
 from tfrecords_builder.source import BuildError, SampleSpec, Source
 
@@ -95,16 +95,6 @@ def sha256_file(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def write_json_atomic(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _load_one(source: Source, spec: SampleSpec):
@@ -232,7 +222,7 @@ def build(source: Source, output_dir: str, num_shards: int = 1, workers: int = 1
                 "sha256": sha256_file(staged), "num_examples": len(samples),
                 "labels": [s.label for s in samples], "subjects": sorted({s.subject for s in samples}),
                 "rejects": [{"path": r.path, "reason": r.reason, "sample_id": r.sample_id} for r in shard_rejects]}
-            write_json_atomic(state_path, state)
+            atomic_io.write_json(state_path, state)
             rejects += shard_rejects
             written += 1
             if after_shard:
@@ -299,15 +289,12 @@ def _publish(output_dir, staging, shards, state, info, rejects) -> None:
             os.replace(staged, os.path.join(output_dir, sh.name))
     rej_path = os.path.join(output_dir, REJECTS_FILE)
     if rejects:
-        tmp = rej_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("sample_id,path,reason\n")
-            for r in sorted(rejects, key=lambda r: (r.sample_id, r.path)):
-                f.write(",".join(_csv(x) for x in (r.sample_id, r.path, r.reason)) + "\n")
-        os.replace(tmp, rej_path)
+        atomic_io.write_text(rej_path, "sample_id,path,reason\n" + "".join(
+            ",".join(_csv(x) for x in (r.sample_id, r.path, r.reason)) + "\n"
+            for r in sorted(rejects, key=lambda r: (r.sample_id, r.path))))
     elif os.path.exists(rej_path):
         os.remove(rej_path)
-    write_json_atomic(info_path, info)
+    atomic_io.write_json(info_path, info)
     shutil.rmtree(staging, ignore_errors=True)
 
 

@@ -6,13 +6,13 @@ import datetime
 import json
 import os
 import pathlib
-import platform
 import shlex
 import time
 from typing import Sequence
 
 from threadpoolctl import threadpool_limits
 
+from atn_tf import atomic_io, host
 from atn_tf.baselines import classify, features_io
 from atn_tf.manifest import read_manifest
 
@@ -23,21 +23,6 @@ PAPER_CDE = {"LBPTOP": (0.329, 0.335), "HOOF": (0.350, 0.350)}   # best of 4 + S
 
 def command_line(argv: Sequence[str]) -> str:
     return " ".join(["python -m atn_tf.baselines"] + [shlex.quote(a) for a in argv[1:]])
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine() -> dict:
-    return {"nproc": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version()}
 
 
 def evaluate_config(features: str, config: str, rows, protocol: str, classifier: str,
@@ -54,7 +39,7 @@ def evaluate_config(features: str, config: str, rows, protocol: str, classifier:
         "feature_shape": list(fs.shape), "features": os.path.basename(os.fspath(features)),
         "inner_cv": f"GroupKFold({inner_splits}) by subject on the training fold, scored by macro F1",
         "command": command, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": machine(), "seconds": round(time.perf_counter() - t0, 2),
+        "machine": host.summary(), "seconds": round(time.perf_counter() - t0, 2),
         "paper_cde_best_of_4": PAPER_CDE.get(family),
         "overall": result["overall"], "per_database": result["per_database"],
         "folds": result["folds"], "predictions": result["predictions"],
@@ -88,14 +73,11 @@ def run(features: str, config: str, protocol: str, classifier: str, manifest: st
         r = evaluate_config(features, c, rows, protocol, classifier, inner_splits, jobs, seed, command)
         reports.append(r)
         if output:
-            path = pathlib.Path(output.replace("{config}", c))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(r, indent=1) + "\n")
+            atomic_io.write_text(output.replace("{config}", c), json.dumps(r, indent=1) + "\n")
     if output:
-        md = pathlib.Path(report) if report else pathlib.Path(output).parent / "report.md"
-        md.parent.mkdir(parents=True, exist_ok=True)
+        md = report or os.path.join(os.path.dirname(output), "report.md")
         m = reports[0]["machine"]
-        md.write_text(f"# Hand-crafted baseline report\n\n`{command}`\n\n{table(reports)}\n\n"
-                      f"Total {time.perf_counter() - t0:.1f} s on {m['nproc']} x {m['cpu']}, "
-                      f"{reports[0]['date']}.\n")
+        atomic_io.write_text(md, f"# Hand-crafted baseline report\n\n`{command}`\n\n{table(reports)}\n\n"
+                                 f"Total {time.perf_counter() - t0:.1f} s on {m['nproc']} x {m['cpu']}, "
+                                 f"{reports[0]['date']}.\n")
     return reports

@@ -1,0 +1,129 @@
+"""Training augmentation (the recipe's: mirror, rotation <= 5 degrees and a brightness
+shift <= 10 grey levels, each with p = 0.5, decided per example).
+
+The mirror flips the apex, the flow image and the valid steps of the flow sequence
+together (a mirrored face moves the other way); rotation and brightness touch the apex
+only. Rotations are by a whole number of degrees in -5..5, as in the seed's data layer
+(`randint`), which makes them a lookup: micro-expression databases hold hundreds of clips,
+so every apex is rotated by the 10 non-zero angles once, when the input pipeline is built
+(`rotation_table`: OpenCV bilinear, edges replicated; 442 apexes at 224 px: ~0.5 s, 244 MB
+uint8), and mirrored flow inputs are precomputed the same way (`mirror_tables`). A training
+batch is then gathers, a reverse and a fused add-and-clip (`augment_images`), with no
+per-image resampling: see benchmarks/results.md (Input pipeline) for what the earlier
+per-batch rotations cost.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from atn_tf import feature_spec
+
+MAX_ROTATION_DEG = 5
+ANGLES = np.arange(-MAX_ROTATION_DEG, MAX_ROTATION_DEG + 1)       # whole degrees
+IDENTITY = MAX_ROTATION_DEG                                      # index of 0 degrees
+MAX_BRIGHTNESS = 10.0
+NUM_DRAWS = 5   # mirror?, rotate?, angle, shift?, shift
+
+
+def _splitmix64(z):
+    """The SplitMix64 finaliser, elementwise on uint64 (wrapping arithmetic)."""
+    z = z + tf.constant(0x9E3779B97F4A7C15, tf.uint64)
+    z = tf.bitwise.bitwise_xor(z, tf.bitwise.right_shift(z, tf.constant(30, tf.uint64))) \
+        * tf.constant(0xBF58476D1CE4E5B9, tf.uint64)
+    z = tf.bitwise.bitwise_xor(z, tf.bitwise.right_shift(z, tf.constant(27, tf.uint64))) \
+        * tf.constant(0x94D049BB133111EB, tf.uint64)
+    return tf.bitwise.bitwise_xor(z, tf.bitwise.right_shift(z, tf.constant(31, tf.uint64)))
+
+
+def draws(seed: int, index):
+    """[B, NUM_DRAWS] uniforms in [0, 1) for the elements with stream indices `index` [B]:
+    a counter-based hash of (seed, index, draw), vectorised, so an element is augmented the
+    same whatever batch it lands in (a resumed run, or the global batch split over replicas)."""
+    counter = tf.cast(tf.cast(index, tf.int64)[:, None] * NUM_DRAWS + tf.range(NUM_DRAWS, dtype=tf.int64)[None, :],
+                      tf.uint64)
+    key = _splitmix64(tf.cast(tf.convert_to_tensor(seed, tf.int64), tf.uint64))
+    bits = _splitmix64(tf.bitwise.bitwise_xor(counter, key))
+    return tf.cast(tf.bitwise.right_shift(bits, tf.constant(40, tf.uint64)), tf.float32) * (1.0 / 2 ** 24)
+
+
+def decisions(u):
+    """(flip [B] bool, angle index into ANGLES [B] int32, brightness shift [B] float32)."""
+    flip = u[:, 0] < 0.5
+    k = tf.minimum(tf.cast(u[:, 2] * len(ANGLES), tf.int32), len(ANGLES) - 1)
+    angle = tf.where(u[:, 1] < 0.5, k, IDENTITY)
+    shift = tf.where(u[:, 3] < 0.5, (u[:, 4] * 2 - 1) * MAX_BRIGHTNESS, 0.0)
+    return flip, angle, shift
+
+
+# ------------------------------------------------------------------ built once
+
+def rotate(image: np.ndarray, degrees: float) -> np.ndarray:
+    """Bilinear rotation of an [H, W] or [H, W, 1] image about its centre by `degrees`
+    (positive: counter-clockwise on screen), edges replicated; zero degrees is the identity."""
+    if degrees == 0:
+        return image.copy()
+    h, w = image.shape[:2]
+    m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), float(degrees), 1.0)
+    out = cv2.warpAffine(np.ascontiguousarray(image.reshape(h, w)), m, (w, h),
+                         flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return out.reshape(image.shape)
+
+
+def rotation_table(apex: np.ndarray) -> np.ndarray:
+    """[N, H, W, 1] -> [N, len(ANGLES), H, W, 1] (same dtype): every apex at every angle."""
+    out = np.empty((apex.shape[0], len(ANGLES)) + apex.shape[1:], apex.dtype)
+    for i in range(apex.shape[0]):
+        for j, a in enumerate(ANGLES):
+            out[i, j] = rotate(apex[i], a)
+    return out
+
+
+def mirror_flow_seq(seq: np.ndarray) -> np.ndarray:
+    """Horizontal mirror of [..., 128] block features: columns of the 8x8 grid reversed,
+    directions reflected (theta -> pi - theta, wrapped to (-pi, pi]), magnitudes kept."""
+    seq = np.asarray(seq, np.float32)
+    grid = seq.reshape(seq.shape[:-1] + (feature_spec.GRID, feature_spec.GRID, 2))[..., ::-1, :].copy()
+    ang = np.float32(np.pi) - grid[..., 0]
+    grid[..., 0] = np.where(ang > np.pi, ang - np.float32(2 * np.pi), ang)
+    return grid.reshape(seq.shape)
+
+
+def mirror_flow_image(img: np.ndarray) -> np.ndarray:
+    """Mirror the (u, v, strain) flow image ([H,W,3] or a batch, uint8 or float); u is stored
+    normalised to 0..255, so the mirrored horizontal flow is 255 - u (exact for the symmetric
+    normalisation, and exact in uint8)."""
+    out = np.asarray(img)[..., ::-1, :].copy()
+    out[..., 0] = 255 - out[..., 0]
+    return out
+
+
+def mirror_tables(flow_seq: np.ndarray, flow_len: np.ndarray, flow_image: np.ndarray):
+    """Stack each flow input with its mirror: ([2, N, T, 128], [2, N, h, w, 3]); index 1 is
+    mirrored. Padding steps and absent (all-zero) flow images stay zero."""
+    seq = np.asarray(flow_seq, np.float32)
+    mirrored = mirror_flow_seq(seq)
+    valid = np.arange(seq.shape[1])[None, :] < np.asarray(flow_len)[:, None]
+    mirrored[~valid] = 0.0
+    present = np.asarray(flow_image).reshape(len(flow_image), -1).any(axis=1)
+    fi = np.where(present[:, None, None, None], mirror_flow_image(flow_image), flow_image)
+    return np.stack([seq, mirrored]), np.stack([flow_image, fi])
+
+
+# ------------------------------------------------------------------ per batch
+
+@tf.function(jit_compile=True)
+def augment_images(apex_table, flow_image_table, rows, u):
+    """The image inputs of a batch, one fused XLA computation: apex [B, H, W, 1] float32 from
+    `rotation_table` [N, A, H, W, 1] for record indices `rows` [B] and draws `u` [B,
+    NUM_DRAWS] — rotated (a lookup), mirrored, brightness-shifted, clipped to 0..255 — and
+    the flow image [B, h, w, 3] float32 from the `mirror_tables` stack [2, N, h, w, 3]."""
+    flip, angle, shift = decisions(u)
+    rows = tf.cast(rows, tf.int32)
+    apex = tf.gather_nd(apex_table, tf.stack([rows, angle], axis=1))
+    apex = tf.where(flip[:, None, None, None], tf.reverse(apex, [2]), apex)
+    apex = tf.clip_by_value(tf.cast(apex, tf.float32) + shift[:, None, None, None], 0.0, 255.0)
+    flow_image = tf.gather_nd(flow_image_table, tf.stack([tf.cast(flip, tf.int32), rows], axis=1))
+    return apex, tf.cast(flow_image, tf.float32)
