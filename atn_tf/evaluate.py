@@ -2,7 +2,8 @@
 
 Trains one model per fold, predicts each held-out fold, pools the predictions and writes
 report.json, report.md and confusion.png. `--compare dir_a dir_b ...` prints a table of
-finished experiments instead.
+finished experiments instead; `--ensemble --work_dir=runs/x a b c` writes the report of the
+average of finished experiments' probabilities (e.g. one config trained with three seeds).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 
 from absl import app, flags
 
-from atn_tf import flags_lib
+from atn_tf import atomic_io, flags_lib
 
 flags_lib.define_config_flags()
 flags.DEFINE_enum("protocol", "cde", ["cde", "hde"], "cde: leave one subject out; hde: leave one database out.")
@@ -24,6 +25,8 @@ flags.DEFINE_string("experiment", None, "Name in reports (default: the flagfile'
 flags.DEFINE_boolean("keep_models", False, "Keep each fold's checkpoints (the final model.keras is always kept).")
 flags.DEFINE_boolean("compare", False, "Compare the finished work dirs given as arguments.")
 flags.DEFINE_string("compare_output", None, "Also write the comparison table (markdown) here.")
+flags.DEFINE_boolean("ensemble", False, "Average the probabilities of the finished work dirs / report "
+                     "files given as arguments into one report in --work_dir.")
 flags.DEFINE_boolean("progress", False, "Per-fold training progress bars.")
 FLAGS = flags.FLAGS
 
@@ -53,8 +56,22 @@ def main(argv):
         table = reports.compare_table(loaded)
         print(table)
         if FLAGS.compare_output:
-            with open(FLAGS.compare_output, "w", encoding="utf-8") as f:
-                f.write(table)
+            atomic_io.write_text(FLAGS.compare_output, table)
+        return 0
+    command = "python -m atn_tf.evaluate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if FLAGS.ensemble:
+        from atn_tf import evaluate_lib
+        if len(argv) < 3 or not FLAGS.work_dir or not FLAGS.experiment:
+            raise app.UsageError("--ensemble needs --work_dir, --experiment and two or more reports")
+        try:
+            report = evaluate_lib.ensemble([(a, reports.load_report(a)) for a in argv[1:]], FLAGS.experiment,
+                                           command)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        evaluate_lib.write_report(report, FLAGS.work_dir)
+        print(reports.markdown(report))
+        print(f"report: {os.path.join(FLAGS.work_dir, 'report.json')}")
         return 0
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -62,7 +79,6 @@ def main(argv):
     work_dir = FLAGS.work_dir or os.path.join("runs", f"{FLAGS.protocol}_{_experiment_name()}")
     from atn_tf import evaluate_lib, input_pipeline, train_lib
 
-    command = "python -m atn_tf.evaluate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
         report = evaluate_lib.evaluate(config, FLAGS.protocol, work_dir, folds=FLAGS.folds, resume=FLAGS.resume,
                                        experiment=_experiment_name(), command=command,

@@ -107,10 +107,47 @@ def evaluate(config: TrainConfig, protocol: str, work_dir: str, folds: Optional[
         logging.info("fold %d/%d %s done (%d test samples, %.0f s so far)", k, len(chosen), fold.name,
                      len(rows), time.time() - t0)
     report = make_report(predictions, protocol, experiment, command, config, complete=len(chosen) == len(all_folds))
-    _write_json(os.path.join(work_dir, REPORT_JSON), report)
+    write_report(report, work_dir)
+    return report
+
+
+def write_report(report: dict, work_dir: str) -> None:
     from atn_tf import reports
+    _write_json(os.path.join(work_dir, REPORT_JSON), report)
     reports.write_markdown(report, os.path.join(work_dir, "report.md"))
     reports.plot_confusions(report, os.path.join(work_dir, "confusion.png"))
+
+
+def ensemble(members: Sequence[tuple[str, dict]], experiment: str, command: str) -> dict:
+    """Average the class probabilities of finished evaluations of the same protocol over the
+    same samples and folds (e.g. one config trained with several seeds): each fold's
+    ensemble only uses models that never saw its test subjects, as each member's did."""
+    if len(members) < 2:
+        raise ValueError("an ensemble needs at least two reports")
+    (first_name, first), rows = members[0], {}
+    for name, r in members:
+        if r["protocol"] != first["protocol"]:
+            raise ValueError(f"{name}: protocol {r['protocol']} differs from {first_name}'s {first['protocol']}")
+        if not r.get("complete", True):
+            raise ValueError(f"{name}: the evaluation did not finish every fold")
+        got = {p["sample_id"]: p for p in r["predictions"]}
+        if rows and set(got) != set(rows):
+            raise ValueError(f"{name}: predicts other samples than {first_name}")
+        for sid, p in got.items():
+            if sid in rows and (p["fold"], p["label"]) != (rows[sid][0]["fold"], rows[sid][0]["label"]):
+                raise ValueError(f"{name}: {sid} has another fold or label than in {first_name}")
+            rows.setdefault(sid, []).append(p)
+    predictions = []
+    for sid, ps in rows.items():
+        prob = [sum(p["probabilities"][c] for p in ps) / len(ps) for c in range(len(ps[0]["probabilities"]))]
+        predictions.append({**{k: ps[0][k] for k in ("sample_id", "database", "subject", "fold", "label")},
+                            "pred": max(range(len(prob)), key=prob.__getitem__),
+                            "probabilities": [round(v, 6) for v in prob]})
+    config = TrainConfig.from_dict(first["config"]) if first.get("config") else None
+    report = make_report(predictions, first["protocol"], experiment, command, config)
+    report["members"] = [{"report": name, "experiment": r.get("experiment"), "command": r.get("command"),
+                          "seed": (r.get("config") or {}).get("seed"), "overall": r["overall"]}
+                         for name, r in members]
     return report
 
 

@@ -64,10 +64,8 @@ def main(argv):
     n = len(recs)
     apex = cv2.resize(cv2.imread(f"{FLAGS.image_root}/{recs[0]['sample_id']}.jpg", cv2.IMREAD_GRAYSCALE),
                       (FLAGS.image_size, FLAGS.image_size))
-    many = np.repeat(apex[None, :, :, None], n, axis=0)
-    t_table, table = common.timed(lambda: augment.rotation_table(many))
-    table_mb = table.nbytes / 2 ** 20
-    del many, table
+    t_table, table_mb = common.timed(
+        lambda: augment.rotation_table(np.repeat(apex[None, :, :, None], n, axis=0)).nbytes / 2 ** 20)
     batches_per_round = max(1, math.ceil(FLAGS.passes * n / FLAGS.batch_size / FLAGS.rounds))
     timed_examples = batches_per_round * FLAGS.rounds * FLAGS.batch_size
     with tempfile.TemporaryDirectory() as tmp:

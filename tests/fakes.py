@@ -50,3 +50,14 @@ def random_sample(seed: int = 0, steps: int = 5, with_flow_image: bool = True, *
         onset=10, apex=20, offset=30)
     fields.update(overrides)
     return Sample(**fields)
+
+
+def build_megc_records(root, subjects_per_db: int = 2, clips_per_subject: int = 3, num_shards=None) -> str:
+    """A fake MEGC2019 release under root/in, built into TFRecords under root/out (returned)."""
+    from tfrecords_builder.crops_sources import Megc2019CropsSource
+    from tfrecords_builder.writer import build
+
+    make_megc_layout(os.path.join(root, "in"), subjects_per_db, clips_per_subject)
+    kwargs = {} if num_shards is None else {"num_shards": num_shards}
+    build(Megc2019CropsSource(os.path.join(root, "in")), os.path.join(root, "out"), progress=False, **kwargs)
+    return os.path.join(root, "out")

@@ -11,11 +11,10 @@ from sklearn.metrics import f1_score, recall_score
 
 from atn_tf import evaluate_lib, reports
 from atn_tf.config import TrainConfig
-from tfrecords_builder.crops_sources import Megc2019CropsSource
 from tfrecords_builder.demo import generate_demo_corpus
 from tfrecords_builder.raw_sources import Casme2Source
 from tfrecords_builder.writer import build
-from tests.fakes import make_megc_layout
+from tests.fakes import build_megc_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(image_size=32, width=4, lstm_units=8, batch_size=6, train_steps=3, checkpoint_every=3, log_every=3)
@@ -27,10 +26,7 @@ class Interrupted(Exception):
 
 @pytest.fixture(scope="module")
 def megc_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("megc")
-    make_megc_layout(root / "in")
-    build(Megc2019CropsSource(str(root / "in")), str(root / "out"), progress=False)
-    return str(root / "out")
+    return build_megc_records(tmp_path_factory.mktemp("megc"))
 
 
 def _check_report_against_its_predictions(report, n):
@@ -111,3 +107,50 @@ def test_compare_cli_and_unknown_fold(megc_dir, tmp_path):
     table = open(tmp_path / "cmp.md").read()
     assert "| a | HDE |" in table and "| b | HDE |" in table and "smic UF1 / UAR" in table
     assert reports.load_report(str(tmp_path / "a"))["complete"] is False
+
+
+def _fake_report(probs, protocol="cde", seed=0, complete=True):
+    preds = [{"sample_id": f"s{i}", "database": "casme2", "subject": f"sub{i % 2}", "fold": f"casme2/sub{i % 2}",
+              "label": i % 3, "pred": int(np.argmax(p)), "probabilities": list(p)} for i, p in enumerate(probs)]
+    r = evaluate_lib.make_report(preds, protocol, f"seed{seed}", "python -m atn_tf.evaluate x",
+                                 TrainConfig(seed=seed, **TINY))
+    r["complete"] = complete
+    return r
+
+
+def test_ensemble_averages_probabilities_and_checks_members(tmp_path):
+    a = _fake_report([[0.6, 0.4, 0.0], [0.1, 0.8, 0.1], [0.5, 0.0, 0.5]], seed=0)
+    b = _fake_report([[0.0, 0.9, 0.1], [0.1, 0.6, 0.3], [0.0, 0.4, 0.6]], seed=1)
+    ens = evaluate_lib.ensemble([("a", a), ("b", b)], "ens", "python -m atn_tf.evaluate --ensemble a b")
+    got = {p["sample_id"]: p for p in ens["predictions"]}
+    np.testing.assert_allclose(got["s0"]["probabilities"], [0.3, 0.65, 0.05])
+    assert [got[s]["pred"] for s in ("s0", "s1", "s2")] == [1, 1, 2]     # s0: a alone says 0
+    assert [m["seed"] for m in ens["members"]] == [0, 1]
+    _check_report_against_its_predictions(ens, 3)
+    with pytest.raises(ValueError, match="at least two"):
+        evaluate_lib.ensemble([("a", a)], "e", "c")
+    with pytest.raises(ValueError, match="protocol"):
+        evaluate_lib.ensemble([("a", a), ("h", _fake_report([[1, 0, 0]] * 3, protocol="hde"))], "e", "c")
+    with pytest.raises(ValueError, match="other samples"):
+        evaluate_lib.ensemble([("a", a), ("c", _fake_report([[1, 0, 0]] * 2))], "e", "c")
+    with pytest.raises(ValueError, match="did not finish"):
+        evaluate_lib.ensemble([("a", a), ("p", _fake_report([[1, 0, 0]] * 3, complete=False))], "e", "c")
+
+
+def test_ensemble_cli(megc_dir, tmp_path):
+    cfg = TrainConfig(data_dir=megc_dir, model="time_only", **TINY)
+    for name in ("a", "b"):
+        evaluate_lib.evaluate(cfg.replace(seed=ord(name)), "hde", str(tmp_path / name))
+    r = subprocess.run([sys.executable, "-m", "atn_tf.evaluate", "--ensemble", "--experiment=ab",
+                        f"--work_dir={tmp_path / 'ab'}", str(tmp_path / "a"), str(tmp_path / "b" / "report.json")],
+                       env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    ens = reports.load_report(str(tmp_path / "ab"))
+    assert ens["experiment"] == "ab" and len(ens["members"]) == 2 and ens["command"].startswith(
+        "python -m atn_tf.evaluate --ensemble")
+    assert os.path.isfile(tmp_path / "ab" / "confusion.png")
+    _check_report_against_its_predictions(ens, 18)
+    r = subprocess.run([sys.executable, "-m", "atn_tf.evaluate", "--ensemble", "--experiment=x",
+                        f"--work_dir={tmp_path / 'x'}", str(tmp_path / "a"), str(tmp_path / "nope")],
+                       env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
+    assert r.returncode == 1 and "nope" in r.stderr and "Traceback" not in r.stderr

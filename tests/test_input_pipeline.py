@@ -9,17 +9,12 @@ import tensorflow as tf
 
 from atn_tf import augment
 from atn_tf import input_pipeline as ip
-from tfrecords_builder.crops_sources import Megc2019CropsSource
-from tfrecords_builder.writer import build
-from tests.fakes import make_megc_layout
+from tests.fakes import build_megc_records
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("megc")
-    make_megc_layout(root / "in", subjects_per_db=3, clips_per_subject=4)
-    build(Megc2019CropsSource(str(root / "in")), str(root / "out"), num_shards=2, progress=False)
-    return str(root / "out")
+    return build_megc_records(tmp_path_factory.mktemp("megc"), subjects_per_db=3, clips_per_subject=4, num_shards=2)
 
 
 def test_no_test_subject_reaches_training(data_dir):

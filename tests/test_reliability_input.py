@@ -5,6 +5,7 @@ when it can be read), before any training step; in-graph checks name the sample_
 import hashlib
 import json
 import os
+import pathlib
 import shutil
 
 import pytest
@@ -12,19 +13,15 @@ import tensorflow as tf
 
 from atn_tf import input_pipeline as ip
 from atn_tf.config import TrainConfig
-from tfrecords_builder.crops_sources import Megc2019CropsSource
-from tfrecords_builder.writer import build
-from tests.fakes import make_megc_layout
+from tests.fakes import build_megc_records
 
 SHARD = "samm-00000-of-00001.tfrecord"
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rel_input")
-    make_megc_layout(root / "in", subjects_per_db=1, clips_per_subject=3)
-    build(Megc2019CropsSource(str(root / "in")), str(root / "out"), num_shards=1, progress=False)
-    return root / "out"
+    return pathlib.Path(build_megc_records(tmp_path_factory.mktemp("rel_input"), subjects_per_db=1,
+                                           clips_per_subject=3, num_shards=1))
 
 
 @pytest.fixture()

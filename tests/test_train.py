@@ -14,9 +14,7 @@ import numpy as np
 import pytest
 
 from atn_tf.config import TrainConfig
-from tfrecords_builder.crops_sources import Megc2019CropsSource
-from tfrecords_builder.writer import build
-from tests.fakes import make_megc_layout
+from tests.fakes import build_megc_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(image_size=32, width=4, lstm_units=8, batch_size=8, log_every=5, seed=1)
@@ -24,10 +22,7 @@ TINY = dict(image_size=32, width=4, lstm_units=8, batch_size=8, log_every=5, see
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("megc")
-    make_megc_layout(root / "in", subjects_per_db=3, clips_per_subject=3)
-    build(Megc2019CropsSource(str(root / "in")), str(root / "out"), num_shards=1, progress=False)
-    return str(root / "out")
+    return build_megc_records(tmp_path_factory.mktemp("megc"), subjects_per_db=3, clips_per_subject=3, num_shards=1)
 
 
 def _run_worker(config: TrainConfig, tmp_path, env_extra=None, name="cfg.json"):
