@@ -28,8 +28,25 @@ def load_average() -> tuple[float, float, float]:
     return os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
 
 
-def load_str() -> str:
-    return "/".join(f"{x:.1f}" for x in load_average())
+def cpu_busy(seconds: float = 1.0) -> float:
+    """Fraction of all CPUs' time spent busy over the next `seconds` (from /proc/stat; NaN
+    elsewhere) — what other jobs take right now, unlike the load average's minute-long tail."""
+    def sample():
+        with open("/proc/stat", encoding="utf-8") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + (v[4] if len(v) > 4 else 0)      # total, idle + iowait
+    try:
+        t0, i0 = sample()
+        time.sleep(seconds)
+        t1, i1 = sample()
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    return 1.0 - (i1 - i0) / max(t1 - t0, 1)
+
+
+def load_str(busy: float | None = None) -> str:
+    busy = cpu_busy() if busy is None else busy
+    return "/".join(f"{x:.1f}" for x in load_average()) + f" (CPUs {busy:.0%} busy over 1 s)"
 
 
 machine = host.describe

@@ -156,8 +156,8 @@ def time_cell(step, x, y, warmup: int, steps: int, max_seconds: float) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    load0 = common.load_str()
-    idle = common.load_average()[0] < 0.5 * common.host.nproc()
+    busy0 = common.cpu_busy()
+    load0, idle = common.load_str(busy0), busy0 < 0.15
     import keras
     import tensorflow as tf
 
@@ -234,7 +234,7 @@ def main(argv):
         f"Best cell: {best[0]}×{best[0]}, batch {best[1]}, jit {'on' if best[2] else 'off'} — "
         f"**{best[5] / peak:.0%} of the measured peak** ({best[5] / 1e9:.1f} of {peak / 1e9:.1f} GFLOP/s; "
         "goal ≥ 35% on CPU). "
-        + ("The machine was otherwise idle (load average above)." if idle else
+        + ("The machine was otherwise idle (CPU busy fraction at the start, above)." if idle else
            "Background jobs shared the cores with every number here — the step times and the matmul peak "
            "alike — so the fraction holds only as far as that load was steady (the two peak measurements "
            "show how much it moved)."),
