@@ -6,7 +6,7 @@ together (a mirrored face moves the other way); rotation and brightness touch th
 only. Rotations are by a whole number of degrees in -5..5, as in the seed's data layer
 (`randint`), which makes them a lookup: micro-expression databases hold hundreds of clips,
 so every apex is rotated by the 10 non-zero angles once, when the input pipeline is built
-(`rotation_table`: OpenCV bilinear, edges replicated; 442 apexes at 224 px: ~0.5 s, 244 MB
+(`rotation_table`: OpenCV bilinear, edges replicated; 442 apexes at 224 px: ~1 s, 233 MB
 uint8), and mirrored flow inputs are precomputed the same way (`mirror_tables`). A training
 batch is then gathers, a reverse and a fused add-and-clip (`augment_images`), with no
 per-image resampling: see benchmarks/results.md (Input pipeline) for what the earlier

@@ -268,7 +268,7 @@ def train_dataset(data_dir: str, selection: Selection, batch_size: int, image_si
     The selection is decoded once into memory (`load_arrays`; the 442 MEGC2019 records are
     ~25 MB); the stream itself is one of record indices (class-balanced: one endless shuffled
     stream per class, sampled with equal weights), batched before any image work, so
-    gathering, casting, resizing and augmenting run once per batch. (A
+    gathering, casting, resizing and augmenting run once per group of batches. (A
     per-example pipeline ran ~10x slower: see benchmarks/results.md.)
     """
     info = read_dataset_info(data_dir)
