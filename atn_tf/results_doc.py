@@ -61,7 +61,8 @@ def table(paths: list[str]) -> str:
     for path, r in loaded:
         model, protocol = r["config"]["model"], r["protocol"]
         label = model + (f" (mean of {len(r['members'])} runs: seeds "
-                         f"{', '.join(str(m['seed']) for m in r['members'])})" if r.get("members") else "")
+                         f"{', '.join(str(m['seed']) for m in r['members'])})" if r.get("members")
+                         else f", seed {r['config'].get('seed', '?')}")
         cells = [f"[{os.path.basename(path)}](results/{os.path.basename(path)})", label, protocol.upper(),
                  _size(r["config"]), f"{r.get('num_folds', '?')}{'' if r.get('complete', True) else ' (partial)'}",
                  f"{_pair(r['overall'])} ({_paper(model, protocol, 'overall')})"]
