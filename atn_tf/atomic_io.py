@@ -1,9 +1,11 @@
-"""Whole-file writes that never leave a half-written file behind: write a temporary file
-in the target's folder, flush it to disk, then rename it over the target (atomic on POSIX).
-Every report, config, manifest and results page of the project is written this way."""
+"""Whole files: writes that never leave a half-written file behind (a temporary file in
+the target's folder, flushed to disk, then renamed over the target — atomic on POSIX; every
+report, config, manifest and results page of the project is written this way), and the
+content hash that dataset_info.json records for each shard."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -34,3 +36,11 @@ def write_text(path: str, text: str) -> str:
 
 def write_json(path: str, obj: Any, indent: Union[int, None] = 2) -> str:
     return write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -103,6 +103,14 @@ def _check_flow(apex_batch, flow_seq, flow_len, flow_image=None) -> list:
 MAX_IMAGE_SIDE = 8000      # as the builder: larger declared sizes are refused before decoding
 
 
+def _is_bmp(data):
+    return tf.equal(tf.strings.substr(data, 0, 2), b"BM")
+
+
+def _is_gif(data):
+    return tf.equal(tf.strings.substr(data, 0, 4), b"GIF8")
+
+
 def _check_declared_size(data):
     """Refuse JPEG/PNG/BMP/GIF whose header declares more than MAX_IMAGE_SIDE pixels a side,
     before decoding (a small compressed request must not allocate gigabytes)."""
@@ -128,8 +136,8 @@ def _check_declared_size(data):
 
     hw = tf.case([(tf.equal(tf.strings.substr(padded, 0, 8), b"\x89PNG\r\n\x1a\n"), png_hw),
                   (tf.io.is_jpeg(data), jpeg_hw),
-                  (tf.equal(tf.strings.substr(padded, 0, 2), b"BM"), bmp_hw),
-                  (tf.equal(tf.strings.substr(padded, 0, 4), b"GIF8"), gif_hw)],
+                  (_is_bmp(padded), bmp_hw),
+                  (_is_gif(padded), gif_hw)],
                  default=lambda: tf.zeros([2], tf.int64))
     return tf.debugging.assert_less_equal(
         hw, tf.constant(MAX_IMAGE_SIDE, tf.int64),
@@ -141,10 +149,8 @@ def decode_apex(data, image_size: int):
     with tf.control_dependencies([_check_declared_size(data)]):
         data = tf.identity(data)
     # TF's BMP and GIF decoders give no 1-channel output: decode as RGB, then gray.
-    rgb_only = tf.logical_or(tf.equal(tf.strings.substr(data, 0, 2, unit="BYTE"), b"BM"),
-                             tf.equal(tf.strings.substr(data, 0, 4, unit="BYTE"), b"GIF8"))
     image = tf.cond(
-        rgb_only,
+        tf.logical_or(_is_bmp(data), _is_gif(data)),
         lambda: tf.ensure_shape(tf.image.rgb_to_grayscale(tf.ensure_shape(
             tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8), [None, None, 3])),
             [None, None, 1]),

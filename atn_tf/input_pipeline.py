@@ -12,7 +12,6 @@ the group; AUTOTUNE prefetch.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from typing import Optional
@@ -20,7 +19,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from atn_tf import augment, feature_spec
+from atn_tf import atomic_io, augment, feature_spec
 from atn_tf.feature_spec import FLOW_IMAGE_SIZE, IMAGE_SIZE, NUM_CLASSES, STEP_DIM
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -115,12 +114,9 @@ def verify_shards(data_dir: str, info: Optional[dict] = None) -> None:
             counts[lab] += 1
         want_sha = sh.get("sha256")
         if want_sha:
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            if h.hexdigest() != want_sha:
-                raise DataError(f"{path}: sha256 {h.hexdigest()[:12]}... differs from dataset_info.json "
+            got = atomic_io.sha256_file(path)
+            if got != want_sha:
+                raise DataError(f"{path}: sha256 {got[:12]}... differs from dataset_info.json "
                                 f"({want_sha[:12]}...): the shard was changed after the build")
     for db, d in (info.get("databases") or {}).items():
         if isinstance(d, dict) and "label_counts" in d and list(d["label_counts"]) != label_counts.get(db):

@@ -89,14 +89,6 @@ def _spec_path(spec: SampleSpec) -> str:
     return spec.sample_id
 
 
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _load_one(source: Source, spec: SampleSpec):
     """Worker: load + validate one sample; errors come back as values, not exceptions."""
     try:
@@ -193,13 +185,13 @@ def build(source: Source, output_dir: str, num_shards: int = 1, workers: int = 1
             staged = os.path.join(staging, sh.name)
             final = os.path.join(output_dir, sh.name)
             rec = state["shards"].get(sh.name)
-            if resume and rec and os.path.exists(staged) and sha256_file(staged) == rec["sha256"]:
+            if resume and rec and os.path.exists(staged) and atomic_io.sha256_file(staged) == rec["sha256"]:
                 reused += 1
                 rejects += [BuildError(r["path"], r["reason"], r["sample_id"]) for r in rec["rejects"]]
                 bar.update(len(sh.specs))
                 continue
             pub = published.get(sh.name)
-            if resume and pub and os.path.exists(final) and sha256_file(final) == pub["sha256"]:
+            if resume and pub and os.path.exists(final) and atomic_io.sha256_file(final) == pub["sha256"]:
                 state["shards"][sh.name] = pub
                 reused += 1
                 bar.update(len(sh.specs))
@@ -219,7 +211,7 @@ def build(source: Source, output_dir: str, num_shards: int = 1, workers: int = 1
             _write_shard(tmp, (feature_spec.encode_example(s) for s in samples))
             os.replace(tmp, staged)
             state["shards"][sh.name] = {
-                "sha256": sha256_file(staged), "num_examples": len(samples),
+                "sha256": atomic_io.sha256_file(staged), "num_examples": len(samples),
                 "labels": [s.label for s in samples], "subjects": sorted({s.subject for s in samples}),
                 "rejects": [{"path": r.path, "reason": r.reason, "sample_id": r.sample_id} for r in shard_rejects]}
             atomic_io.write_json(state_path, state)
