@@ -27,7 +27,17 @@ flags.DEFINE_boolean("compare", False, "Compare the finished work dirs given as 
 flags.DEFINE_string("compare_output", None, "Also write the comparison table (markdown) here.")
 flags.DEFINE_boolean("ensemble", False, "Average the probabilities of the finished work dirs / report "
                      "files given as arguments into one report in --work_dir.")
-flags.DEFINE_boolean("progress", False, "Per-fold training progress bars.")
+flags.DEFINE_boolean("progress", False, "Per-fold training progress bars (sequential runner).")
+flags.DEFINE_enum("runner", "fast", ["fast", "sequential"],
+                  "fast: decode once, build and trace once per process, reset per fold; sequential: "
+                  "atn_tf.train's code per fold (rebuilds, checkpoints).")
+flags.DEFINE_integer("fold_workers", 1, "Fast runner: folds trained at once in separate processes, "
+                     "each on one intra-op thread.", lower_bound=1)
+flags.DEFINE_integer("develop", 0, "Development protocol instead: on this many outer folds, train without "
+                     "an inner validation split of the training subjects and report the pooled UF1 of "
+                     "that split at every --eval_every step; test folds are never predicted.", lower_bound=0)
+flags.DEFINE_integer("recipes_tried", None, "How many recipes were run on this protocol before this one "
+                     "(recorded in the report; see docs/results.md's recipe log).", lower_bound=0)
 FLAGS = flags.FLAGS
 
 
@@ -79,10 +89,22 @@ def main(argv):
     work_dir = FLAGS.work_dir or os.path.join("runs", f"{FLAGS.protocol}_{_experiment_name()}")
     from atn_tf import evaluate_lib, input_pipeline, train_lib
 
+    if FLAGS.develop:
+        try:
+            report = evaluate_lib.develop(config, FLAGS.protocol, work_dir, FLAGS.develop, FLAGS.fold_workers,
+                                          experiment=_experiment_name(), command=command)
+        except (input_pipeline.DataError, train_lib.TrainingDiverged, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(reports.development_summary(report))
+        print(f"report: {os.path.join(work_dir, evaluate_lib.DEV_REPORT)}")
+        return 0
     try:
         report = evaluate_lib.evaluate(config, FLAGS.protocol, work_dir, folds=FLAGS.folds, resume=FLAGS.resume,
                                        experiment=_experiment_name(), command=command,
-                                       keep_models=FLAGS.keep_models, progress=FLAGS.progress)
+                                       keep_models=FLAGS.keep_models, progress=FLAGS.progress,
+                                       runner=FLAGS.runner, fold_workers=FLAGS.fold_workers,
+                                       recipes_tried=FLAGS.recipes_tried)
     except (input_pipeline.DataError, train_lib.TrainingDiverged, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
