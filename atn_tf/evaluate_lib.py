@@ -78,7 +78,8 @@ def run_fold(config: TrainConfig, fold: protocols.Fold, index: list[dict], proto
     result = train_lib.train(cfg, progress=progress)
     rows = predict_lib.predict_records(result.model, cfg.data_dir, selection, cfg.image_size)
     return _store_fold(fold, index, fold_dir, rows, time.time() - t0,
-                       {"train_seconds": result.seconds, "final_loss": result.final_loss,
+                       {"train_seconds": result.seconds, "fit_seconds": round(result.loop_seconds, 3),
+                        "final_loss": result.final_loss,
                         "final_step": result.final_step, "selection": result.selection})
 
 

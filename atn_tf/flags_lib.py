@@ -56,25 +56,26 @@ HELP = {
 ENUMS = {name: values for name, values in CHOICES.items() if "" not in values}   # apex_init: a string
 
 
-def define_config_flags() -> None:
+def define_config_flags(flag_values=None) -> None:
+    fv = {"flag_values": flag_values} if flag_values is not None else {}
     defaults = TrainConfig()
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         default, hint, help_ = getattr(defaults, f.name), hints[f.name], HELP[f.name]
         if f.name in ("test_subjects", "test_databases"):
-            flags.DEFINE_list(f.name, list(default), help_)
+            flags.DEFINE_list(f.name, list(default), help_, **fv)
         elif f.name == "strategy":
-            flags.DEFINE_enum(f.name, default, ["auto", "default", "mirrored", "multi_worker"], help_)
+            flags.DEFINE_enum(f.name, default, ["auto", "default", "mirrored", "multi_worker"], help_, **fv)
         elif f.name in ENUMS:
-            flags.DEFINE_enum(f.name, default, list(ENUMS[f.name]), help_)
+            flags.DEFINE_enum(f.name, default, list(ENUMS[f.name]), help_, **fv)
         elif hint is bool:
-            flags.DEFINE_boolean(f.name, default, help_)
+            flags.DEFINE_boolean(f.name, default, help_, **fv)
         elif hint is int:
-            flags.DEFINE_integer(f.name, default, help_)
+            flags.DEFINE_integer(f.name, default, help_, **fv)
         elif hint is float:
-            flags.DEFINE_float(f.name, default, help_)
+            flags.DEFINE_float(f.name, default, help_, **fv)
         else:
-            flags.DEFINE_string(f.name, default, help_)
+            flags.DEFINE_string(f.name, default, help_, **fv)
 
 
 def config_from_flags(flag_values=None, **overrides) -> TrainConfig:
@@ -82,3 +83,12 @@ def config_from_flags(flag_values=None, **overrides) -> TrainConfig:
     values = {f.name: fv[f.name].value for f in dataclasses.fields(TrainConfig)}
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def config_from_flagfile(path: str, **overrides) -> TrainConfig:
+    """The TrainConfig an experiment file gives, parsed as `--flagfile=path` would be (for
+    tools that compare several experiments in one process, e.g. benchmarks)."""
+    fv = flags.FlagValues()
+    define_config_flags(fv)
+    fv(["config", f"--flagfile={path}"])
+    return config_from_flags(fv, **overrides)

@@ -44,6 +44,7 @@ class TrainResult:
     samples_per_second: float
     resumed_from: int
     selection: Optional[dict] = None   # inner-validation history and the step kept
+    loop_seconds: float = 0.0          # time in the training loop (the rest is set-up)
 
 
 def learning_rate_schedule(config: TrainConfig):
@@ -363,7 +364,7 @@ def train(config: TrainConfig, progress: bool = True, stop_after: Optional[int] 
                          losses=losses, seconds=time.time() - t_start,
                          steps_per_second=steps_run / seconds if seconds > 0 else 0.0,
                          samples_per_second=steps_run * config.batch_size / seconds if seconds > 0 else 0.0,
-                         resumed_from=resumed_from, selection=selected)
+                         resumed_from=resumed_from, selection=selected, loop_seconds=seconds)
     if chief and current == config.train_steps:
         save_final(model, config, result)
     return result
