@@ -162,7 +162,9 @@ def compare_text(loaded: Sequence[tuple[str, dict]], n_boot: int = 2000, n_perm:
         except ValueError as e:
             notes.append(f"{na} vs {nb}: skipped, not on the same samples ({e})")
             continue
-        lines.append(f"| {na} | {nb} | {t['diff']:+.3f} | {t['p_value']:.4f} |")
+        note = "" if ra.get("protocol") == rb.get("protocol") else \
+            f" (protocols differ: {ra.get('protocol', '?').upper()} vs {rb.get('protocol', '?').upper()})"
+        lines.append(f"| {na} | {nb}{note} | {t['diff']:+.3f} | {t['p_value']:.4f} |")
     if notes:
         lines += [""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
