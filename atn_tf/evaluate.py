@@ -2,8 +2,10 @@
 
 Trains one model per fold, predicts each held-out fold, pools the predictions and writes
 report.json, report.md and confusion.png. `--compare dir_a dir_b ...` prints a table of
-finished experiments instead; `--ensemble --work_dir=runs/x a b c` writes the report of the
-average of finished experiments' probabilities (e.g. one config trained with three seeds).
+finished experiments instead (work dirs or report files), with each UF1's 95 %
+subject-bootstrap interval and paired permutation tests between reports on the same samples
+(`atn_tf.stats`); `--ensemble --work_dir=runs/x a b c` writes the report of the average of
+finished experiments' probabilities (e.g. one config trained with three seeds).
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ def main(argv):
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-        table = reports.compare_table(loaded)
+        from atn_tf import stats
+        table = reports.compare_table(loaded) + "\n" + stats.compare_text(loaded)
         print(table)
         if FLAGS.compare_output:
             atomic_io.write_text(FLAGS.compare_output, table)
