@@ -21,8 +21,12 @@ from atn_tf import atomic_io
 from atn_tf.config import TrainConfig
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("dev_dir", "docs/results/dev", "Folder of development reports (<name>.json).")
-flags.DEFINE_string("output", "docs/results.md", "Markdown file to update.")
+
+
+def define_flags() -> None:
+    """Only for the CLI: atn_tf.results_doc defines --output too, and tests import both."""
+    flags.DEFINE_string("dev_dir", "docs/results/dev", "Folder of development reports (<name>.json).")
+    flags.DEFINE_string("output", "docs/results.md", "Markdown file to update.")
 
 BEGIN, END = "<!-- recipe-log:begin -->", "<!-- recipe-log:end -->"
 # Fields that say where a run lives or how it logs, not what it learns.
@@ -113,4 +117,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

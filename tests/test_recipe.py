@@ -108,7 +108,16 @@ def test_fer_branch_fine_tunes_or_stays_frozen(tmp_path, freeze):
                   - before.get_layer("logits").get_weights()[0]).max() > 0
     loaded, _ = train_lib.load_trained(cfg.model_dir)
     x = _inputs(n=2)
-    np.testing.assert_allclose(loaded(x)["probabilities"], result.model(x)["probabilities"], atol=1e-6)
+    want = keras.ops.convert_to_numpy(result.model(x)["probabilities"])
+    np.testing.assert_allclose(loaded(x)["probabilities"], want, atol=1e-6)
+    if not freeze:      # the SavedModel of the fine-tuned model answers the same
+        import tensorflow as tf
+        from atn_tf import export_lib
+        sm = tf.saved_model.load(export_lib.export(cfg.model_dir, str(tmp_path / "sm")))
+        fn = sm.signatures["serving_default"]
+        names = fn.structured_input_signature[1]
+        got = fn(**{k: tf.constant(v) for k, v in x.items() if k in names})["probabilities"].numpy()
+        np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_recipe_fields_are_checked():
