@@ -54,65 +54,61 @@ def _experiment_name() -> str:
     return FLAGS.model
 
 
-def main(argv):
-    from atn_tf import reports
+def _compare(paths) -> str:
+    from atn_tf import reports, stats
+    loaded = [(os.path.basename(os.path.normpath(d)), reports.load_report(d)) for d in paths]
+    table = reports.compare_table(loaded) + "\n" + stats.compare_text(loaded)
+    if FLAGS.compare_output:
+        atomic_io.write_text(FLAGS.compare_output, table)
+    return table
 
+
+def _ensemble(paths, command: str) -> str:
+    from atn_tf import evaluate_lib, reports
+    report = evaluate_lib.ensemble([(a, reports.load_report(a)) for a in paths], FLAGS.experiment, command)
+    evaluate_lib.write_report(report, FLAGS.work_dir)
+    return reports.markdown(report) + f"\nreport: {os.path.join(FLAGS.work_dir, 'report.json')}"
+
+
+def _develop(config, work_dir: str, command: str) -> str:
+    from atn_tf import evaluate_lib, reports
+    report = evaluate_lib.develop(config, FLAGS.protocol, work_dir, FLAGS.develop, FLAGS.fold_workers,
+                                  experiment=_experiment_name(), command=command)
+    return reports.development_summary(report) + f"\nreport: {os.path.join(work_dir, evaluate_lib.DEV_REPORT)}"
+
+
+def _evaluate(config, work_dir: str, command: str) -> str:
+    from atn_tf import evaluate_lib, reports
+    report = evaluate_lib.evaluate(config, FLAGS.protocol, work_dir, folds=FLAGS.folds, resume=FLAGS.resume,
+                                   experiment=_experiment_name(), command=command, keep_models=FLAGS.keep_models,
+                                   progress=FLAGS.progress, runner=FLAGS.runner, fold_workers=FLAGS.fold_workers,
+                                   recipes_tried=FLAGS.recipes_tried)
+    return reports.markdown(report) + f"\nreport: {os.path.join(work_dir, 'report.json')}"
+
+
+def main(argv):
+    command = "python -m atn_tf.evaluate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if FLAGS.compare:
         if len(argv) < 2:
             raise app.UsageError("--compare needs one or more work dirs")
-        try:
-            loaded = [(os.path.basename(os.path.normpath(d)), reports.load_report(d)) for d in argv[1:]]
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        from atn_tf import stats
-        table = reports.compare_table(loaded) + "\n" + stats.compare_text(loaded)
-        print(table)
-        if FLAGS.compare_output:
-            atomic_io.write_text(FLAGS.compare_output, table)
-        return 0
-    command = "python -m atn_tf.evaluate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    if FLAGS.ensemble:
-        from atn_tf import evaluate_lib
+        job = lambda: _compare(argv[1:])  # noqa: E731
+    elif FLAGS.ensemble:
         if len(argv) < 3 or not FLAGS.work_dir or not FLAGS.experiment:
             raise app.UsageError("--ensemble needs --work_dir, --experiment and two or more reports")
-        try:
-            report = evaluate_lib.ensemble([(a, reports.load_report(a)) for a in argv[1:]], FLAGS.experiment,
-                                           command)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        evaluate_lib.write_report(report, FLAGS.work_dir)
-        print(reports.markdown(report))
-        print(f"report: {os.path.join(FLAGS.work_dir, 'report.json')}")
-        return 0
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config = flags_lib.config_from_flags()
-    work_dir = FLAGS.work_dir or os.path.join("runs", f"{FLAGS.protocol}_{_experiment_name()}")
-    from atn_tf import evaluate_lib, input_pipeline, train_lib
-
-    if FLAGS.develop:
-        try:
-            report = evaluate_lib.develop(config, FLAGS.protocol, work_dir, FLAGS.develop, FLAGS.fold_workers,
-                                          experiment=_experiment_name(), command=command)
-        except (input_pipeline.DataError, train_lib.TrainingDiverged, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        print(reports.development_summary(report))
-        print(f"report: {os.path.join(work_dir, evaluate_lib.DEV_REPORT)}")
-        return 0
+        job = lambda: _ensemble(argv[1:], command)  # noqa: E731
+    else:
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        config = flags_lib.config_from_flags()
+        work_dir = FLAGS.work_dir or os.path.join("runs", f"{FLAGS.protocol}_{_experiment_name()}")
+        job = (lambda: _develop(config, work_dir, command)) if FLAGS.develop else \
+            (lambda: _evaluate(config, work_dir, command))
+    from atn_tf import input_pipeline, train_lib
     try:
-        report = evaluate_lib.evaluate(config, FLAGS.protocol, work_dir, folds=FLAGS.folds, resume=FLAGS.resume,
-                                       experiment=_experiment_name(), command=command,
-                                       keep_models=FLAGS.keep_models, progress=FLAGS.progress,
-                                       runner=FLAGS.runner, fold_workers=FLAGS.fold_workers,
-                                       recipes_tried=FLAGS.recipes_tried)
+        print(job())
     except (input_pipeline.DataError, train_lib.TrainingDiverged, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(reports.markdown(report))
-    print(f"report: {os.path.join(work_dir, 'report.json')}")
     return 0
 
 
