@@ -313,7 +313,6 @@ def train(config: TrainConfig, progress: bool = True, stop_after: Optional[int] 
     chief, model = session.chief, session.model
     if chief:
         config.save()
-    set_input_statistics(model, input_pipeline.resize_apex(train_data, config.image_size))
 
     ckpt = tf.train.Checkpoint(model=model, optimizer=session.optimizer, step=session.step,
                                rng=session.rng_states)
@@ -327,8 +326,10 @@ def train(config: TrainConfig, progress: bool = True, stop_after: Optional[int] 
         logging.info("resumed from %s at step %d", manager.latest_checkpoint, int(session.step.numpy()))
         if selector is not None:
             _restore_selector(selector, config.model_dir, model)
-    elif config.init_checkpoint:
-        _load_init_checkpoint(model, config.init_checkpoint)
+    else:   # a fresh run: input statistics of this training part (after any init weights)
+        if config.init_checkpoint:
+            _load_init_checkpoint(model, config.init_checkpoint)
+        set_input_statistics(model, input_pipeline.resize_apex(train_data, config.image_size))
     resumed_from = int(session.step.numpy())
 
     def on_best(sel: Selector):
