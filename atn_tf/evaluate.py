@@ -8,6 +8,11 @@ average of finished experiments' probabilities (e.g. one config trained with thr
 
 from __future__ import annotations
 
+from atn_tf import quiet_start
+
+if __name__ == "__main__":      # before anything imports TensorFlow: no C++ start-up lines
+    quiet_start.install()
+
 import os
 import shlex
 import sys

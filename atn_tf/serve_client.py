@@ -12,6 +12,11 @@ the builder's face/flow code) and sent to the `predict_images` signature.
 
 from __future__ import annotations
 
+from atn_tf import quiet_start
+
+if __name__ == "__main__":      # before anything imports TensorFlow: no C++ start-up lines
+    quiet_start.install()
+
 import base64
 import json
 import sys

@@ -20,7 +20,7 @@ import tensorflow as tf
 import keras
 from absl import logging
 
-from atn_tf import distribute, input_pipeline
+from atn_tf import distribute, input_pipeline, provenance
 from atn_tf.config import TrainConfig
 from atn_tf.models import build_model
 
@@ -93,6 +93,7 @@ def train(config: TrainConfig, progress: bool = True, stop_after: Optional[int] 
     info = input_pipeline.read_dataset_info(config.data_dir)
     selection = input_pipeline.Selection(config.test_subjects, config.test_databases)
     input_pipeline.validate_selection(info, selection, config.data_dir)
+    config = provenance.check_training_config(config, info)   # one encoding per input; kept in config.json
     if config.batch_size % strategy.num_replicas_in_sync:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by "
                          f"{strategy.num_replicas_in_sync} replicas")

@@ -9,6 +9,11 @@ configurations run is written to `report.md` beside it (or `--report`).
 
 from __future__ import annotations
 
+from atn_tf import quiet_start
+
+if __name__ == "__main__":      # before anything imports TensorFlow: no C++ start-up lines
+    quiet_start.install()
+
 import os
 import sys
 
