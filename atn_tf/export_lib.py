@@ -302,6 +302,8 @@ def export_model(model: keras.Model, config: TrainConfig, export_base: str,
         write_saved_model(model, config.model, config.image_size, tmp,
                           getattr(config, "feature_encodings", ""))
         write_extras(tmp, config)
+        # The Keras model too: `predict --explain` needs its layers for gradients.
+        model.save(os.path.join(tmp, EXTRA_DIR, "model.keras"))
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(tmp, final)

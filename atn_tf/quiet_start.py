@@ -16,8 +16,12 @@ else, so a CLI that never needs TensorFlow (e.g. `--help`) does not pay for impo
 it — file descriptor 2 points to /dev/null while its module runs and while
 `tf.config.list_physical_devices()` probes the devices; then the real stderr is put back.
 Python exceptions raised by the import are re-raised after that, so real errors still
-show, and everything after the start-up writes to stderr as usual (C++ INFO/WARNING lines
-stay filtered by `TF_CPP_MIN_LOG_LEVEL`, 2 by default, set in `atn_tf/__init__.py`).
+show, and everything after the start-up writes to stderr as usual. Native log lines after
+the start-up are filtered by `TF_CPP_MIN_LOG_LEVEL`, which the quiet start raises from the
+package default 2 to 3 (fatal only): the one ERROR line TF 2.21 prints on a healthy CPU
+run ("oneDNN supports DT_BOOL only on platforms with AVX-512. Falling back to ...", when
+the first model runs) is no error either. Op failures still raise Python exceptions with
+their messages, which the CLIs print.
 
 `--tf_log` (defined by `install()`) or absl's `--verbosity=1` (or higher; `-v 1`) turns
 this off and sets `TF_CPP_MIN_LOG_LEVEL=0`: everything TensorFlow says is shown.
@@ -33,14 +37,16 @@ import re
 import sys
 from typing import Optional, Sequence
 
-# A TensorFlow/absl C++ log line: severity letter, MMDD, time, thread id, file:line].
-CPP_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ [^\]]+:\d+\]")
-ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+# A native log line written before absl logging is initialised: severity letter, the date
+# as 0000, time, thread id, file:line] (absl's Python lines carry the real date).
+CPP_STARTUP_LINE = re.compile(r"^[IWEF]0000 \d\d:\d\d:\d\d\.\d+\s+\d+ [^\]]+:\d+\]")
+STARTUP_PREFIXES = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+                    "To enable the following instructions:")    # 2nd line of cpu_feature_guard's
 
 
 def is_startup_line(line: str) -> bool:
-    """True for a line of TensorFlow's native logging (for tests and filters)."""
-    return bool(CPP_LOG_LINE.match(line)) or line.startswith(ABSL_PREAMBLE)
+    """True for a line of TensorFlow's native start-up logging (for tests and filters)."""
+    return bool(CPP_STARTUP_LINE.match(line)) or line.startswith(STARTUP_PREFIXES)
 
 
 def logging_requested(argv: Sequence[str]) -> bool:
@@ -150,6 +156,8 @@ def install(argv: Optional[Sequence[str]] = None) -> bool:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
         uninstall()
         return False
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") == "2":    # unset, or atn_tf's default
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     if "tensorflow" in sys.modules or _FINDER is not None:
         return _FINDER is not None
     _FINDER = _QuietFinder()
