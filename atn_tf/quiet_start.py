@@ -39,7 +39,7 @@ from typing import Optional, Sequence
 
 # A native log line written before absl logging is initialised: severity letter, the date
 # as 0000, time, thread id, file:line] (absl's Python lines carry the real date).
-CPP_STARTUP_LINE = re.compile(r"^[IWEF]0000 \d\d:\d\d:\d\d\.\d+\s+\d+ [^\]]+:\d+\]")
+CPP_STARTUP_LINE = re.compile(r"^[IWEF]0000 \d\d:\d\d:\d+\.\d+\s+\d+ [^\]]+:\d+\]")
 STARTUP_PREFIXES = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
                     "To enable the following instructions:")    # 2nd line of cpu_feature_guard's
 

@@ -27,8 +27,9 @@ than opposite (0.857 vs 0.838); and the known actions give the signs — in surp
 clips (brows lower) 15 above (v + = down), and in positive clips (smile) channel 2 is low
 at the left mouth corner and high at the right one (u + = right).
 
-A channel whose range is below `MIN_RANGE` (no motion: a static clip) cannot be
-min-max normalised; it gets the neutral value instead: 128 for u and v, 0 for strain.
+A channel whose range is below `MIN_RANGE` (no motion beyond flow noise: a static clip)
+is not stretched to 0..255 — min-max normalisation would turn the noise into a full-scale
+picture; it gets the neutral value instead: 128 for u and v, 0 for strain.
 `NEUTRAL` is the whole neutral image.
 """
 
@@ -44,7 +45,10 @@ from atn_tf.feature_spec import FLOW_IMAGE_SIZE
 # Record array order (= the MEGC2019 files read by OpenCV).
 CHANNELS = ("strain", "v", "u")
 STRAIN, V, U = 0, 1, 2
-MIN_RANGE = {"u": 1e-2, "v": 1e-2, "strain": 1e-3}   # pixels (strain: pixels per pixel)
+# Below these ranges a channel is flow noise, not motion (Farneback gives up to 0.09 px
+# between two identical 128x128 crops); u, v in pixels of the flow crop, strain per pixel
+# of the 28x28 field.
+MIN_RANGE = {"u": 0.25, "v": 0.25, "strain": 0.1}
 NEUTRAL_VALUE = {"u": 128, "v": 128, "strain": 0}
 NEUTRAL = np.stack([np.full((FLOW_IMAGE_SIZE, FLOW_IMAGE_SIZE), NEUTRAL_VALUE[c], np.uint8)
                     for c in CHANNELS], axis=-1)
