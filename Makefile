@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(PY) -m atn_tf.train --flagfile=experiments/demo.cfg --noprogress
 	$(PY) -m atn_tf.evaluate --flagfile=experiments/demo.cfg --protocol=cde --work_dir=runs/demo_cde
 	$(PY) -m atn_tf.export --model_dir=runs/demo --export_base=saved_models/demo --version=1 --overwrite
-	$(PY) -m atn_tf.predict --saved_model=saved_models/demo --clip_dir=$(DEMO_CLIP)
+	$(PY) -m atn_tf.predict --saved_model=saved_models/demo --clip_dir=$(DEMO_CLIP) --apex_frame=auto --explain=runs/demo/explain.png
 
 test: $(STAMP)
 	$(PY) -m pytest -q

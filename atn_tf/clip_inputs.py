@@ -10,10 +10,15 @@ Shared by `atn_tf.predict` (in-process) and `atn_tf.serve_client` (TF Serving):
   CASME II); the builder's own code finds the face on the apex frame
   (`tfrecords_builder.face.detect_face`, or `--face_box x,y,w,h`), crops the apex image
   (`face.crop_resize`, 224x224 gray) and computes the flow sequence around the apex
-  (`optical_flow.clip_flow_sequence`, TV-L1 or Farnebäck). The apex frame is `--apex_frame`
-  (a frame number) or the middle frame of onset..offset, as for SMIC.
-* `--flow_image img.png`: the onset->apex flow image of `atn_flow` (28x28x3; zeros if
-  not given — what the builder stores for raw clips).
+  (`optical_flow.clip_flow_sequence`, TV-L1 or Farnebäck) and the onset->apex flow image
+  (`flow_image.clip_flow_image`, the MEGC2019 `flow_uvs` encoding). The apex frame is
+  `--apex_frame` (a frame number), `--apex_frame=auto` (spotted: the frame of greatest
+  facial motion relative to the onset, `apex_spotting`) or, by default, the middle frame.
+* `--flow_image img.png`: an onset->apex flow image file for `atn_flow` (28x28x3), used
+  instead of the computed one; zeros when neither it nor `--clip_dir` gives one.
+
+Each `ClipInputs` carries the encodings of its features (`atn_tf.provenance`): known for
+`--clip_dir` (raw-frame encodings of `--flow_method`), unknown for files made elsewhere.
 """
 
 from __future__ import annotations
@@ -42,6 +47,11 @@ class ClipInputs:
     flow_image: Optional[np.ndarray] = None      # float32 [28, 28, 3] raw 0..255
     source: str = ""                             # what it was made from (for messages)
     apex_frame: Optional[int] = None             # frame number, for --clip_dir
+    encodings: dict = dataclasses.field(default_factory=dict)   # input -> encoding (provenance)
+    apex_spotted: bool = False                   # --apex_frame=auto chose apex_frame
+    apex_rule: str = ""                          # "spotted" | "given" | "middle frame"
+    motion_curve: Optional[np.ndarray] = None    # the spotting curve, onset..offset
+    apex_crop: Optional[np.ndarray] = None       # uint8 [224, 224] gray, for --clip_dir
 
     def arrays(self, with_flow_image: bool) -> dict:
         """Batch-1 arrays keyed by the `predict_images` input names."""
@@ -125,12 +135,30 @@ def parse_box(text: str) -> tuple[int, int, int, int]:
     return box
 
 
+AUTO = "auto"
+
+
+def parse_apex_frame(text) -> "int | str | None":
+    """--apex_frame: None (middle frame), 'auto' (spotted) or a frame number."""
+    if text is None or isinstance(text, int):
+        return text
+    text = str(text).strip()
+    if text.lower() == AUTO:
+        return AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(f"--apex_frame must be a frame number or 'auto', got {text!r}") from None
+
+
 def from_clip_dir(clip_dir: str, onset: Optional[int] = None, offset: Optional[int] = None,
-                  apex_frame: Optional[int] = None, face_box: Optional[tuple] = None,
+                  apex_frame=None, face_box: Optional[tuple] = None,
                   flow_method: str = "tvl1") -> ClipInputs:
-    """Raw frames onset..offset -> apex crop (PNG) + flow sequence, with the builder's code."""
+    """Raw frames onset..offset -> apex crop (PNG), flow sequence and flow image, with the
+    builder's code. `apex_frame`: a frame number, 'auto' (spotted) or None (middle frame)."""
     import cv2
-    from tfrecords_builder import face, optical_flow, raw_sources
+    from atn_tf import provenance
+    from tfrecords_builder import apex_spotting, face, flow_image, optical_flow, raw_sources
     from tfrecords_builder.images import read_image
     from tfrecords_builder.source import BuildError
 
@@ -146,11 +174,21 @@ def from_clip_dir(clip_dir: str, onset: Optional[int] = None, offset: Optional[i
     offset = numbers[-1] if offset is None else offset
     if offset <= onset:
         raise InputError(f"{clip_dir}: offset {offset} must be after onset {onset} (two frames at least)")
-    apex_frame = (onset + offset) // 2 if apex_frame is None else apex_frame
-    if not onset <= apex_frame <= offset:
+    apex_frame = parse_apex_frame(apex_frame)
+    spotted, curve = apex_frame == AUTO, None
+    rule = "spotted" if spotted else "given" if apex_frame is not None else "middle frame"
+    if apex_frame is None:
+        apex_frame = (onset + offset) // 2
+    if not spotted and not onset <= apex_frame <= offset:
         raise InputError(f"{clip_dir}: apex frame {apex_frame} outside onset..offset {onset}..{offset}")
     try:
         frames = raw_sources.clip_frames(clip_dir, onset, offset)
+        if spotted:
+            onset_gray = read_image(frames[0], gray=True)
+            spot_box = tuple(face_box) if face_box else face.detect_face(onset_gray, frames[0])
+            k, curve = apex_spotting.spot_clip_apex(frames, spot_box, flow_method,
+                                                    expect_shape=onset_gray.shape[:2])
+            apex_frame = onset + k
         apex_index = apex_frame - onset
         apex_path = frames[apex_index]
         apex_gray = read_image(apex_path, gray=True)
@@ -158,13 +196,17 @@ def from_clip_dir(clip_dir: str, onset: Optional[int] = None, offset: Optional[i
         apex_crop = face.crop_resize(apex_gray, box, feature_spec.IMAGE_SIZE, apex_path)
         flow_seq = optical_flow.clip_flow_sequence(frames, apex_index, box, flow_method,
                                                    expect_shape=apex_gray.shape[:2])
+        fimg = flow_image.clip_flow_image(frames[0], apex_path, box, flow_method,
+                                          expect_shape=apex_gray.shape[:2])
     except BuildError as e:
         raise _build_error(e) from None
     ok, png = cv2.imencode(".png", apex_crop)
     if not ok:
         raise InputError(f"{apex_path}: PNG encoding of the apex crop failed")
     return ClipInputs(apex_bytes=png.tobytes(), flow_seq=check_flow_seq(flow_seq, clip_dir),
-                      source=clip_dir, apex_frame=apex_frame)
+                      flow_image=fimg.astype(np.float32), source=clip_dir, apex_frame=apex_frame,
+                      encodings=provenance.raw_encodings(flow_method), apex_spotted=spotted,
+                      apex_rule=rule, motion_curve=curve, apex_crop=apex_crop)
 
 
 def no_flow() -> np.ndarray:
@@ -183,12 +225,15 @@ def define_flags() -> None:
                         "image and flow are computed with the builder's code.")
     flags.DEFINE_integer("onset", None, "--clip_dir: first frame number (default: the first file).")
     flags.DEFINE_integer("offset", None, "--clip_dir: last frame number (default: the last file).")
-    flags.DEFINE_integer("apex_frame", None, "--clip_dir: apex frame number (default: middle frame).")
+    flags.DEFINE_string("apex_frame", None, "--clip_dir: apex frame number, or 'auto' to spot it "
+                        "(greatest facial motion relative to the onset); default: the middle frame.")
     flags.DEFINE_string("face_box", None, "--clip_dir: face box x,y,w,h on the frames "
                         "(default: OpenCV face detection on the apex frame).")
     flags.DEFINE_enum("flow_method", "tvl1", ["tvl1", "farneback"], "--clip_dir: optical flow.")
     flags.DEFINE_string("flow_image", None, "Onset->apex flow image for atn_flow "
-                        "(28x28x3 image file, or 'zeros'); in-process zeros when not given.")
+                        "(28x28x3 image file, or 'zeros'); default: computed for --clip_dir, else zeros.")
+    flags.DEFINE_boolean("allow_feature_mismatch", False, "Predict even when the input's feature "
+                         "encodings differ from the model's training data (prints a warning).")
     flags.DEFINE_boolean("json", False, "Print the result as JSON.")
     flags.mark_flags_as_mutual_exclusive(["flow", "clip_dir"])
 
@@ -210,13 +255,29 @@ def inputs_from_flags(fv=None) -> ClipInputs:
         flow = load_flow(fv.flow)
     else:
         flow = no_flow()
+    from atn_tf import provenance
+
+    # Encodings: what --clip_dir computed, unless a file made elsewhere replaces it (unknown).
+    encodings = dict(clip.encodings) if clip is not None else {}
+    if fv.apex:
+        encodings.pop("apex_image", None)
     if fv.flow_image == "zeros":
         f = feature_spec.FLOW_IMAGE_SIZE
         flow_image = np.zeros((f, f, 3), np.float32)
+        encodings["flow_image"] = provenance.NO_FLOW_IMAGE
+    elif fv.flow_image:
+        flow_image = load_flow_image(fv.flow_image)
+        encodings.pop("flow_image", None)
     else:
-        flow_image = load_flow_image(fv.flow_image) if fv.flow_image else None
+        flow_image = clip.flow_image if clip is not None else None
+        if clip is None:
+            encodings["flow_image"] = provenance.NO_FLOW_IMAGE     # zeros are fed
     return ClipInputs(apex_bytes=apex_bytes, flow_seq=flow, flow_image=flow_image,
-                      source=fv.clip_dir or fv.apex, apex_frame=clip.apex_frame if clip else None)
+                      source=fv.clip_dir or fv.apex, apex_frame=clip.apex_frame if clip else None,
+                      encodings=encodings, apex_spotted=bool(clip and clip.apex_spotted),
+                      apex_rule=clip.apex_rule if clip else "",
+                      motion_curve=clip.motion_curve if clip else None,
+                      apex_crop=clip.apex_crop if clip and not fv.apex else None)
 
 
 # ------------------------------------------------------------------ results
@@ -242,6 +303,13 @@ class Prediction:
     def json(self, **extra) -> str:
         return json.dumps({**extra, "class_id": self.class_id, "class_name": self.class_name,
                            "probabilities": self.probabilities})
+
+
+def apex_note(inputs: ClipInputs) -> str:
+    """'apex frame N (spotted)' for --clip_dir results, '' otherwise."""
+    if inputs.apex_frame is None:
+        return ""
+    return f"apex frame {inputs.apex_frame} ({inputs.apex_rule or 'given'})"
 
 
 def error_summary(message: str) -> str:

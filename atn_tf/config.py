@@ -66,6 +66,9 @@ class TrainConfig:
     checkpoint_every: int = 250
     log_every: int = 25
     cpu_devices: int = 0                    # >1: split the CPU into virtual devices (tests, demos)
+    # Encodings of the model's inputs ("flow_seq=tvl1_blocks8_t64,..."; atn_tf.provenance):
+    # filled from the data folder's dataset_info.json at the start of training.
+    feature_encodings: str = ""
 
     def __post_init__(self):
         for name in ("train_steps", "batch_size", "image_size", "width", "lstm_units",

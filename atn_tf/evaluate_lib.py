@@ -107,7 +107,10 @@ class FoldRunner:
 
         t0 = time.time()
         self.config, self.protocol = config, protocol
+        from atn_tf import provenance
+
         info = input_pipeline.read_dataset_info(config.data_dir)
+        config = self.config = provenance.check_training_config(config, info)
         data = input_pipeline.load_arrays(config.data_dir, info, input_pipeline.Selection())
         self.data = input_pipeline.resize_apex(data, config.image_size)
         self.index = dataset_index(config.data_dir)

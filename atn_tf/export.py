@@ -12,6 +12,11 @@ host path instead, for a local `tensorflow_model_server`.
 
 from __future__ import annotations
 
+from atn_tf import quiet_start
+
+if __name__ == "__main__":      # before anything imports TensorFlow: no C++ start-up lines
+    quiet_start.install()
+
 import os
 import sys
 

@@ -23,6 +23,8 @@ Both return
     probabilities  float32 [B, 3]      softmax over negative, positive, surprise
     class_id       int32   [B]         argmax
     class_name     string  [B]         "negative" | "positive" | "surprise"
+    feature_encodings string [K]       "input=encoding" of the training data (not batched;
+                                       atn_tf.provenance), so clients can check their inputs
 
 Models other than `atn_flow` ignore the flow image, so their signatures do not take it
 (zeros are fed to the Keras model inside the graph).
@@ -51,7 +53,7 @@ from atn_tf.config import TrainConfig
 SIGNATURE_DEFAULT = "serving_default"
 SIGNATURE_IMAGES = "predict_images"
 SIGNATURES = (SIGNATURE_DEFAULT, SIGNATURE_IMAGES)
-OUTPUT_NAMES = ("probabilities", "class_id", "class_name")
+OUTPUT_NAMES = ("probabilities", "class_id", "class_name", "feature_encodings")
 IMAGE_BYTES_INPUT = "apex_image_bytes"
 MODELS_WITH_FLOW_IMAGE = ("atn_flow",)
 _VERSION_RE = re.compile(r"^\d+$")
@@ -169,11 +171,12 @@ def decode_apex(data, image_size: int):
 class ServingFunctions:
     """The two signature functions around one Keras model (traced by the exporter)."""
 
-    def __init__(self, model: keras.Model, model_name: str, image_size: int):
+    def __init__(self, model: keras.Model, model_name: str, image_size: int, feature_encodings: str = ""):
         self.model = model
         self.image_size = image_size
         self.with_flow_image = uses_flow_image(model_name)
         self.class_names = tf.constant(feature_spec.CLASS_NAMES)
+        self.encodings = [item for item in feature_encodings.split(",") if item]
 
     def _run(self, apex_image, flow_seq, flow_len, flow_image, checks):
         batch = tf.shape(flow_seq)[0]
@@ -186,7 +189,8 @@ class ServingFunctions:
         probabilities = tf.cast(self.model(inputs, training=False)["probabilities"], tf.float32)
         class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         return {"probabilities": probabilities, "class_id": class_id,
-                "class_name": tf.gather(self.class_names, class_id)}
+                "class_name": tf.gather(self.class_names, class_id),
+                "feature_encodings": tf.constant(self.encodings, tf.string, shape=[len(self.encodings)])}
 
     def _ensure_shapes(self, flow_seq, flow_len, flow_image, apex_image=None):
         # The signature declares these shapes, but a loaded signature (and TF Serving) does
@@ -219,9 +223,10 @@ class ServingFunctions:
         return self._run(apex, flow_seq, flow_len, flow_image, checks)
 
 
-def write_saved_model(model: keras.Model, model_name: str, image_size: int, path: str) -> None:
+def write_saved_model(model: keras.Model, model_name: str, image_size: int, path: str,
+                      feature_encodings: str = "") -> None:
     """Write the SavedModel with both signatures to `path` (which must not exist)."""
-    fns = ServingFunctions(model, model_name, image_size)
+    fns = ServingFunctions(model, model_name, image_size, feature_encodings)
     archive = keras.export.ExportArchive()
     archive.track(model)
     with_fi = fns.with_flow_image
@@ -294,8 +299,11 @@ def export_model(model: keras.Model, config: TrainConfig, export_base: str,
     tmp_parent = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_base)
     try:
         tmp = os.path.join(tmp_parent, "saved_model")
-        write_saved_model(model, config.model, config.image_size, tmp)
+        write_saved_model(model, config.model, config.image_size, tmp,
+                          getattr(config, "feature_encodings", ""))
         write_extras(tmp, config)
+        # The Keras model too: `predict --explain` needs its layers for gradients.
+        model.save(os.path.join(tmp, EXTRA_DIR, "model.keras"))
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(tmp, final)

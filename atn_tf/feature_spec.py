@@ -58,6 +58,9 @@ class Sample:
     onset: int = UNKNOWN_INDEX
     apex: int = UNKNOWN_INDEX
     offset: int = UNKNOWN_INDEX
+    # Not serialised: how the apex was found ("annotated" | "spotted" | "" unknown);
+    # the builder counts it into dataset_info.json.
+    apex_source: str = ""
 
     def validate(self) -> "Sample":
         if not self.sample_id:

@@ -9,6 +9,11 @@ with `--json`.
 
 from __future__ import annotations
 
+from atn_tf import quiet_start
+
+if __name__ == "__main__":      # before anything imports TensorFlow: no C++ start-up lines
+    quiet_start.install()
+
 import os
 import sys
 
@@ -23,6 +28,8 @@ def define_flags() -> None:
     """Called by `__main__` only, so importing this module (tests, other tools) defines no flags."""
     flags.DEFINE_string("saved_model", None, "SavedModel version folder (or export base: latest version).")
     flags.DEFINE_string("signature", "predict_images", "Signature to run (it must take apex_image_bytes).")
+    flags.DEFINE_string("explain", None, "Also write a figure explaining the prediction here (PNG): "
+                        "apex crop + Grad-CAM, flow image + gradient x input, probabilities.")
     clip_inputs.define_flags()
     flags.mark_flag_as_required("saved_model")
 
@@ -66,6 +73,25 @@ class LocalPredictor:
         arrays = inputs.arrays(with_flow_image="flow_image" in self.input_names)
         return clip_inputs.Prediction.from_outputs(self.run(arrays))
 
+    def training_encodings(self) -> tuple[dict, str | None]:
+        """(input -> encoding of the training data, model name) from the export's config.json."""
+        from atn_tf import provenance
+        from atn_tf.export_lib import load_config_of_export
+
+        config = load_config_of_export(self.path)
+        if config is None:
+            return {}, None
+        return provenance.from_text(getattr(config, "feature_encodings", "")), config.model
+
+    def check_encodings(self, inputs: clip_inputs.ClipInputs, allow: bool = False) -> list[str]:
+        """FeatureMismatch (atn_tf.provenance) when the inputs are encoded otherwise than the
+        training data; warnings instead with `allow`."""
+        from atn_tf import provenance
+
+        model_enc, model_name = self.training_encodings()
+        return provenance.check_prediction_inputs(model_enc, inputs.encodings, model_name, allow,
+                                                  where=f"the model ({self.path})")
+
 
 def main(argv):
     if len(argv) > 1:
@@ -78,9 +104,16 @@ def main(argv):
         return 2
     import tensorflow as tf
 
+    from atn_tf import provenance
+
     try:
         predictor = LocalPredictor(FLAGS.saved_model, FLAGS.signature)
+        for warning in predictor.check_encodings(inputs, FLAGS.allow_feature_mismatch):
+            print(warning, file=sys.stderr)
         prediction = predictor.predict(inputs)
+    except provenance.FeatureMismatch as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -88,11 +121,29 @@ def main(argv):
         print(f"error: the model refused the input: {clip_inputs.error_summary(e.message)}",
               file=sys.stderr)
         return 1
+    figure = None
+    if FLAGS.explain:
+        from atn_tf import explain
+
+        try:
+            explain.explain(predictor.path, inputs, FLAGS.explain,
+                            title=f"{inputs.source}: {prediction.class_name}"
+                                  + (f", {clip_inputs.apex_note(inputs)}" if inputs.apex_frame is not None else ""))
+            figure = FLAGS.explain
+        except (explain.ExplainError, OSError) as e:
+            print(f"error: --explain: {e}", file=sys.stderr)
+            return 1
     if FLAGS.json:
+        extra = {"apex_frame": inputs.apex_frame, "apex_rule": inputs.apex_rule} if inputs.apex_frame is not None else {}
+        if figure:
+            extra["explain"] = figure
         print(prediction.json(saved_model=predictor.path, source=inputs.source,
-                              flow_steps=int(inputs.flow_seq.shape[0])))
+                              flow_steps=int(inputs.flow_seq.shape[0]), **extra))
     else:
-        print(prediction.text())
+        note = clip_inputs.apex_note(inputs)
+        print(prediction.text() + (f"  [{note}]" if note else ""))
+        if figure:
+            print(f"explanation written to {figure}")
     return 0
 
 

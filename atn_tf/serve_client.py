@@ -6,11 +6,22 @@ JSON API with `--rest` (then `--server` is the REST port, 8501 by default in TF 
 The inputs are built as in `atn_tf.predict` (`--apex` + `--flow`, or `--clip_dir` with
 the builder's face/flow code) and sent to the `predict_images` signature.
 
-`--flow_image` is sent only when given (the `atn_flow` signatures require it; pass
-`--flow_image=zeros` for raw clips, whose records hold zeros too).
+`--flow_image` is sent when given, and for `--clip_dir` the computed onset->apex flow
+image is sent too (the `atn_flow` signatures require it); a server whose signature takes no
+flow image refuses it by name, and the request is then repeated without it.
+
+Feature provenance (`atn_tf.provenance`): every answer carries the model's
+`feature_encodings`; when they differ from the encodings of the inputs sent (e.g. a model
+trained on `megc2019_crops` records given a raw `--clip_dir`), the prediction is not
+printed and the exit status is 2, unless `--allow_feature_mismatch` (then a warning).
 """
 
 from __future__ import annotations
+
+from atn_tf import quiet_start
+
+if __name__ == "__main__":      # before anything imports TensorFlow: no C++ start-up lines
+    quiet_start.install()
 
 import base64
 import json
@@ -137,12 +148,21 @@ def main(argv):
     except clip_inputs.InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    arrays = inputs.arrays(with_flow_image=inputs.flow_image is not None)
+    from atn_tf import provenance
+
     call = rest_predict if FLAGS.rest else grpc_predict
     try:
-        outputs = call(FLAGS.server, arrays, FLAGS.model_name, FLAGS.signature,
-                       FLAGS.model_version, FLAGS.timeout)
+        outputs, sent = predict_with_flow_image(call, inputs, computed_flow_image=not FLAGS.flow_image)
+        model_enc = provenance.from_output(outputs.get("feature_encodings", []))
+        sent_enc = {k: v for k, v in inputs.encodings.items() if k != "flow_image" or sent}
+        for warning in provenance.check_prediction_inputs(
+                model_enc, sent_enc, allow=FLAGS.allow_feature_mismatch,
+                where=f"the model {FLAGS.model_name!r} at {FLAGS.server}"):
+            print(warning, file=sys.stderr)
         prediction = clip_inputs.Prediction.from_outputs(outputs)
+    except provenance.FeatureMismatch as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except ServingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -150,10 +170,28 @@ def main(argv):
         print(f"error: unexpected answer from the server (missing {e})", file=sys.stderr)
         return 1
     if FLAGS.json:
-        print(prediction.json(server=FLAGS.server, model_name=FLAGS.model_name, source=inputs.source))
+        extra = {"apex_frame": inputs.apex_frame, "apex_rule": inputs.apex_rule} if inputs.apex_frame is not None else {}
+        print(prediction.json(server=FLAGS.server, model_name=FLAGS.model_name, source=inputs.source, **extra))
     else:
-        print(prediction.text())
+        note = clip_inputs.apex_note(inputs)
+        print(prediction.text() + (f"  [{note}]" if note else ""))
     return 0
+
+
+def predict_with_flow_image(call, inputs: clip_inputs.ClipInputs, computed_flow_image: bool):
+    """(outputs, whether flow_image was sent). A computed flow image (--clip_dir) is offered;
+    if the server's signature does not take one it refuses the input by name, and the
+    request goes again without it."""
+    send = inputs.flow_image is not None
+    kwargs = (FLAGS.server, inputs.arrays(with_flow_image=send), FLAGS.model_name, FLAGS.signature,
+              FLAGS.model_version, FLAGS.timeout)
+    try:
+        return call(*kwargs), send
+    except ServingError as e:
+        if not (send and computed_flow_image and "flow_image" in e.message):
+            raise
+    return call(FLAGS.server, inputs.arrays(with_flow_image=False), FLAGS.model_name, FLAGS.signature,
+                FLAGS.model_version, FLAGS.timeout), False
 
 
 if __name__ == "__main__":

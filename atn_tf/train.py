@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from atn_tf import quiet_start
+
+if __name__ == "__main__":      # before anything imports TensorFlow: no C++ start-up lines
+    quiet_start.install()
+
 import sys
 
 from absl import app, flags, logging
@@ -20,10 +25,13 @@ def main(argv):
         config = flags_lib.config_from_flags()
     except ValueError as e:
         raise app.UsageError(str(e))
-    from atn_tf import input_pipeline, train_lib  # after flag parsing: TF start-up is slow
+    from atn_tf import input_pipeline, provenance, train_lib  # after flag parsing: TF start-up is slow
 
     try:
         r = train_lib.train(config, progress=FLAGS.progress)
+    except provenance.FeatureMismatch as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (input_pipeline.DataError, train_lib.TrainingDiverged, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -20,7 +20,7 @@ import tensorflow as tf
 import keras
 from absl import logging
 
-from atn_tf import atomic_io, distribute, input_pipeline, protocols
+from atn_tf import atomic_io, distribute, input_pipeline, protocols, provenance
 from atn_tf.config import TrainConfig
 from atn_tf.models import build_model, set_input_statistics
 
@@ -304,6 +304,7 @@ def train(config: TrainConfig, progress: bool = True, stop_after: Optional[int] 
     info = input_pipeline.read_dataset_info(config.data_dir)
     selection = input_pipeline.Selection(config.test_subjects, config.test_databases)
     input_pipeline.validate_selection(info, selection, config.data_dir)
+    config = provenance.check_training_config(config, info)   # one encoding per input; kept in config.json
     data = input_pipeline.load_arrays(config.data_dir, info, selection)
     if data["label"].size == 0:
         raise input_pipeline.DataError(f"{config.data_dir}: no training records left after holding out "

@@ -10,6 +10,11 @@
 
 from __future__ import annotations
 
+from atn_tf import quiet_start
+
+if __name__ == "__main__":      # before anything imports TensorFlow: no C++ start-up lines
+    quiet_start.install()
+
 import dataclasses
 import os
 import tempfile

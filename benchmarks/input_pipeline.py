@@ -15,6 +15,11 @@ list and parsing the flow text) is reported separately.
 
 from __future__ import annotations
 
+from atn_tf import quiet_start
+
+if __name__ == "__main__":      # before anything imports TensorFlow: no C++ start-up lines
+    quiet_start.install()
+
 import math
 import tempfile
 

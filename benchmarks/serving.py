@@ -9,6 +9,11 @@ examples/s) replaces the `## Serving` section of `benchmarks/results.md`.
 
 from __future__ import annotations
 
+from atn_tf import quiet_start
+
+if __name__ == "__main__":      # before anything imports TensorFlow: no C++ start-up lines
+    quiet_start.install()
+
 import os
 import tempfile
 import time

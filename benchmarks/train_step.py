@@ -15,6 +15,11 @@ same shapes, to show whether the input pipeline limits training.
 
 from __future__ import annotations
 
+from atn_tf import quiet_start
+
+if __name__ == "__main__":      # before anything imports TensorFlow: no C++ start-up lines
+    quiet_start.install()
+
 import time
 
 import numpy as np

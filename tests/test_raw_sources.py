@@ -129,7 +129,7 @@ def test_samm_plan_and_load(tmp_path):
         ("samm-006-006_1_2", 0, 5566, 8), ("samm-006-006_1_3", 1, 101, 4)]
 
 
-def test_smic_plan_and_load_uses_middle_frame(tmp_path):
+def test_smic_plan_and_load_spots_the_apex(tmp_path):
     header = ["Subject", "Filename", None, "OnsetF", "OffsetF", "Onset2F", "Offset2F", "Onset3F", "Offset3F",
               None, "FirstF", "LastF", "TotalMF1", "TotalMF2", "TotalMF3", "TotalVL", "Emotion"]
     rows = [[1, "s1_ne_01", None, 559750, 559765, None, None, None, None, None, 559740, 559770, 16, None,
@@ -138,17 +138,28 @@ def test_smic_plan_and_load_uses_middle_frame(tmp_path):
              "surprise"]]
     wb_path = write_sheet(tmp_path / "SMIC-HS-E_annotation.xlsx", header, rows, title="HS")
     hs = tmp_path / "SMIC-HS-E" / "HS" / "s1" / "micro"
-    # the -E release stores FirstF..LastF (a superset of onset..offset), bmp frames
-    write_clip(hs / "negative" / "s1_ne_01", [f"image{n}.bmp" for n in range(559740, 559771)])
+    # the -E release stores FirstF..LastF (a superset of onset..offset), bmp frames; this
+    # clip's brows move most at frame 559760 (the sheet gives no apex: it is spotted)
+    face = demo.random_face(np.random.default_rng(3))
+    clip = hs / "negative" / "s1_ne_01"
+    os.makedirs(clip)
+    for n, img in zip(range(559740, 559771), demo.render_clip(face, 0, 31, 20, 4.0, np.random.default_rng(4))):
+        cv2.imwrite(str(clip / f"image{n}.bmp"), img)
     # filed under another class than the sheet gives (as s18_sur_03 in the real -E sheet)
     write_clip(hs / "negative" / "s1_sur_01", [f"image{n:06d}.bmp" for n in range(1000, 1006)])
+    boxes = tmp_path / "b.csv"
+    boxes.write_text("sample_id,x,y,w,h\nsmic-s01-s01_ne_01," + ",".join(map(str, face.box()))
+                     + "\nsmic-s01-s01_sur_01," + ",".join(map(str, BOX)) + "\n")
     source = SmicSource(input_dir=str(tmp_path), coding_sheet=wb_path, flow_method="farneback",
-                        face_boxes=write_boxes(tmp_path / "b.csv", ["smic-s01-s01_ne_01", "smic-s01-s01_sur_01"]))
-    _, samples = load_all(source)
+                        face_boxes=str(boxes))
+    specs, samples = load_all(source)
+    assert all(s.payload["apex"] is None for s in specs)       # nothing to read from the sheet
     ne, sur = samples
-    assert (ne.sample_id, ne.label, ne.onset, ne.apex, ne.offset) == ("smic-s01-s01_ne_01", 0, 559750, 559757, 559765)
-    assert ne.flow_seq.shape == (15, 128)
-    assert (sur.sample_id, sur.label, sur.apex, sur.flow_seq.shape[0]) == ("smic-s01-s01_sur_01", 2, 1002, 5)
+    assert (ne.sample_id, ne.label, ne.onset, ne.offset) == ("smic-s01-s01_ne_01", 0, 559750, 559765)
+    assert abs(ne.apex - 559760) <= 1 and ne.apex_source == "spotted"
+    assert ne.flow_seq.shape == (15, 128) and ne.flow_image is not None
+    assert (sur.sample_id, sur.label, sur.apex_source) == ("smic-s01-s01_sur_01", 2, "spotted")
+    assert 1000 <= sur.apex <= 1005 and sur.flow_seq.shape[0] == 5
 
 
 def test_face_detected_when_no_box_given(tmp_path):
@@ -203,7 +214,6 @@ def test_duplicate_sample_id(tmp_path):
 @pytest.mark.parametrize("row, reason", [
     (["01", "EP02_01f", None, 46, 60, 56, None, "12", "happiness"], "apex 60 outside onset..offset 46..56"),
     (["01", "EP02_01f", None, 46, 50, 56, None, "12", "glee"], "unknown emotion 'glee'"),
-    (["01", "EP02_01f", None, 46, "/", 56, None, "12", "happiness"], "apex frame not annotated"),
 ])
 def test_bad_sheet_rows_name_the_sheet(tmp_path, row, reason):
     ok = ["02", "EP01_11f", None, 10, 14, 17, None, "15", "repression"]
@@ -211,6 +221,17 @@ def test_bad_sheet_rows_name_the_sheet(tmp_path, row, reason):
     ids, [e] = plan_errors(source)
     assert ids == ["casme2-sub02-EP01_11f"]
     assert e.path == source.coding_sheet and reason in e.reason
+
+
+def test_row_without_apex_is_spotted_not_rejected(tmp_path):
+    rows = [["01", "EP02_01f", None, 46, "/", 56, None, "12", "happiness"],
+            ["02", "EP01_11f", None, 10, 14, 17, None, "15", "repression"]]
+    source = casme2_source(tmp_path, rows=rows)
+    specs, samples = load_all(source)
+    spotted, annotated = samples
+    assert spotted.apex_source == "spotted" and 46 <= spotted.apex <= 56
+    assert annotated.apex_source == "annotated" and annotated.apex == 14
+    assert spotted.flow_image.shape == (28, 28, 3) and spotted.flow_image.dtype == np.uint8
 
 
 def test_missing_column_stops_the_plan(tmp_path):

@@ -45,6 +45,9 @@ def test_train_smoke_writes_model_config_checkpoints_and_summaries(data_dir, tmp
                       test_subjects=("smic/s01",), train_steps=10, checkpoint_every=5, **TINY)
     r = train_lib.train(cfg, progress=False)
     assert r.final_step == 10 and len(r.losses) == 10 and np.isfinite(r.final_loss)
+    # config.json is the config run, with the data's feature encodings filled in (provenance)
+    from atn_tf import provenance
+    cfg = cfg.replace(feature_encodings=provenance.to_text(provenance.MEGC2019_CROPS))
     assert TrainConfig.load(str(tmp_path / "m")) == cfg
     assert os.path.isfile(tmp_path / "m" / "model.keras")
     assert sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "m" / "checkpoints" / "ckpt-*.index"))) \

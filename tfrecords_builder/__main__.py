@@ -5,6 +5,11 @@ With no flags it generates the synthetic demo corpus and builds it into data/tfr
 
 from __future__ import annotations
 
+from atn_tf import quiet_start
+
+if __name__ == "__main__":      # before anything imports TensorFlow: no C++ start-up lines
+    quiet_start.install()
+
 import os
 import sys
 

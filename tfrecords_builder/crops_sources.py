@@ -14,6 +14,7 @@ import re
 import cv2
 import numpy as np
 
+from atn_tf import provenance
 from atn_tf.feature_spec import IMAGE_SIZE, MAX_STEPS, NUM_CLASSES, STEP_DIM, Sample
 from atn_tf.manifest import ManifestError, read_manifest
 from tfrecords_builder.flow_features import block_features
@@ -48,6 +49,7 @@ def phase_map_to_flow(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class Megc2019CropsSource:
     input_dir: str
     name: str = "megc2019_crops"
+    feature_encodings = provenance.MEGC2019_CROPS     # class attribute: not a field
 
     def plan(self):
         manifest = os.path.join(self.input_dir, "manifest.csv")
@@ -160,6 +162,7 @@ def parse_seed_name(image_name: str) -> tuple[str, str, str, str, int]:
 class SeedSource:
     input_dir: str       # the release's Data/ folder
     name: str = "seed"
+    feature_encodings = provenance.SEED
 
     def plan(self):
         listing = os.path.join(self.input_dir, "Apex_Cropped_images.txt")

@@ -8,9 +8,13 @@ Layouts (input_dir may be the folder holding the database folder, or that folder
   numbers as the sheet's OnsetF/OffsetF (the -E release stores FirstF..LastF, a superset).
 
 Frames are indexed by the number at the end of the file name, so zero padding does not
-matter. Apex: annotated for CASME II and SAMM (a clip whose apex is not annotated is
-rejected, as MEGC2019 did); SMIC gives none, so it is the middle frame (onset+offset)//2,
-which equals the ATN release's apex frame for 155 of the 157 SMIC-HS-E clips.
+matter. Apex: annotated for CASME II and SAMM; SMIC gives none, and some sheet rows have
+none ("/"): those clips' apex is spotted from the frames (`apex_spotting`: the frame of
+greatest facial motion relative to the onset), and `dataset_info.json` counts them
+(`apex_sources`). (Earlier builds took SMIC's middle frame (onset+offset)//2.)
+
+Every clip also gets the onset->apex flow image (`flow_image`, MEGC2019 `flow_uvs`
+encoding) that `atn_flow` reads.
 
 `plan()` reads only the sheet and folder listings; `load()` does detection, cropping and
 flow, in worker processes. A face box from the optional CSV (`sample_id,x,y,w,h`) is used
@@ -28,6 +32,7 @@ from atn_tf.feature_spec import IMAGE_SIZE, Sample
 from tfrecords_builder.coding_sheets import ClipAnnotation, read_coding_sheet
 from tfrecords_builder.face import crop_resize, detect_face, read_face_boxes
 from tfrecords_builder.images import read_image
+from tfrecords_builder import apex_spotting, flow_image
 from tfrecords_builder.optical_flow import METHODS, clip_flow_sequence, flow_window
 from tfrecords_builder.source import BuildError, SampleSpec, safe_join
 
@@ -90,10 +95,15 @@ class _RawSource:
     def _clip_candidates(self, ann: ClipAnnotation) -> list[str]:
         raise NotImplementedError
 
-    def _apex(self, ann: ClipAnnotation) -> int:
-        if ann.apex is None:
-            raise BuildError(self.coding_sheet, f"row {ann.sheet_row}: apex frame not annotated")
+    def _apex(self, ann: ClipAnnotation) -> Optional[int]:
+        """The annotated apex frame, or None: spotted from the frames when loading."""
         return ann.apex
+
+    @property
+    def feature_encodings(self) -> dict:
+        from atn_tf import provenance
+
+        return provenance.raw_encodings(self.flow_method)
 
     # -- Source protocol ----------------------------------------------------------
     def plan(self) -> tuple[list[SampleSpec], list[BuildError]]:
@@ -123,15 +133,18 @@ class _RawSource:
     def _spec(self, root: str, ann: ClipAnnotation, box) -> SampleSpec:
         clip_dir = self._find_clip_dir(root, ann)
         apex = self._apex(ann)
-        if not ann.onset <= apex <= ann.offset:
+        if apex is not None and not ann.onset <= apex <= ann.offset:
             raise BuildError(self.coding_sheet, f"row {ann.sheet_row}: apex {apex} outside "
                                                 f"onset..offset {ann.onset}..{ann.offset}")
         frames = clip_frames(clip_dir, ann.onset, ann.offset)
-        apex_index = apex - ann.onset
-        lo, hi = flow_window(len(frames), apex_index)
+        if apex is None:       # spotted in load(): every frame is needed
+            window, apex_index = frames, None
+        else:
+            lo, hi = flow_window(len(frames), apex - ann.onset)
+            window, apex_index = frames[lo:hi + 1], apex - ann.onset - lo
         return SampleSpec(ann.sample_id, ann.database, ann.subject, {
             "clip": ann.clip, "label": ann.label, "clip_dir": clip_dir,
-            "frames": frames[lo:hi + 1], "apex_index": apex_index - lo,
+            "frames": window, "apex_index": apex_index, "onset_path": frames[0],
             "onset": ann.onset, "apex": apex, "offset": ann.offset, "face_box": box})
 
     def _find_clip_dir(self, root: str, ann: ClipAnnotation) -> str:
@@ -143,15 +156,31 @@ class _RawSource:
 
     def load(self, spec: SampleSpec) -> Sample:
         p = spec.payload
-        apex_path = p["frames"][p["apex_index"]]
+        frames, apex_index, apex = p["frames"], p["apex_index"], p["apex"]
+        apex_source = "annotated"
+        if apex_index is None:
+            if len(frames) < 2:
+                raise BuildError(frames[0], "clip has a single frame: no apex to spot")
+            # No apex in the sheet: spot it on the face found on the onset frame.
+            onset_gray = read_image(frames[0], gray=True)
+            spot_box = tuple(p["face_box"]) if p["face_box"] else detect_face(onset_gray, frames[0])
+            k, _ = apex_spotting.spot_clip_apex(frames, spot_box, self.flow_method,
+                                                expect_shape=onset_gray.shape[:2])
+            apex, apex_source = p["onset"] + k, "spotted"
+            lo, hi = flow_window(len(frames), k)
+            frames, apex_index = frames[lo:hi + 1], k - lo
+        apex_path = frames[apex_index]
         apex_gray = read_image(apex_path, gray=True)
         box = tuple(p["face_box"]) if p["face_box"] else detect_face(apex_gray, apex_path)
         apex_image = crop_resize(apex_gray, box, IMAGE_SIZE, apex_path)
-        flow_seq = clip_flow_sequence(p["frames"], p["apex_index"], box, self.flow_method,
+        flow_seq = clip_flow_sequence(frames, apex_index, box, self.flow_method,
                                       self.flow_size, expect_shape=apex_gray.shape[:2])
+        fimg = flow_image.clip_flow_image(p["onset_path"], apex_path, box, self.flow_method,
+                                          self.flow_size, expect_shape=apex_gray.shape[:2])
         return Sample(sample_id=spec.sample_id, database=spec.database, subject=spec.subject,
                       clip=p["clip"], label=p["label"], apex_image=apex_image, flow_seq=flow_seq,
-                      onset=p["onset"], apex=p["apex"], offset=p["offset"])
+                      flow_image=fimg, onset=p["onset"], apex=apex, offset=p["offset"],
+                      apex_source=apex_source)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,5 +217,6 @@ class SmicSource(_RawSource):
         return [os.path.join(sf, "micro", e, ann.folder) for sf in (f"s{num}", ann.subject) for e in emotions]
 
     def _apex(self, ann):
-        # The sheet has no apex; the middle frame is DESIGN.md's rule for SMIC.
-        return (ann.onset + ann.offset) // 2
+        # The sheet has no apex: spotted from the frames (DESIGN.md's older rule was the
+        # middle frame).
+        return None

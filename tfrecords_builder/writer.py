@@ -213,6 +213,8 @@ def build(source: Source, output_dir: str, num_shards: int = 1, workers: int = 1
             state["shards"][sh.name] = {
                 "sha256": atomic_io.sha256_file(staged), "num_examples": len(samples),
                 "labels": [s.label for s in samples], "subjects": sorted({s.subject for s in samples}),
+                "apex_sources": dict(sorted(collections.Counter(s.apex_source or "unknown"
+                                                                for s in samples).items())),
                 "rejects": [{"path": r.path, "reason": r.reason, "sample_id": r.sample_id} for r in shard_rejects]}
             atomic_io.write_json(state_path, state)
             rejects += shard_rejects
@@ -258,13 +260,23 @@ def _dataset_info(source: Source, shards: list[ShardPlan], state: dict) -> dict:
         d["subjects"].update(rec["subjects"])
         shard_rows.append({"path": sh.name, "database": sh.database, "num_examples": rec["num_examples"],
                            "sha256": rec["sha256"], "labels": rec["labels"], "subjects": rec["subjects"],
-                           "rejects": rec.get("rejects", [])})
+                           "apex_sources": rec.get("apex_sources", {}), "rejects": rec.get("rejects", [])})
     for d in dbs.values():
         d["subjects"] = sorted(d["subjects"])
+    # Feature provenance (atn_tf.provenance): every shard of one build has its source's
+    # encodings; how many apexes were annotated and how many spotted from the frames.
+    encodings = dict(getattr(source, "feature_encodings", None) or {})
+    apex_sources: collections.Counter = collections.Counter()
+    for row, sh in zip(shard_rows, shards):
+        if encodings:
+            row["feature_encodings"] = encodings
+        apex_sources.update(state["shards"][sh.name].get("apex_sources") or {})
+    extra = {"feature_encodings": encodings} if encodings else {}
+    extra["apex_sources"] = {k: apex_sources.get(k, 0) for k in ("annotated", "spotted", "unknown")}
     return {"source": source.name, "num_examples": sum(d["num_examples"] for d in dbs.values()),
             "num_subjects": sum(len(d["subjects"]) for d in dbs.values()),
             "class_names": list(CLASS_NAMES), "databases": dbs, "shards": shard_rows,
-            "features": feature_spec.describe()}
+            "features": feature_spec.describe(), **extra}
 
 
 def _publish(output_dir, staging, shards, state, info, rejects) -> None:

@@ -14,6 +14,11 @@ markdown table of all configurations run is written to `report.md` beside it (or
 
 from __future__ import annotations
 
+from atn_tf import quiet_start
+
+if __name__ == "__main__":      # before anything imports TensorFlow: no C++ start-up lines
+    quiet_start.install()
+
 import os
 import sys
 
