@@ -40,12 +40,34 @@ def test_hde_selection_by_database(data_dir):
     assert sorted(set(train_dbs)) == ["casme2", "samm"] and len(train_dbs) == 24
 
 
-def test_balanced_sampling(data_dir):
-    # Hold out enough to make the training labels unbalanced, then check the stream is not.
-    sel = ip.Selection(test_subjects=("casme2/s01",))
-    labels = np.concatenate([y.numpy() for _, y in ip.train_dataset(data_dir, sel, 16, seed=3).take(60)])
+# 36 records whose labels are far from balanced: 6 negative, 22 positive, 8 surprise.
+IMBALANCED = np.random.default_rng(0).permutation([0] * 6 + [1] * 22 + [2] * 8)
+
+
+@pytest.fixture(scope="module")
+def imbalanced_dir(tmp_path_factory):
+    return build_megc_records(tmp_path_factory.mktemp("imbalanced"), subjects_per_db=2, clips_per_subject=6,
+                              num_shards=1, labels=IMBALANCED)
+
+
+def check_stream_is_balanced(data_dir, balance):
+    """The training stream's label fractions are within 0.05 of 1/3 (960 labels)."""
+    labels = np.concatenate([y.numpy() for _, y in ip.train_dataset(
+        data_dir, ip.Selection(), 16, augment_data=False, balance=balance, seed=3).take(60)])
+    assert np.array_equal(np.bincount(IMBALANCED, minlength=3), [6, 22, 8])
     frac = np.bincount(labels, minlength=3) / len(labels)
-    assert np.all(np.abs(frac - 1 / 3) < 0.05), frac
+    assert np.all(np.abs(frac - 1 / 3) < 0.05), f"label fractions {frac} are not balanced"
+
+
+def test_balanced_sampling(imbalanced_dir):
+    # The records are 17 % / 61 % / 22 %: only balancing brings the stream to thirds.
+    check_stream_is_balanced(imbalanced_dir, balance=True)
+
+
+def test_balanced_sampling_mutant_balance_off_is_caught(imbalanced_dir):
+    """Mutant: balancing turned off. The stream then follows the records (~0.17/0.61/0.22)."""
+    with pytest.raises(AssertionError, match="not balanced"):
+        check_stream_is_balanced(imbalanced_dir, balance=False)
 
 
 def test_stream_is_deterministic_when_seeded(data_dir):
