@@ -20,6 +20,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 from atn_tf import export_lib, serve_client
 from atn_tf.config import TrainConfig
 from atn_tf.models import build_model
+from tests.test_export import DECODE_MUTANTS, apex_faces, check_decodes_like_training, export_probe
 from tests.test_serving import SavedModelPredictionService
 
 SIZE = 32
@@ -146,20 +147,49 @@ def test_image_bombs_and_non_images_are_invalid_argument(loaded, data, message):
         call(loaded, "predict_images", {**x, "apex_image_bytes": np.array([data], dtype=object)})
 
 
-def test_bmp_and_gif_apex_images_are_decoded(loaded):
+def gif_bytes(gray):
+    """A real GIF (TF has no GIF encoder; Pillow, a matplotlib dependency, writes one)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(gray, "L").save(buf, "GIF")
+    data = buf.getvalue()
+    assert data[:6] in (b"GIF87a", b"GIF89a")
+    return data
+
+
+def bmp_and_gif_requests(grays):
+    """For each crop: a 24-bit BMP, an 8-bit BMP and a GIF; returns (bytes, the crops they hold)."""
+    encoded, held = [], []
+    for gray in grays:
+        encoded += [cv2.imencode(".bmp", cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))[1].tobytes(),
+                    cv2.imencode(".bmp", gray)[1].tobytes(), gif_bytes(gray)]
+        held += [gray] * 3
+    return encoded, held
+
+
+def test_bmp_and_gif_apex_images_are_decoded(loaded, tmp_path):
     """The README promises JPEG/PNG/BMP/GIF; SMIC frames are BMP (this used to fail with
-    "`channels` must be 0, 3 or 4 for BMP")."""
-    x = good(seed=4)
-    gray = x["apex_image"][0, ..., 0].astype(np.uint8)
-    want = call(loaded, "serving_default", x)["probabilities"].numpy()
-    colour_bmp = cv2.imencode(".bmp", cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))[1].tobytes()   # 24 bit
-    gray_bmp = cv2.imencode(".bmp", gray)[1].tobytes()                                       # 8 bit
-    gif = tf.io.encode_png(gray[..., None]).numpy()   # TF has no GIF encoder: PNG control for the batch
-    req = {**as_bytes_request(good(3, seed=4)), "flow_seq": np.repeat(x["flow_seq"], 3, 0),
-           "flow_len": np.repeat(x["flow_len"], 3)}
-    req["apex_image_bytes"] = np.array([colour_bmp, gray_bmp, gif], dtype=object)
-    got = call(loaded, "predict_images", req)["probabilities"].numpy()
-    np.testing.assert_allclose(got, np.repeat(want, 3, 0), atol=2e-3)
+    "`channels` must be 0, 3 or 4 for BMP"). Through the exported graph (with the decode
+    probe as the model), each must reach the model as the training pipeline's crop does."""
+    encoded, held = bmp_and_gif_requests(apex_faces(2, seed=4))
+    check_decodes_like_training(export_probe(tmp_path / "probe", SIZE), encoded, held, atol=0.5, image_size=SIZE)
+    # The real tiny model classifies them (same batch through the real graph).
+    x = good(len(encoded), seed=4)
+    out = call(loaded, "predict_images", {"apex_image_bytes": np.array(encoded, dtype=object),
+                                          "flow_seq": x["flow_seq"], "flow_len": x["flow_len"]})
+    assert out["probabilities"].shape == (len(encoded), 3)
+
+
+@pytest.mark.parametrize("mutant", sorted(DECODE_MUTANTS))
+def test_bmp_and_gif_decode_mutants_are_caught(mutant, tmp_path, monkeypatch):
+    monkeypatch.setattr(export_lib, "decode_apex", DECODE_MUTANTS[mutant](export_lib.decode_apex))
+    encoded, held = bmp_and_gif_requests(apex_faces(1, seed=4))
+    with pytest.raises(AssertionError, match="decodes the apex unlike training"):
+        check_decodes_like_training(export_probe(tmp_path / "probe", SIZE), encoded, held, atol=0.5,
+                                    image_size=SIZE)
 
 
 # ------------------------------------------------------------------ through gRPC
