@@ -6,6 +6,10 @@ JSON API with `--rest` (then `--server` is the REST port, 8501 by default in TF 
 The inputs are built as in `atn_tf.predict` (`--apex` + `--flow`, or `--clip_dir` with
 the builder's face/flow code) and sent to the `predict_images` signature.
 
+Before sending, the client fetches the signature (`GetModelMetadata` / REST `/metadata`)
+and refuses a request whose input keys, dtypes or shapes do not match it, with a message
+naming the input (`atn_tf.request_validation`); nothing is sent then.
+
 `--flow_image` is sent only when given (the `atn_flow` signatures require it; pass
 `--flow_image=zeros` for raw clips, whose records hold zeros too).
 """
@@ -22,7 +26,7 @@ from typing import Optional
 import numpy as np
 from absl import app, flags
 
-from atn_tf import clip_inputs
+from atn_tf import clip_inputs, request_validation
 
 FLAGS = flags.FLAGS
 
@@ -64,18 +68,23 @@ def make_predict_request(arrays: dict, model_name: str, signature: str,
 
 
 def grpc_predict(server: str, arrays: dict, model_name: str, signature: str = "predict_images",
-                 version: Optional[int] = None, timeout: float = 30.0, channel=None) -> dict:
-    """Predict over gRPC; returns {output name: ndarray}."""
+                 version: Optional[int] = None, timeout: float = 30.0, channel=None,
+                 validate: bool = True) -> dict:
+    """Predict over gRPC; returns {output name: ndarray}. With `validate`, the request is
+    first checked against the served signature (RequestError, nothing sent)."""
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-    request = make_predict_request(arrays, model_name, signature, version)
     own = channel is None
     channel = channel or grpc.insecure_channel(
         server, options=[("grpc.max_send_message_length", 64 << 20),
                          ("grpc.max_receive_message_length", 64 << 20)])
     try:
+        if validate:
+            request_validation.validate(arrays, request_validation.grpc_signature(
+                channel, model_name, signature, version, timeout))
+        request = make_predict_request(arrays, model_name, signature, version)
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         response = stub.Predict(request, timeout=timeout)
     except grpc.RpcError as e:
@@ -106,11 +115,15 @@ def rest_url(server: str, model_name: str, version: Optional[int] = None) -> str
 
 
 def rest_predict(server: str, arrays: dict, model_name: str, signature: str = "predict_images",
-                 version: Optional[int] = None, timeout: float = 30.0) -> dict:
-    data = json.dumps(rest_body(arrays, signature)).encode()
-    req = urllib.request.Request(rest_url(server, model_name, version), data=data,
-                                 headers={"Content-Type": "application/json"}, method="POST")
+                 version: Optional[int] = None, timeout: float = 30.0, validate: bool = True) -> dict:
+    """Predict over REST; with `validate`, checked against `/metadata` first (as gRPC)."""
     try:
+        if validate:
+            request_validation.validate(arrays, request_validation.rest_signature(
+                server, model_name, signature, version, timeout))
+        data = json.dumps(rest_body(arrays, signature)).encode()
+        req = urllib.request.Request(rest_url(server, model_name, version), data=data,
+                                     headers={"Content-Type": "application/json"}, method="POST")
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             answer = json.loads(resp.read())
     except urllib.error.HTTPError as e:
@@ -143,6 +156,9 @@ def main(argv):
         outputs = call(FLAGS.server, arrays, FLAGS.model_name, FLAGS.signature,
                        FLAGS.model_version, FLAGS.timeout)
         prediction = clip_inputs.Prediction.from_outputs(outputs)
+    except request_validation.RequestError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except ServingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

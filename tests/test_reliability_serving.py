@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from atn_tf import export_lib, serve_client
+from atn_tf import export_lib, request_validation, serve_client
 from atn_tf.config import TrainConfig
 from atn_tf.models import build_model
 from tests.test_export import DECODE_MUTANTS, apex_faces, check_decodes_like_training, export_probe
@@ -45,10 +45,14 @@ def loaded(saved_model):
 
 
 @pytest.fixture(scope="module")
-def grpc_server(saved_model):
+def service(saved_model):
+    return SavedModelPredictionService(NAME, saved_model)
+
+
+@pytest.fixture(scope="module")
+def grpc_server(service):
     server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        SavedModelPredictionService(NAME, saved_model), server)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     yield f"127.0.0.1:{port}"
@@ -200,19 +204,14 @@ def _grpc_error(server, arrays, signature):
     return err.value
 
 
-@pytest.mark.parametrize("case", ["wrong rank", "empty batch", "apex float64", "bytes as floats", "T=0 default",
-                                  "T>64 default", "bomb"])
-def test_grpc_bad_requests_are_invalid_argument(grpc_server, case):
+@pytest.mark.parametrize("case", ["empty batch", "T=0 default", "T>64 default", "bomb"])
+def test_grpc_bad_requests_are_invalid_argument(grpc_server, service, case):
+    """Requests that match the signature's keys, dtypes and shapes reach the server; the
+    exported graph refuses them with INVALID_ARGUMENT and its own message."""
     x = good()
     signature, arrays = "serving_default", dict(x)
-    if case == "wrong rank":
-        arrays["flow_seq"] = x["flow_seq"][0]
-    elif case == "empty batch":
+    if case == "empty batch":
         arrays = {k: v[:0] for k, v in x.items()}
-    elif case == "apex float64":
-        arrays["apex_image"] = x["apex_image"].astype(np.float64)
-    elif case == "bytes as floats":
-        signature, arrays = "predict_images", {**as_bytes_request(x), "apex_image_bytes": np.zeros(1, np.float32)}
     elif case == "T=0 default":
         arrays["flow_seq"] = np.zeros((1, 0, 128), np.float32)
     elif case == "T>64 default":
@@ -220,8 +219,36 @@ def test_grpc_bad_requests_are_invalid_argument(grpc_server, case):
     else:
         signature, arrays = "predict_images", {**as_bytes_request(x),
                                                "apex_image_bytes": np.array([bmp_header(20000, 20000)], dtype=object)}
+    sent = service.predict_calls
     err = _grpc_error(grpc_server, arrays, signature)
+    assert service.predict_calls == sent + 1
     assert err.code == "INVALID_ARGUMENT" and err.message
     assert "Graph execution error" not in err.message
     # the server process is still up and answers a good request
+    assert serve_client.grpc_predict(grpc_server, good(), NAME, signature="serving_default")["class_id"].shape == (1,)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("wrong rank", "'flow_seq' must have rank 3"),
+    ("apex float64", "'apex_image' must be float32, got float64"),
+    ("apex size", r"'apex_image' must have shape \[\?, 32, 32, 1\]"),
+    ("bytes as floats", "'apex_image_bytes' must be bytes"),
+])
+def test_client_refuses_mismatched_requests(grpc_server, service, case, message):
+    """Keys, dtypes and shapes that do not match the signature: refused by the client before
+    anything is sent (TF Serving would refuse the keys and dtypes too; not testable here)."""
+    x = good()
+    signature, arrays = "serving_default", dict(x)
+    if case == "wrong rank":
+        arrays["flow_seq"] = x["flow_seq"][0]
+    elif case == "apex float64":
+        arrays["apex_image"] = x["apex_image"].astype(np.float64)
+    elif case == "apex size":
+        arrays["apex_image"] = np.zeros((1, 64, 64, 1), np.float32)
+    else:
+        signature, arrays = "predict_images", {**as_bytes_request(x), "apex_image_bytes": np.zeros(1, np.float32)}
+    sent = service.predict_calls
+    with pytest.raises(request_validation.RequestError, match=message):
+        serve_client.grpc_predict(grpc_server, arrays, NAME, signature=signature)
+    assert service.predict_calls == sent
     assert serve_client.grpc_predict(grpc_server, good(), NAME, signature="serving_default")["class_id"].shape == (1,)
