@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -99,23 +100,77 @@ def test_resume_rewrites_a_tampered_staged_shard(corpus, tmp_path):
     assert s.shards_reused == 2 and s.shards_written == 4
 
 
-def test_killed_cli_build_resumes_to_the_same_bytes(corpus, tmp_path):
+# The CLI, run as `python -m tfrecords_builder`, except that the third shard's write never
+# ends: two shards are staged, a third is in progress, so the SIGKILL lands mid-build for certain.
+HANG_IN_THIRD_SHARD = """
+import runpy, sys, time
+import tfrecords_builder.writer as writer
+real, calls = writer._write_shard, []
+def write_shard(path, records):
+    calls.append(path)
+    if len(calls) == 3:
+        with open(path, "wb") as f:
+            f.write(b"half a shard")
+        time.sleep(600)
+    return real(path, records)
+writer._write_shard = write_shard
+sys.argv = ["tfrecords_builder"] + sys.argv[1:]
+runpy.run_module("tfrecords_builder", run_name="__main__")
+"""
+
+
+def _cli_args(corpus):
+    return ["--source=megc2019_crops", f"--input_dir={corpus}", "--num_shards=6", "--noprogress"]
+
+
+def killed_build(corpus, tmp_path):
+    """An uninterrupted reference build, and a CLI build SIGKILLed once 2 of its 18 shards
+    are staged and the third is being written. Returns (reference dir, killed output dir)."""
     env = dict(os.environ, PYTHONPATH=ROOT)
-    cmd = [sys.executable, "-m", "tfrecords_builder", "--source=megc2019_crops", f"--input_dir={corpus}",
-           "--num_shards=6", "--noprogress"]
-    subprocess.run(cmd + [f"--output_dir={tmp_path / 'ref'}"], check=True, env=env, capture_output=True)
+    args = _cli_args(corpus)
+    subprocess.run([sys.executable, "-m", "tfrecords_builder", *args, f"--output_dir={tmp_path / 'ref'}"],
+                   check=True, env=env, capture_output=True)
     out = tmp_path / "out"
-    proc = subprocess.Popen(cmd + [f"--output_dir={out}"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-c", HANG_IN_THIRD_SHARD, *args, f"--output_dir={out}"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = out / ".staging" / "state.json"
-    deadline = time.time() + 60
-    while not state.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (out / "dataset_info.json").exists() or proc.returncode == 0
-    subprocess.run(cmd + [f"--output_dir={out}", "--resume"], check=True, env=env, capture_output=True)
-    assert _files(tmp_path / "ref") == _files(out)
+    deadline = time.time() + 240
+    try:
+        while not (state.exists() and len(json.loads(state.read_text())["shards"]) == 2
+                   and list((out / ".staging").glob("*.tmp"))):
+            assert proc.poll() is None, f"the build ended (exit {proc.returncode}) before it could be killed"
+            assert time.time() < deadline, "no staged shard after 240 s"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL                  # killed, not ended
+    assert not [f for f in os.listdir(out) if not f.startswith(".")]      # nothing looks finished
+    return tmp_path / "ref", out
+
+
+def check_resumed(summary, ref, out):
+    """The resumed build reused at least one staged shard and gives the reference's bytes."""
+    reused = int(re.search(r"reused (\d+)", summary).group(1))
+    assert reused >= 1, f"the resumed build reused no staged shard: {summary.splitlines()[-1]}"
+    assert _files(ref) == _files(out)
+
+
+def test_killed_cli_build_resumes_to_the_same_bytes(corpus, tmp_path):
+    ref, out = killed_build(corpus, tmp_path)
+    resumed = subprocess.run([sys.executable, "-m", "tfrecords_builder", *_cli_args(corpus),
+                              f"--output_dir={out}", "--resume"], check=True, env=dict(os.environ, PYTHONPATH=ROOT),
+                             capture_output=True, text=True)
+    assert "shards written 16, reused 2," in resumed.stdout          # 3 databases x 6 shards
+    check_resumed(resumed.stdout, ref, out)
+
+
+def test_killed_build_mutant_resume_without_reuse_is_caught(corpus, tmp_path):
+    """Mutant: the rerun rebuilds everything (no --resume): same bytes, but nothing reused."""
+    ref, out = killed_build(corpus, tmp_path)
+    summary = build(Megc2019CropsSource(corpus), str(out), num_shards=6, progress=False).table()
+    with pytest.raises(AssertionError, match="reused no staged shard"):
+        check_resumed(summary, ref, out)
 
 
 def test_on_error_fail_writes_nothing(corpus, tmp_path):
