@@ -355,8 +355,17 @@ def test_cli_predict_and_serve_client(demo_clip, export_base, grpc_server, tmp_p
              subprocess.Popen([sys.executable, "-m", "atn_tf.serve_client", f"--server={grpc_server}",
                                f"--model_name={MODEL_NAME}", f"--apex={tmp_path / 'apex.jpg'}",
                                f"--flow={tmp_path / 'seq.npy'}", "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT),
+             # image bytes sent to the signature that takes arrays: refused before sending
+             subprocess.Popen([sys.executable, "-m", "atn_tf.serve_client", f"--server={grpc_server}",
+                               f"--model_name={MODEL_NAME}", "--signature=serving_default",
+                               f"--apex={tmp_path / 'apex.jpg'}", f"--flow={tmp_path / 'seq.npy'}"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)]
     results = [proc.communicate(timeout=300) + (proc.returncode,) for proc in procs]
+    refused = results.pop()
+    assert refused[2] == 2, refused[1]
+    assert "refused before sending: missing input(s) ['apex_image'] and unknown input(s) ['apex_image_bytes']" \
+        in refused[1] and "Traceback" not in refused[1]
     for out, errs, code in results:
         assert code == 0, errs
         answer = json.loads(out.strip().splitlines()[-1])
