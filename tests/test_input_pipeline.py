@@ -41,8 +41,11 @@ def test_hde_selection_by_database(data_dir):
     assert sorted(set(train_dbs)) == ["casme2", "samm"] and len(train_dbs) == 24
 
 
-# 36 records whose labels are far from balanced: 6 negative, 22 positive, 8 surprise.
-IMBALANCED = np.random.default_rng(0).permutation([0] * 6 + [1] * 22 + [2] * 8)
+# 36 records whose labels are far from balanced: 6 negative, 22 positive, 8 surprise; each
+# database (12 records, rows in database order) holds every class, so balancing over
+# database x class gives thirds as well.
+IMBALANCED = np.concatenate([np.random.default_rng(db).permutation(counts) for db, counts in enumerate(
+    [[0] * 2 + [1] * 7 + [2] * 3, [0] * 2 + [1] * 8 + [2] * 2, [0] * 2 + [1] * 7 + [2] * 3])])
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +83,14 @@ def test_stream_is_deterministic_when_seeded(data_dir):
     # The first batches (every input and the labels, augmented, balanced, seed 5) are the
     # same in this process and in a fresh one.
     determinism.check_same_across_processes("stream", data_dir, data_dir)
+
+
+@pytest.mark.xfail(strict=True, reason="found by the cross-process check: tf.data's shuffles combine their "
+                   "seed with TF's global seed, so the stream is not a pure function of `seed` (training "
+                   "sets the global seed to the same value first, so training runs repeat)")
+def test_stream_does_not_depend_on_the_global_tf_seed(data_dir):
+    """train_dataset's docstring: "The stream is a pure function of `seed`"."""
+    assert determinism.stream_digest(data_dir, global_seed=0) == determinism.stream_digest(data_dir, global_seed=1)
 
 
 def test_stream_determinism_mutant_is_caught(data_dir):

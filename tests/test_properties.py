@@ -188,7 +188,10 @@ def test_tf_parser_round_trip(steps, seed, with_flow_image, sid):
 
 
 _RECORD = feature_spec.encode_example(random_sample(7, steps=3))
-_FEATURE_NAMES = tuple(feature_spec.FEATURES)           # captured before any mutant patches the spec
+# Captured before any mutant patches the spec: feature name -> its protobuf list kind.
+_LIST_KIND = {name: {"string": "bytes_list", "int64": "int64_list", "float32": "float_list"}[dtype]
+              for name, (_, dtype, _) in feature_spec.FEATURES.items()}
+_FEATURE_NAMES = tuple(_LIST_KIND)
 
 
 def _png_spans(record: bytes) -> list[tuple[int, int]]:
@@ -265,8 +268,7 @@ def field_damage(draw):
     another length of flow_seq); PNG payloads are swapped whole, never edited here."""
     name = draw(st.sampled_from(_FEATURE_NAMES + ("unknown_feature",)))
     op = draw(st.sampled_from(["remove", "bytes_list", "int64_list", "float_list", "empty", "two", "value"]))
-    kind = {"string": "bytes_list", "int64": "int64_list", "float32": "float_list"}[
-        feature_spec.FEATURES.get(name, ("scalar", "string", ""))[1]] if name in _FEATURE_NAMES else "bytes_list"
+    kind = _LIST_KIND.get(name, "bytes_list")
     strategy = {"bytes_list": _BYTES, "int64_list": _INT64, "float_list": _FLOATS}
     if op == "remove":
         return name, None, None
@@ -303,7 +305,7 @@ def every_single_feature_damage():
     """Each feature removed, given each wrong kind, no value, two values, and extreme values."""
     samples = {"bytes_list": [b"\xff\xfe"], "int64_list": [2 ** 63 - 1], "float_list": [float("nan")]}
     for name in _FEATURE_NAMES:
-        kind = {"string": "bytes_list", "int64": "int64_list", "float32": "float_list"}[feature_spec.FEATURES[name][1]]
+        kind = _LIST_KIND[name]
         yield [(name, None, None)]
         for other, values in samples.items():
             yield [(name, other, values)]
