@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -123,16 +124,19 @@ def _cli_args(corpus):
     return ["--source=megc2019_crops", f"--input_dir={corpus}", "--num_shards=6", "--noprogress"]
 
 
-def killed_build(corpus, tmp_path):
-    """An uninterrupted reference build, and a CLI build SIGKILLed once 2 of its 18 shards
-    are staged and the third is being written. Returns (reference dir, killed output dir)."""
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    args = _cli_args(corpus)
-    subprocess.run([sys.executable, "-m", "tfrecords_builder", *args, f"--output_dir={tmp_path / 'ref'}"],
-                   check=True, env=env, capture_output=True)
-    out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-c", HANG_IN_THIRD_SHARD, *args, f"--output_dir={out}"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory):
+    """A reference build, and a CLI build of the same input SIGKILLed once 2 of its 18 shards
+    are staged and the third is being written. Returns (input, reference dir, killed output
+    dir); tests resume copies of the killed output."""
+    root = tmp_path_factory.mktemp("killed")
+    make_megc_layout(root / "in")
+    corpus = str(root / "in")
+    build(Megc2019CropsSource(corpus), str(root / "ref"), num_shards=6, progress=False)
+    out = root / "out"
+    proc = subprocess.Popen([sys.executable, "-c", HANG_IN_THIRD_SHARD, *_cli_args(corpus), f"--output_dir={out}"],
+                            env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     state = out / ".staging" / "state.json"
     deadline = time.time() + 240
     try:
@@ -146,7 +150,7 @@ def killed_build(corpus, tmp_path):
         proc.wait()
     assert proc.returncode == -signal.SIGKILL                  # killed, not ended
     assert not [f for f in os.listdir(out) if not f.startswith(".")]      # nothing looks finished
-    return tmp_path / "ref", out
+    return corpus, root / "ref", out
 
 
 def check_resumed(summary, ref, out):
@@ -156,8 +160,9 @@ def check_resumed(summary, ref, out):
     assert _files(ref) == _files(out)
 
 
-def test_killed_cli_build_resumes_to_the_same_bytes(corpus, tmp_path):
-    ref, out = killed_build(corpus, tmp_path)
+def test_killed_cli_build_resumes_to_the_same_bytes(killed, tmp_path):
+    corpus, ref, killed_out = killed
+    out = shutil.copytree(killed_out, tmp_path / "out")
     resumed = subprocess.run([sys.executable, "-m", "tfrecords_builder", *_cli_args(corpus),
                               f"--output_dir={out}", "--resume"], check=True, env=dict(os.environ, PYTHONPATH=ROOT),
                              capture_output=True, text=True)
@@ -165,9 +170,10 @@ def test_killed_cli_build_resumes_to_the_same_bytes(corpus, tmp_path):
     check_resumed(resumed.stdout, ref, out)
 
 
-def test_killed_build_mutant_resume_without_reuse_is_caught(corpus, tmp_path):
+def test_killed_build_mutant_resume_without_reuse_is_caught(killed, tmp_path):
     """Mutant: the rerun rebuilds everything (no --resume): same bytes, but nothing reused."""
-    ref, out = killed_build(corpus, tmp_path)
+    corpus, ref, killed_out = killed
+    out = shutil.copytree(killed_out, tmp_path / "out")
     summary = build(Megc2019CropsSource(corpus), str(out), num_shards=6, progress=False).table()
     with pytest.raises(AssertionError, match="reused no staged shard"):
         check_resumed(summary, ref, out)
