@@ -14,6 +14,11 @@ Feature provenance (`atn_tf.provenance`): every answer carries the model's
 `feature_encodings`; when they differ from the encodings of the inputs sent (e.g. a model
 trained on `megc2019_crops` records given a raw `--clip_dir`), the prediction is not
 printed and the exit status is 2, unless `--allow_feature_mismatch` (then a warning).
+
+Before sending, the client fetches the signature (`GetModelMetadata` / REST `/metadata`)
+and refuses a request whose input keys, dtypes or shapes do not match it, with a message
+naming the input (`atn_tf.request_validation`); nothing is sent then (a computed flow
+image the signature does not take is dropped and the request validated again).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from typing import Optional
 import numpy as np
 from absl import app, flags
 
-from atn_tf import clip_inputs
+from atn_tf import clip_inputs, request_validation
 
 FLAGS = flags.FLAGS
 
@@ -75,18 +80,23 @@ def make_predict_request(arrays: dict, model_name: str, signature: str,
 
 
 def grpc_predict(server: str, arrays: dict, model_name: str, signature: str = "predict_images",
-                 version: Optional[int] = None, timeout: float = 30.0, channel=None) -> dict:
-    """Predict over gRPC; returns {output name: ndarray}."""
+                 version: Optional[int] = None, timeout: float = 30.0, channel=None,
+                 validate: bool = True) -> dict:
+    """Predict over gRPC; returns {output name: ndarray}. With `validate`, the request is
+    first checked against the served signature (RequestError, nothing sent)."""
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-    request = make_predict_request(arrays, model_name, signature, version)
     own = channel is None
     channel = channel or grpc.insecure_channel(
         server, options=[("grpc.max_send_message_length", 64 << 20),
                          ("grpc.max_receive_message_length", 64 << 20)])
     try:
+        if validate:
+            request_validation.validate(arrays, request_validation.grpc_signature(
+                channel, model_name, signature, version, timeout))
+        request = make_predict_request(arrays, model_name, signature, version)
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         response = stub.Predict(request, timeout=timeout)
     except grpc.RpcError as e:
@@ -117,11 +127,15 @@ def rest_url(server: str, model_name: str, version: Optional[int] = None) -> str
 
 
 def rest_predict(server: str, arrays: dict, model_name: str, signature: str = "predict_images",
-                 version: Optional[int] = None, timeout: float = 30.0) -> dict:
-    data = json.dumps(rest_body(arrays, signature)).encode()
-    req = urllib.request.Request(rest_url(server, model_name, version), data=data,
-                                 headers={"Content-Type": "application/json"}, method="POST")
+                 version: Optional[int] = None, timeout: float = 30.0, validate: bool = True) -> dict:
+    """Predict over REST; with `validate`, checked against `/metadata` first (as gRPC)."""
     try:
+        if validate:
+            request_validation.validate(arrays, request_validation.rest_signature(
+                server, model_name, signature, version, timeout))
+        data = json.dumps(rest_body(arrays, signature)).encode()
+        req = urllib.request.Request(rest_url(server, model_name, version), data=data,
+                                     headers={"Content-Type": "application/json"}, method="POST")
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             answer = json.loads(resp.read())
     except urllib.error.HTTPError as e:
@@ -160,7 +174,7 @@ def main(argv):
                 where=f"the model {FLAGS.model_name!r} at {FLAGS.server}"):
             print(warning, file=sys.stderr)
         prediction = clip_inputs.Prediction.from_outputs(outputs)
-    except provenance.FeatureMismatch as e:
+    except (provenance.FeatureMismatch, request_validation.RequestError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ServingError as e:
@@ -187,8 +201,8 @@ def predict_with_flow_image(call, inputs: clip_inputs.ClipInputs, computed_flow_
               FLAGS.model_version, FLAGS.timeout)
     try:
         return call(*kwargs), send
-    except ServingError as e:
-        if not (send and computed_flow_image and "flow_image" in e.message):
+    except (ServingError, request_validation.RequestError) as e:
+        if not (send and computed_flow_image and "flow_image" in str(e)):
             raise
     return call(FLAGS.server, inputs.arrays(with_flow_image=False), FLAGS.model_name, FLAGS.signature,
                 FLAGS.model_version, FLAGS.timeout), False

@@ -10,8 +10,12 @@ import numpy as np
 DATABASES = ("casme2", "samm", "smic")
 
 
-def make_megc_layout(root, subjects_per_db: int = 2, clips_per_subject: int = 3, seed: int = 0) -> list[dict]:
-    """Write a tiny folder in the layout of shared/reference/megc2019; returns the rows."""
+def make_megc_layout(root, subjects_per_db: int = 2, clips_per_subject: int = 3, seed: int = 0,
+                     labels=None) -> list[dict]:
+    """Write a tiny folder in the layout of shared/reference/megc2019; returns the rows.
+
+    `labels`: one label per row in row order (database, subject, clip); by default
+    (subject + clip) % 3, which is nearly balanced."""
     rng = np.random.default_rng(seed)
     for d in ("apex_faces", "flow_uvs", "flow_phases"):
         os.makedirs(os.path.join(root, d), exist_ok=True)
@@ -22,7 +26,7 @@ def make_megc_layout(root, subjects_per_db: int = 2, clips_per_subject: int = 3,
             for c in range(clips_per_subject):
                 clip = f"c{c + 1}"
                 sid = f"{db}-{subject}-{clip}"
-                label = (s + c) % 3
+                label = (s + c) % 3 if labels is None else int(labels[len(rows)])
                 rows.append(dict(sample_id=sid, database=db, subject=subject, clip=clip, label=label))
                 face = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
                 cv2.imwrite(os.path.join(root, "apex_faces", sid + ".jpg"), face)
@@ -52,12 +56,13 @@ def random_sample(seed: int = 0, steps: int = 5, with_flow_image: bool = True, *
     return Sample(**fields)
 
 
-def build_megc_records(root, subjects_per_db: int = 2, clips_per_subject: int = 3, num_shards=None) -> str:
+def build_megc_records(root, subjects_per_db: int = 2, clips_per_subject: int = 3, num_shards=None,
+                       labels=None) -> str:
     """A fake MEGC2019 release under root/in, built into TFRecords under root/out (returned)."""
     from tfrecords_builder.crops_sources import Megc2019CropsSource
     from tfrecords_builder.writer import build
 
-    make_megc_layout(os.path.join(root, "in"), subjects_per_db, clips_per_subject)
+    make_megc_layout(os.path.join(root, "in"), subjects_per_db, clips_per_subject, labels=labels)
     kwargs = {} if num_shards is None else {"num_shards": num_shards}
     build(Megc2019CropsSource(os.path.join(root, "in")), os.path.join(root, "out"), progress=False, **kwargs)
     return os.path.join(root, "out")

@@ -183,16 +183,64 @@ def test_lbptop_blocks_layout():
         lbptop.lbptop(vol[:4], radii=(3, 3, 3))
 
 
+def _u2_bin(code, points=8):
+    """The bin of `code` in MATLAB `getmapping(P, 'u2')`: uniform codes (at most two 0/1
+    changes around the circle) numbered in increasing code order, the others in the last bin."""
+    def uniform(c):
+        bits = format(c, f"0{points}b")
+        return sum(bits[i] != bits[i - 1] for i in range(points)) <= 2
+    return sum(uniform(c) for c in range(code)) if uniform(code) else points * (points - 1) + 2
+
+
+# Ten frames of a volume that varies along one axis only. With radii 3,3,3 and P = 8 (points
+# at 2*pi*p/8 rounded with floor(x + 0.5); bit p set when the neighbour >= the centre):
+#   XY neighbours (dx, dy) = (3,0) (2,-2) (0,-3) (-2,-2) (-3,0) (-2,2) (0,3) (2,2)
+#   XT neighbours (dx, dt) = (3,0) (2,2) (0,3) (-2,2) (-3,0) (-2,-2) (0,-3) (2,-2)
+#   YT neighbours (dy, dt) = (0,3) (-2,2) (-3,0) (-2,-2) (0,-3) (2,-2) (3,0) (2,2)
+# so each plane's code is the same at every voxel, worked out by hand:
+LAYOUT_CASES = {          # volume: codes of the (XY, XT, YT) rows
+    "time ramp": (lambda t, y, x: t, (255, 0b00011111, 0b11000111)),
+    "x ramp": (lambda t, y, x: x, (0b11000111, 0b11000111, 255)),
+    "y ramp": (lambda t, y, x: y, (0b11110001, 255, 0b11110001)),
+}
+
+
+def check_lbptop_layout():
+    """(3, 59) rows in the order XY, XT, YT, bins of getmapping(8, 'u2') (the released
+    LBPTOP_TIM10_333_8 configuration: TIM to 10 frames, radii 3,3,3, P = 8, one block)."""
+    for name, (volume, codes) in LAYOUT_CASES.items():
+        t, y, x = np.meshgrid(np.arange(10.0), np.arange(16.0), np.arange(16.0), indexing="ij")
+        ours = lbptop.lbptop_clip(volume(t, y, x), n_frames=10, radii=(3, 3, 3), points=8)
+        want = np.zeros((3, 59))
+        want[[0, 1, 2], [_u2_bin(c) for c in codes]] = 1.0
+        assert ours.shape == (3, 59)
+        assert np.array_equal(ours, want), \
+            f"{name}: rows peak at bins {ours.argmax(1).tolist()}, the layout gives {want.argmax(1).tolist()}"
+
+
 def test_lbptop_clip_matches_release_layout(reference_dir):
-    """The released `LBPTOP_TIM10_333_8` configuration: TIM to 10 frames, radii 3,3,3, P=8, one block."""
+    """The layout (plane order, bin order, shape) against hand-worked volumes, and the
+    release's own shape. The released values cannot be reproduced: the raw clips they were
+    computed from are not available here (atn_tf/baselines/lbptop.py)."""
     from atn_tf.manifest import read_manifest
-    rows = read_manifest(reference_dir / "megc2019" / "manifest.csv")[:1]
+    rows = read_manifest(reference_dir / "megc2019" / "manifest.csv")[:20]
     released = features_io.load_config(reference_dir / "seed_repo" / "features" / "LBPTOP_Features.zip",
-                                       "LBPTOP_TIM10_333_8", rows).features[0]
-    rng = np.random.default_rng(1)
-    ours = lbptop.lbptop_clip(rng.normal(size=(23, 32, 32)), n_frames=10, radii=(3, 3, 3), points=8)
-    assert ours.shape == released.shape
-    np.testing.assert_allclose(ours.sum(axis=1), released.sum(axis=1))
+                                       "LBPTOP_TIM10_333_8", rows).features
+    assert released.shape == (20, 3, lbptop.num_bins(8)) == (20, 3, 59)
+    np.testing.assert_allclose(released.sum(axis=2), 1.0, atol=1e-4)        # one L1-normalised row per plane
+    assert _u2_bin(0) == 0 and _u2_bin(255) == 57 and _u2_bin(0b01010101) == 58
+    check_lbptop_layout()
+
+
+@pytest.mark.parametrize("mutant", ["planes XT, XY, YT", "non-uniform bin first"])
+def test_lbptop_layout_mutants_are_caught(mutant, monkeypatch):
+    if mutant == "planes XT, XY, YT":
+        monkeypatch.setattr(lbptop, "PLANES", ("XT", "XY", "YT"))
+    else:
+        real = lbptop.uniform_mapping
+        monkeypatch.setattr(lbptop, "uniform_mapping", lambda points=8: (real(points) + 1) % lbptop.num_bins(points))
+    with pytest.raises(AssertionError, match="the layout gives"):
+        check_lbptop_layout()
 
 
 def test_tim_interpolation():

@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,23 +101,82 @@ def test_resume_rewrites_a_tampered_staged_shard(corpus, tmp_path):
     assert s.shards_reused == 2 and s.shards_written == 4
 
 
-def test_killed_cli_build_resumes_to_the_same_bytes(corpus, tmp_path):
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    cmd = [sys.executable, "-m", "tfrecords_builder", "--source=megc2019_crops", f"--input_dir={corpus}",
-           "--num_shards=6", "--noprogress"]
-    subprocess.run(cmd + [f"--output_dir={tmp_path / 'ref'}"], check=True, env=env, capture_output=True)
-    out = tmp_path / "out"
-    proc = subprocess.Popen(cmd + [f"--output_dir={out}"], env=env, stdout=subprocess.DEVNULL,
+# The CLI, run as `python -m tfrecords_builder`, except that the third shard's write never
+# ends: two shards are staged, a third is in progress, so the SIGKILL lands mid-build for certain.
+HANG_IN_THIRD_SHARD = """
+import runpy, sys, time
+import tfrecords_builder.writer as writer
+real, calls = writer._write_shard, []
+def write_shard(path, records):
+    calls.append(path)
+    if len(calls) == 3:
+        with open(path, "wb") as f:
+            f.write(b"half a shard")
+        time.sleep(600)
+    return real(path, records)
+writer._write_shard = write_shard
+sys.argv = ["tfrecords_builder"] + sys.argv[1:]
+runpy.run_module("tfrecords_builder", run_name="__main__")
+"""
+
+
+def _cli_args(corpus):
+    return ["--source=megc2019_crops", f"--input_dir={corpus}", "--num_shards=6", "--noprogress"]
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory):
+    """A reference build, and a CLI build of the same input SIGKILLed once 2 of its 18 shards
+    are staged and the third is being written. Returns (input, reference dir, killed output
+    dir); tests resume copies of the killed output."""
+    root = tmp_path_factory.mktemp("killed")
+    make_megc_layout(root / "in")
+    corpus = str(root / "in")
+    build(Megc2019CropsSource(corpus), str(root / "ref"), num_shards=6, progress=False)
+    out = root / "out"
+    proc = subprocess.Popen([sys.executable, "-c", HANG_IN_THIRD_SHARD, *_cli_args(corpus), f"--output_dir={out}"],
+                            env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     state = out / ".staging" / "state.json"
-    deadline = time.time() + 60
-    while not state.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (out / "dataset_info.json").exists() or proc.returncode == 0
-    subprocess.run(cmd + [f"--output_dir={out}", "--resume"], check=True, env=env, capture_output=True)
-    assert _files(tmp_path / "ref") == _files(out)
+    deadline = time.time() + 240
+    try:
+        while not (state.exists() and len(json.loads(state.read_text())["shards"]) == 2
+                   and list((out / ".staging").glob("*.tmp"))):
+            assert proc.poll() is None, f"the build ended (exit {proc.returncode}) before it could be killed"
+            assert time.time() < deadline, "no staged shard after 240 s"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL                  # killed, not ended
+    assert not [f for f in os.listdir(out) if not f.startswith(".")]      # nothing looks finished
+    return corpus, root / "ref", out
+
+
+def check_resumed(summary, ref, out):
+    """The resumed build reused at least one staged shard and gives the reference's bytes."""
+    reused = int(re.search(r"reused (\d+)", summary).group(1))
+    assert reused >= 1, f"the resumed build reused no staged shard: {summary.splitlines()[-1]}"
+    assert _files(ref) == _files(out)
+
+
+def test_killed_cli_build_resumes_to_the_same_bytes(killed, tmp_path):
+    corpus, ref, killed_out = killed
+    out = shutil.copytree(killed_out, tmp_path / "out")
+    resumed = subprocess.run([sys.executable, "-m", "tfrecords_builder", *_cli_args(corpus),
+                              f"--output_dir={out}", "--resume"], check=True, env=dict(os.environ, PYTHONPATH=ROOT),
+                             capture_output=True, text=True)
+    assert "shards written 16, reused 2," in resumed.stdout          # 3 databases x 6 shards
+    check_resumed(resumed.stdout, ref, out)
+
+
+def test_killed_build_mutant_resume_without_reuse_is_caught(killed, tmp_path):
+    """Mutant: the rerun rebuilds everything (no --resume): same bytes, but nothing reused."""
+    corpus, ref, killed_out = killed
+    out = shutil.copytree(killed_out, tmp_path / "out")
+    summary = build(Megc2019CropsSource(corpus), str(out), num_shards=6, progress=False).table()
+    with pytest.raises(AssertionError, match="reused no staged shard"):
+        check_resumed(summary, ref, out)
 
 
 def test_on_error_fail_writes_nothing(corpus, tmp_path):

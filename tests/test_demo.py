@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from tests import determinism
 from tfrecords_builder.coding_sheets import read_coding_sheet
 from tfrecords_builder.demo import generate_demo_corpus, intensity_profile
 from tfrecords_builder.face import read_face_boxes
@@ -44,6 +45,17 @@ def test_deterministic(corpus, tmp_path):
     assert first.keys() == second.keys() and first == second
     other = generate_demo_corpus(str(tmp_path / "other"), seed=1, **SMALL)
     assert tree_bytes(other.input_dir) != first
+    # the same files, byte for byte, from a fresh process
+    determinism.check_same_across_processes("demo", str(tmp_path / "here"), str(tmp_path / "there"))
+
+
+def test_deterministic_mutant_is_caught(tmp_path):
+    """Mutant: the generator's seed takes a per-process salt; one process agrees with itself."""
+    assert determinism.demo_digest(str(tmp_path / "a"), mutant=True) == \
+        determinism.demo_digest(str(tmp_path / "b"), mutant=True)
+    with pytest.raises(AssertionError, match="another process"):
+        determinism.check_same_across_processes("demo", str(tmp_path / "here"), str(tmp_path / "there"),
+                                                mutant=True)
 
 
 def test_layout_and_sheet(corpus):

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from sklearn.metrics import f1_score, recall_score
 
 from atn_tf import evaluate_lib, reports
@@ -58,16 +59,58 @@ def test_cde_end_to_end_on_the_demo_corpus(tmp_path):
     assert json.load(open(tmp_path / "work" / "report.json")) == json.loads(json.dumps(report))
 
 
-def test_fold_models_never_train_on_their_test_subjects(megc_dir, tmp_path):
+class _TrainingDataSeen(Exception):
+    """Stops a fold's training once the records it trains from are known."""
+
+
+def check_folds_never_train_on_test_subjects(megc_dir, work_dir, monkeypatch, protocol="cde"):
+    """Run `evaluate_lib.run_fold` for every fold and record the sample ids of the records that
+    `input_pipeline.load_arrays` hands to training (the path train_lib -> train_dataset takes,
+    from the `Selection` run_fold builds); none may be a test sample of that fold."""
+    from atn_tf import input_pipeline as ip, protocols
+
     index = evaluate_lib.dataset_index(megc_dir)
-    from atn_tf import protocols
     folds = protocols.make_folds([r["sample_id"] for r in index], [r["database"] for r in index],
-                                 [r["subject"] for r in index], "cde")
-    assert len(folds) == 6
+                                 [r["subject"] for r in index], protocol)
+    seen = {}
+
+    def spy(data_dir, info, selection):
+        recs = ip.records(data_dir, info).filter(lambda r: tf.logical_not(selection.is_test(r)))
+        seen["train"] = {r["sample_id"].decode() for r in recs.as_numpy_iterator()}
+        raise _TrainingDataSeen
+
+    monkeypatch.setattr(ip, "load_arrays", spy)
+    cfg = TrainConfig(data_dir=megc_dir, model="time_only", **TINY)
     for fold in folds:
-        sel = evaluate_lib.fold_selection(fold, index, "cde")
-        assert sel.test_subjects == (fold.name,)
-        assert {f"{index[i]['database']}/{index[i]['subject']}" for i in fold.train_idx}.isdisjoint(sel.test_subjects)
+        seen.clear()
+        with pytest.raises(_TrainingDataSeen):
+            evaluate_lib.run_fold(cfg, fold, index, protocol, str(work_dir))
+        test_ids = {index[i]["sample_id"] for i in fold.test_idx}
+        train_ids = {index[i]["sample_id"] for i in fold.train_idx}
+        leaked = seen["train"] & test_ids
+        assert not leaked, f"fold {fold.name} trains on its test samples {sorted(leaked)}"
+        assert seen["train"] == train_ids
+    return folds
+
+
+def test_fold_models_never_train_on_their_test_subjects(megc_dir, tmp_path, monkeypatch):
+    assert len(check_folds_never_train_on_test_subjects(megc_dir, tmp_path, monkeypatch, "cde")) == 6
+    assert len(check_folds_never_train_on_test_subjects(megc_dir, tmp_path, monkeypatch, "hde")) == 3
+
+
+def test_fold_leak_mutant_is_caught(megc_dir, tmp_path, monkeypatch):
+    """Mutant: the fold's Selection leaks one test subject (it holds out another one instead)."""
+    real = evaluate_lib.fold_selection
+
+    def leaky(fold, index, protocol):
+        sel = real(fold, index, protocol)
+        others = sorted({f"{r['database']}/{r['subject']}" for r in index} - set(sel.test_subjects))
+        return ip_selection(test_subjects=sel.test_subjects[1:] + (others[0],))
+
+    from atn_tf.input_pipeline import Selection as ip_selection
+    monkeypatch.setattr(evaluate_lib, "fold_selection", leaky)
+    with pytest.raises(AssertionError, match="trains on its test samples"):
+        check_folds_never_train_on_test_subjects(megc_dir, tmp_path, monkeypatch, "cde")
 
 
 def test_interrupted_hde_resumes_with_the_remaining_folds(megc_dir, tmp_path, monkeypatch):

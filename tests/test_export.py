@@ -87,7 +87,81 @@ def test_reload_matches_keras(exported, loaded, batch):
     assert [c.decode() for c in got["class_name"]] == [feature_spec.CLASS_NAMES[i] for i in want.argmax(-1)]
 
 
-def test_predict_images_decodes_in_graph(loaded):
+class DecodeProbe:
+    """Stands in for the model inside the exported graph. Its "probabilities" are three
+    moments of the apex image the graph hands it: the mean grey level and the means weighted
+    by a left-to-right and a top-to-bottom ramp. An untrained network barely reacts to its
+    input (dividing the image by 255 moved the tiny model's outputs by 9e-8); the probe
+    shows any change of scale, orientation or crop of the decoded image in grey levels."""
+
+    @staticmethod
+    def build(image_size):
+        import keras
+
+        class Probe(keras.Model):
+            def call(self, inputs, training=False):
+                a = keras.ops.cast(inputs["apex_image"][..., 0], "float32")
+                ramp = keras.ops.linspace(0.0, 1.0, image_size)
+                return {"probabilities": keras.ops.stack([
+                    keras.ops.mean(a, axis=(1, 2)),
+                    keras.ops.mean(a * ramp[None, None, :], axis=(1, 2)),
+                    keras.ops.mean(a * ramp[None, :, None], axis=(1, 2))], axis=-1)}
+
+        probe = Probe()
+        f = feature_spec.FLOW_IMAGE_SIZE
+        probe({"apex_image": np.zeros((1, image_size, image_size, 1), np.float32),
+               "flow_seq": np.zeros((1, 1, 128), np.float32), "flow_len": np.ones(1, np.int32),
+               "flow_image": np.zeros((1, f, f, 3), np.float32)})
+        return probe
+
+
+def export_probe(path, image_size=SIZE):
+    export_lib.write_saved_model(DecodeProbe.build(image_size), "atn", image_size, str(path))
+    return tf.saved_model.load(str(path))
+
+
+def apex_faces(n, seed=0):
+    """n gray 224x224 faces-to-be: a left-to-right gradient, a darker bottom half and noise
+    (mirroring or scaling them moves the probe's moments by tens of grey levels)."""
+    rng = np.random.default_rng(seed)
+    x = np.linspace(20, 230, feature_spec.IMAGE_SIZE)[None, :]
+    base = np.repeat(x, feature_spec.IMAGE_SIZE, 0)
+    base[feature_spec.IMAGE_SIZE // 2:] *= 0.5
+    return [np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8) for _ in range(n)]
+
+
+def training_apex(gray, image_size):
+    """The apex image the training pipeline feeds the model for this 224x224 crop: written by
+    the builder's encoder, parsed by `feature_spec.parse_example`, resized by the input pipeline."""
+    from atn_tf import input_pipeline
+    from tests.fakes import random_sample
+
+    rec = feature_spec.parse_example(tf.constant(feature_spec.encode_example(random_sample(0, apex_image=gray))))
+    return input_pipeline.to_model_inputs(rec, image_size)["apex_image"].numpy()
+
+
+def check_decodes_like_training(loaded, encoded, grays, atol=1e-3, image_size=SIZE):
+    """`predict_images` on the encoded bytes must hand the model what training hands it for
+    the same gray crops (`serving_default` on the training pipeline's arrays)."""
+    n = len(encoded)
+    x = random_inputs(n, seed=11)
+    want = run_signature(loaded, "serving_default", **{**x, "apex_image": np.stack(
+        [training_apex(g, image_size) for g in grays])})["probabilities"]
+    got = run_signature(loaded, "predict_images", **x,
+                        apex_image_bytes=np.array(encoded, dtype=object))["probabilities"]
+    assert np.abs(want[:, 0] - 100).max() < 60, want       # grey levels, not [0, 1]
+    assert np.allclose(got, want, atol=atol, rtol=0), \
+        f"predict_images decodes the apex unlike training: moments {got.tolist()} != {want.tolist()}"
+
+
+def png_bytes(gray):
+    return tf.io.encode_png(gray[..., None]).numpy()
+
+
+def test_predict_images_decodes_in_graph(loaded, tmp_path):
+    grays = apex_faces(2, seed=3)
+    check_decodes_like_training(export_probe(tmp_path / "probe"), [png_bytes(g) for g in grays], grays)
+    # The real model's graph: the same PNGs give what serving_default gives for the same arrays.
     x = random_inputs(2, seed=3)
     gray = x["apex_image"].astype(np.uint8)
     pngs = np.array([tf.io.encode_png(g).numpy() for g in gray], dtype=object)
@@ -100,6 +174,20 @@ def test_predict_images_decodes_in_graph(loaded):
     out = run_signature(loaded, "predict_images", apex_image_bytes=np.array([colour, pngs[0]], dtype=object), **x)
     assert out["probabilities"].shape == (2, 3)
     np.testing.assert_allclose(out["probabilities"].sum(-1), 1.0, atol=1e-5)
+
+
+DECODE_MUTANTS = {
+    "apex decoded to [0, 1]": lambda real: lambda data, size: real(data, size) / 255.0,
+    "mirrored apex": lambda real: lambda data, size: tf.reverse(real(data, size), axis=[1]),
+}
+
+
+@pytest.mark.parametrize("mutant", sorted(DECODE_MUTANTS))
+def test_predict_images_decode_mutants_are_caught(mutant, tmp_path, monkeypatch):
+    monkeypatch.setattr(export_lib, "decode_apex", DECODE_MUTANTS[mutant](export_lib.decode_apex))
+    grays = apex_faces(2, seed=3)
+    with pytest.raises(AssertionError, match="decodes the apex unlike training"):
+        check_decodes_like_training(export_probe(tmp_path / "probe"), [png_bytes(g) for g in grays], grays)
 
 
 def _bad(x, **changes):

@@ -7,6 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from atn_tf import feature_spec
 from atn_tf.feature_spec import SampleError
+from tests import determinism
 from tests.fakes import random_sample
 
 
@@ -43,7 +44,17 @@ def test_tf_parser_fills_missing_flow_image_with_zeros():
 
 
 def test_encoding_is_deterministic():
+    """The same samples encode to the same bytes in this process and in a fresh one."""
     assert feature_spec.encode_example(random_sample(4)) == feature_spec.encode_example(random_sample(4))
+    determinism.check_same_across_processes("encoding", "", "")
+
+
+def test_encoding_determinism_mutant_is_caught():
+    """Mutant: the encoding takes a per-process salt (Python's string hash). One process
+    agrees with itself, as the old check did; two processes do not."""
+    assert determinism.encoding_digest(mutant=True) == determinism.encoding_digest(mutant=True)
+    with pytest.raises(AssertionError, match="another process"):
+        determinism.check_same_across_processes("encoding", "", "", mutant=True)
 
 
 @pytest.mark.parametrize("override,match", [

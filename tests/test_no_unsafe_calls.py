@@ -135,3 +135,60 @@ def test_reliability_catalogue_is_consistent():
     for path, name in set(re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", text)):
         source = (ROOT / path).read_text(encoding="utf-8")
         assert re.search(rf"^def {name}\(", source, re.M), f"{path}::{name} does not exist"
+        problems = never_runs_in_make_test(source, name)
+        assert not problems, f"{path}::{name} is in the catalogue but {problems}"
+
+
+_NOT_RUN_MARKS = {"slow", "skip", "skipif", "xfail"}
+
+
+def _marks(node):
+    """Names of pytest marks in a decorator or a `pytestmark = ...` value: pytest.mark.slow,
+    pytest.mark.skipif(...), [pytest.mark.slow, ...]."""
+    return [sub.attr for sub in ast.walk(node)
+            if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Attribute) and sub.value.attr == "mark"]
+
+
+def _calls_skip(stmt):
+    call = stmt.value if isinstance(stmt, (ast.Expr, ast.Assign)) else None
+    return isinstance(call, ast.Call) and _dotted(call.func) in (("pytest", "skip"), ("pytest", "importorskip"))
+
+
+def never_runs_in_make_test(source, name):
+    """Why test `name` in `source` would not run (or not count) in `make test`: a slow, skip,
+    skipif or xfail mark on it or on its module, or a `pytest.skip(...)` / `pytest.importorskip`
+    that is a statement of its own body (not under a condition) or of the module. [] if none."""
+    tree = ast.parse(source)
+    problems = []
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "pytestmark"
+                                                for t in stmt.targets):
+            problems += [f"its module is marked {m}" for m in _marks(stmt.value) if m in _NOT_RUN_MARKS]
+        if _calls_skip(stmt):
+            problems.append("its module skips unconditionally")
+    fn = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name), None)
+    if fn is None:
+        return problems + ["it is not a module-level test function"]
+    for dec in fn.decorator_list:
+        problems += [f"it is marked {m}" for m in _marks(dec) if m in _NOT_RUN_MARKS]
+    if any(_calls_skip(stmt) for stmt in fn.body):
+        problems.append("it always skips")
+    return problems
+
+
+@pytest.mark.parametrize("planted, problem", [
+    ("import pytest\n@pytest.mark.slow\ndef test_x():\n    pass\n", "it is marked slow"),
+    ("import pytest\n@pytest.mark.skipif(True, reason='x')\ndef test_x():\n    pass\n", "it is marked skipif"),
+    ('import pytest\ndef test_x():\n    """doc"""\n    pytest.skip("never")\n', "it always skips"),
+    ("import pytest\npytestmark = [pytest.mark.slow]\ndef test_x():\n    pass\n", "its module is marked slow"),
+    ("import pytest\njax = pytest.importorskip('jax')\ndef test_x():\n    pass\n", "its module skips"),
+    ("def test_y():\n    pass\n", "not a module-level test function"),
+])
+def test_catalogue_checker_catches_planted_skips(planted, problem):
+    assert any(problem in p for p in never_runs_in_make_test(planted, "test_x"))
+
+
+def test_catalogue_checker_allows_conditional_skips():
+    ok = ("import pytest\n@pytest.mark.parametrize('a', [1])\ndef test_x(a):\n"
+          "    if a > 5:\n        pytest.skip('only where mount is allowed')\n")
+    assert never_runs_in_make_test(ok, "test_x") == []

@@ -7,6 +7,7 @@ import string
 
 import numpy as np
 import openpyxl
+import pytest
 import tensorflow as tf
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
@@ -187,19 +188,153 @@ def test_tf_parser_round_trip(steps, seed, with_flow_image, sid):
 
 
 _RECORD = feature_spec.encode_example(random_sample(7, steps=3))
+# Captured before any mutant patches the spec: feature name -> its protobuf list kind.
+_LIST_KIND = {name: {"string": "bytes_list", "int64": "int64_list", "float32": "float_list"}[dtype]
+              for name, (_, dtype, _) in feature_spec.FEATURES.items()}
+_FEATURE_NAMES = tuple(_LIST_KIND)
 
 
-@settings(max_examples=60, deadline=None)
-@given(edits=st.lists(st.tuples(st.integers(0, len(_RECORD) - 1), st.integers(0, 255)), max_size=6),
-       cut=st.one_of(st.none(), st.integers(0, len(_RECORD))))
-def test_damaged_records_are_sample_errors(edits, cut):
-    """What shard verification relies on: any damaged record decodes or raises SampleError."""
-    data = bytearray(_RECORD)
-    for pos, value in edits:
-        data[pos] = value
-    data = bytes(data[:cut] if cut is not None else data)
-    assume(data != _RECORD)
+def _png_spans(record: bytes) -> list[tuple[int, int]]:
+    """[start, end) of the PNG payloads (apex_image, flow_image) inside the serialized record."""
+    ex = tf.train.Example.FromString(record)
+    spans = []
+    for name in ("apex_image", "flow_image"):
+        png = ex.features.feature[name].bytes_list.value[0]
+        start = record.find(png)
+        assert png and start >= 0 and record.find(png, start + 1) < 0
+        spans.append((start, start + len(png)))
+    return spans
+
+
+_PNG_SPANS = _png_spans(_RECORD)
+_PNG_POSITIONS = [i for a, b in _PNG_SPANS for i in range(a, b)]
+_OTHER_POSITIONS = [i for i in range(len(_RECORD)) if not any(a <= i < b for a, b in _PNG_SPANS)]
+
+
+def decodes_or_sample_error(data: bytes) -> None:
+    """What shard verification relies on: a damaged record decodes to a valid sample or
+    raises SampleError; any other exception fails the check."""
     try:
         feature_spec.decode_example_np(data).validate()
     except SampleError:
         pass
+    except Exception as e:  # noqa: BLE001 - that is the failure being looked for
+        raise AssertionError(f"{type(e).__name__} instead of SampleError: {e}") from None
+
+
+def _edited(positions, edits):
+    data = bytearray(_RECORD)
+    for k, value in edits:
+        data[positions[k % len(positions)]] = value
+    return bytes(data)
+
+
+# The protobuf envelope and the scalar features (ids, label, flow_len, onset/apex/offset,
+# has_flow_image, the flow floats): ~8 % of the record, fuzzed apart from the PNG payloads.
+@settings(max_examples=80, deadline=None)
+@given(edits=st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(0, 255)), min_size=1, max_size=6),
+       cut=st.one_of(st.none(), st.integers(0, len(_RECORD))))
+def test_damaged_record_fields_are_sample_errors(edits, cut):
+    data = _edited(_OTHER_POSITIONS, edits)
+    data = data[:cut] if cut is not None else data
+    assume(data != _RECORD)
+    decodes_or_sample_error(data)
+
+
+@settings(max_examples=30, deadline=None)
+@given(edits=st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(0, 255)), min_size=1, max_size=6))
+def test_damaged_png_payloads_are_sample_errors(edits):
+    data = _edited(_PNG_POSITIONS, edits)
+    assume(data != _RECORD)
+    decodes_or_sample_error(data)
+
+
+def _set_feature(ex, name, kind, values):
+    feature = ex.features.feature[name]
+    feature.Clear()
+    getattr(feature, kind).value.extend(values)
+
+
+_INT64 = st.one_of(st.sampled_from([-2 ** 63, -2, -1, 0, 1, 2, 3, 64, 65, 2 ** 31, 2 ** 63 - 1]),
+                   st.integers(-2 ** 63, 2 ** 63 - 1))
+_BYTES = st.one_of(st.sampled_from([b"", b"\xff\xfe", b"casme2", b"\x89PNG\r\n\x1a\n"]), st.binary(max_size=40))
+_FLOATS = st.floats(allow_nan=True, allow_infinity=True, width=32)
+
+
+@st.composite
+def field_damage(draw):
+    """One damage to one feature of the record: removed, of another kind, with 0 or 2+
+    values, or with another value (extreme ints, non-UTF-8 / empty bytes, NaN / Inf floats,
+    another length of flow_seq); PNG payloads are swapped whole, never edited here."""
+    name = draw(st.sampled_from(_FEATURE_NAMES + ("unknown_feature",)))
+    op = draw(st.sampled_from(["remove", "bytes_list", "int64_list", "float_list", "empty", "two", "value"]))
+    kind = _LIST_KIND.get(name, "bytes_list")
+    strategy = {"bytes_list": _BYTES, "int64_list": _INT64, "float_list": _FLOATS}
+    if op == "remove":
+        return name, None, None
+    if op in ("bytes_list", "int64_list", "float_list"):
+        return name, op, draw(st.lists(strategy[op], min_size=1, max_size=3))
+    if op == "empty":
+        return name, kind, []
+    if op == "two":
+        return name, kind, draw(st.lists(strategy[kind], min_size=2, max_size=3))
+    if name == "flow_seq":
+        return name, kind, draw(st.lists(_FLOATS, max_size=3 * STEP_DIM + 1))
+    return name, kind, [draw(strategy[kind])]
+
+
+def damage_fields(damages) -> bytes:
+    ex = tf.train.Example.FromString(_RECORD)
+    for name, kind, values in damages:
+        if kind is None:
+            if name in ex.features.feature:
+                del ex.features.feature[name]
+        else:
+            _set_feature(ex, name, kind, values)
+    return ex.SerializeToString()
+
+
+@settings(max_examples=80, deadline=None)
+@given(damages=st.lists(field_damage(), min_size=1, max_size=3))
+def test_damaged_record_features_are_sample_errors(damages):
+    """Damage at the level of the protobuf's features (rather than its bytes)."""
+    decodes_or_sample_error(damage_fields(damages))
+
+
+def every_single_feature_damage():
+    """Each feature removed, given each wrong kind, no value, two values, and extreme values."""
+    samples = {"bytes_list": [b"\xff\xfe"], "int64_list": [2 ** 63 - 1], "float_list": [float("nan")]}
+    for name in _FEATURE_NAMES:
+        kind = _LIST_KIND[name]
+        yield [(name, None, None)]
+        for other, values in samples.items():
+            yield [(name, other, values)]
+        yield [(name, kind, [])]
+        yield [(name, kind, samples[kind] * 2)]
+        if kind == "int64_list":
+            for v in (-2 ** 63, -2, -1, 3, 65):
+                yield [(name, kind, [v])]
+        elif kind == "bytes_list":
+            yield [(name, kind, [b""])]
+
+
+def check_every_single_feature_damage():
+    failures = []
+    for damage in every_single_feature_damage():
+        try:
+            decodes_or_sample_error(damage_fields(damage))
+        except AssertionError as e:
+            failures.append(f"{damage[0][:2]}: {e}")
+    assert not failures, "\n".join(failures)
+
+
+def test_every_single_feature_damage_is_a_sample_error():
+    check_every_single_feature_damage()
+
+
+def test_feature_fuzz_mutant_unchecked_label_is_caught(monkeypatch):
+    """Mutant: the decoder no longer checks that `label` is present as one int64 (it reads
+    value[0] directly): a removed or empty label then raises IndexError, not SampleError."""
+    monkeypatch.setattr(feature_spec, "FEATURES", {k: v for k, v in feature_spec.FEATURES.items() if k != "label"})
+    with pytest.raises(AssertionError, match=r"\('label', None\): IndexError instead of SampleError"):
+        check_every_single_feature_damage()

@@ -74,11 +74,51 @@ def shard_re(shard=SHARD, index=1):
 
 # ------------------------------------------------------------------ damaged shards
 
-def test_good_folder_verifies_once_per_process(data):
+def count_shard_reads(monkeypatch):
+    """Count every read of a shard file by the verification: its records (`_raw_records`)
+    and its hash (`atomic_io.sha256_file`), per file name."""
+    reads = {"records": [], "sha256": []}
+    real_records, real_sha = ip._raw_records, ip.atomic_io.sha256_file
+
+    def records(path):
+        reads["records"].append(os.path.basename(path))
+        return real_records(path)
+
+    def sha(path, *args, **kwargs):
+        reads["sha256"].append(os.path.basename(path))
+        return real_sha(path, *args, **kwargs)
+
+    monkeypatch.setattr(ip, "_raw_records", records)
+    monkeypatch.setattr(ip.atomic_io, "sha256_file", sha)
+    return reads
+
+
+def check_verifies_once(data, monkeypatch):
+    reads = count_shard_reads(monkeypatch)
+    shards = sorted(sh["path"] for sh in info_of(data)["shards"])
     ip.read_dataset_info(str(data))
-    key = ip._fingerprint(str(data), info_of(data))
-    assert key in ip._VERIFIED
-    ip.verify_shards(str(data))          # cached: no exception, no re-read
+    assert sorted(reads["records"]) == shards and sorted(reads["sha256"]) == shards   # each shard read once
+    ip.read_dataset_info(str(data))
+    ip.verify_shards(str(data))
+    ip.eval_dataset(str(data))
+    assert sorted(reads["records"]) == shards and sorted(reads["sha256"]) == shards, \
+        f"shards verified again in the same process: {reads}"
+
+
+def test_good_folder_verifies_once_per_process(data, monkeypatch):
+    check_verifies_once(data, monkeypatch)
+
+
+def test_verifies_once_mutant_second_read_is_caught(data, monkeypatch):
+    """Mutant: the per-process cache forgets, so the second call reads every shard again."""
+
+    class Forgetful(set):
+        def __contains__(self, key):
+            return False
+
+    monkeypatch.setattr(ip, "_VERIFIED", Forgetful())
+    with pytest.raises(AssertionError, match="verified again"):
+        check_verifies_once(data, monkeypatch)
 
 
 def test_truncated_shard_names_shard_and_record(data):

@@ -17,9 +17,10 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from atn_tf import export_lib, serve_client
+from atn_tf import export_lib, request_validation, serve_client
 from atn_tf.config import TrainConfig
 from atn_tf.models import build_model
+from tests.test_export import DECODE_MUTANTS, apex_faces, check_decodes_like_training, export_probe
 from tests.test_serving import SavedModelPredictionService
 
 SIZE = 32
@@ -44,10 +45,14 @@ def loaded(saved_model):
 
 
 @pytest.fixture(scope="module")
-def grpc_server(saved_model):
+def service(saved_model):
+    return SavedModelPredictionService(NAME, saved_model)
+
+
+@pytest.fixture(scope="module")
+def grpc_server(service):
     server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        SavedModelPredictionService(NAME, saved_model), server)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     yield f"127.0.0.1:{port}"
@@ -146,20 +151,49 @@ def test_image_bombs_and_non_images_are_invalid_argument(loaded, data, message):
         call(loaded, "predict_images", {**x, "apex_image_bytes": np.array([data], dtype=object)})
 
 
-def test_bmp_and_gif_apex_images_are_decoded(loaded):
+def gif_bytes(gray):
+    """A real GIF (TF has no GIF encoder; Pillow, a matplotlib dependency, writes one)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(gray, "L").save(buf, "GIF")
+    data = buf.getvalue()
+    assert data[:6] in (b"GIF87a", b"GIF89a")
+    return data
+
+
+def bmp_and_gif_requests(grays):
+    """For each crop: a 24-bit BMP, an 8-bit BMP and a GIF; returns (bytes, the crops they hold)."""
+    encoded, held = [], []
+    for gray in grays:
+        encoded += [cv2.imencode(".bmp", cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))[1].tobytes(),
+                    cv2.imencode(".bmp", gray)[1].tobytes(), gif_bytes(gray)]
+        held += [gray] * 3
+    return encoded, held
+
+
+def test_bmp_and_gif_apex_images_are_decoded(loaded, tmp_path):
     """The README promises JPEG/PNG/BMP/GIF; SMIC frames are BMP (this used to fail with
-    "`channels` must be 0, 3 or 4 for BMP")."""
-    x = good(seed=4)
-    gray = x["apex_image"][0, ..., 0].astype(np.uint8)
-    want = call(loaded, "serving_default", x)["probabilities"].numpy()
-    colour_bmp = cv2.imencode(".bmp", cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))[1].tobytes()   # 24 bit
-    gray_bmp = cv2.imencode(".bmp", gray)[1].tobytes()                                       # 8 bit
-    gif = tf.io.encode_png(gray[..., None]).numpy()   # TF has no GIF encoder: PNG control for the batch
-    req = {**as_bytes_request(good(3, seed=4)), "flow_seq": np.repeat(x["flow_seq"], 3, 0),
-           "flow_len": np.repeat(x["flow_len"], 3)}
-    req["apex_image_bytes"] = np.array([colour_bmp, gray_bmp, gif], dtype=object)
-    got = call(loaded, "predict_images", req)["probabilities"].numpy()
-    np.testing.assert_allclose(got, np.repeat(want, 3, 0), atol=2e-3)
+    "`channels` must be 0, 3 or 4 for BMP"). Through the exported graph (with the decode
+    probe as the model), each must reach the model as the training pipeline's crop does."""
+    encoded, held = bmp_and_gif_requests(apex_faces(2, seed=4))
+    check_decodes_like_training(export_probe(tmp_path / "probe", SIZE), encoded, held, atol=0.5, image_size=SIZE)
+    # The real tiny model classifies them (same batch through the real graph).
+    x = good(len(encoded), seed=4)
+    out = call(loaded, "predict_images", {"apex_image_bytes": np.array(encoded, dtype=object),
+                                          "flow_seq": x["flow_seq"], "flow_len": x["flow_len"]})
+    assert out["probabilities"].shape == (len(encoded), 3)
+
+
+@pytest.mark.parametrize("mutant", sorted(DECODE_MUTANTS))
+def test_bmp_and_gif_decode_mutants_are_caught(mutant, tmp_path, monkeypatch):
+    monkeypatch.setattr(export_lib, "decode_apex", DECODE_MUTANTS[mutant](export_lib.decode_apex))
+    encoded, held = bmp_and_gif_requests(apex_faces(1, seed=4))
+    with pytest.raises(AssertionError, match="decodes the apex unlike training"):
+        check_decodes_like_training(export_probe(tmp_path / "probe", SIZE), encoded, held, atol=0.5,
+                                    image_size=SIZE)
 
 
 # ------------------------------------------------------------------ through gRPC
@@ -170,19 +204,14 @@ def _grpc_error(server, arrays, signature):
     return err.value
 
 
-@pytest.mark.parametrize("case", ["wrong rank", "empty batch", "apex float64", "bytes as floats", "T=0 default",
-                                  "T>64 default", "bomb"])
-def test_grpc_bad_requests_are_invalid_argument(grpc_server, case):
+@pytest.mark.parametrize("case", ["empty batch", "T=0 default", "T>64 default", "bomb"])
+def test_grpc_bad_requests_are_invalid_argument(grpc_server, service, case):
+    """Requests that match the signature's keys, dtypes and shapes reach the server; the
+    exported graph refuses them with INVALID_ARGUMENT and its own message."""
     x = good()
     signature, arrays = "serving_default", dict(x)
-    if case == "wrong rank":
-        arrays["flow_seq"] = x["flow_seq"][0]
-    elif case == "empty batch":
+    if case == "empty batch":
         arrays = {k: v[:0] for k, v in x.items()}
-    elif case == "apex float64":
-        arrays["apex_image"] = x["apex_image"].astype(np.float64)
-    elif case == "bytes as floats":
-        signature, arrays = "predict_images", {**as_bytes_request(x), "apex_image_bytes": np.zeros(1, np.float32)}
     elif case == "T=0 default":
         arrays["flow_seq"] = np.zeros((1, 0, 128), np.float32)
     elif case == "T>64 default":
@@ -190,8 +219,36 @@ def test_grpc_bad_requests_are_invalid_argument(grpc_server, case):
     else:
         signature, arrays = "predict_images", {**as_bytes_request(x),
                                                "apex_image_bytes": np.array([bmp_header(20000, 20000)], dtype=object)}
+    sent = service.predict_calls
     err = _grpc_error(grpc_server, arrays, signature)
+    assert service.predict_calls == sent + 1
     assert err.code == "INVALID_ARGUMENT" and err.message
     assert "Graph execution error" not in err.message
     # the server process is still up and answers a good request
+    assert serve_client.grpc_predict(grpc_server, good(), NAME, signature="serving_default")["class_id"].shape == (1,)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("wrong rank", "'flow_seq' must have rank 3"),
+    ("apex float64", "'apex_image' must be float32, got float64"),
+    ("apex size", r"'apex_image' must have shape \[\?, 32, 32, 1\]"),
+    ("bytes as floats", "'apex_image_bytes' must be bytes"),
+])
+def test_client_refuses_mismatched_requests(grpc_server, service, case, message):
+    """Keys, dtypes and shapes that do not match the signature: refused by the client before
+    anything is sent (TF Serving would refuse the keys and dtypes too; not testable here)."""
+    x = good()
+    signature, arrays = "serving_default", dict(x)
+    if case == "wrong rank":
+        arrays["flow_seq"] = x["flow_seq"][0]
+    elif case == "apex float64":
+        arrays["apex_image"] = x["apex_image"].astype(np.float64)
+    elif case == "apex size":
+        arrays["apex_image"] = np.zeros((1, 64, 64, 1), np.float32)
+    else:
+        signature, arrays = "predict_images", {**as_bytes_request(x), "apex_image_bytes": np.zeros(1, np.float32)}
+    sent = service.predict_calls
+    with pytest.raises(request_validation.RequestError, match=message):
+        serve_client.grpc_predict(grpc_server, arrays, NAME, signature=signature)
+    assert service.predict_calls == sent
     assert serve_client.grpc_predict(grpc_server, good(), NAME, signature="serving_default")["class_id"].shape == (1,)

@@ -7,6 +7,7 @@ import concurrent.futures
 import http.server
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -16,9 +17,10 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from google.protobuf import json_format
+from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
-from atn_tf import clip_inputs, export_lib, serve_client
+from atn_tf import clip_inputs, export_lib, request_validation, serve_client
 from atn_tf.predict import LocalPredictor, resolve_version_dir
 from tests.test_export import ENV, random_inputs, save_run
 from tfrecords_builder.demo import generate_demo_corpus
@@ -29,30 +31,42 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class SavedModelPredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """`PredictionService.Predict` answered from one SavedModel, with TF Serving's error codes."""
+    """A transport stand-in for TF Serving: `Predict` feeds the request's tensors to the
+    SavedModel's signature function as they are and returns its outputs, or the graph's
+    InvalidArgumentError as INVALID_ARGUMENT; `GetModelMetadata` returns the SavedModel's
+    SignatureDefs. It makes none of TF Serving's own checks (keys, dtypes): what is tested
+    through it is the client's validation and the exported graph's checks.
+    `predict_calls` counts the requests that reached it."""
 
     def __init__(self, name, path):
+        from tensorflow.core.protobuf import saved_model_pb2
+
         self.name = name
         self.loaded = tf.saved_model.load(path)
+        saved = saved_model_pb2.SavedModel()
+        with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+            saved.ParseFromString(f.read())
+        self.signature_defs = get_model_metadata_pb2.SignatureDefMap()
+        for k, v in saved.meta_graphs[0].signature_def.items():
+            self.signature_defs.signature_def[k].CopyFrom(v)
+        self.predict_calls = 0
 
     def run(self, signature, arrays):
-        """(outputs, None) or (None, error message); the checks TF Serving makes, then the graph."""
-        if signature not in self.loaded.signatures:
-            return None, f"signature {signature!r} not found"
+        """(outputs, None) or (None, the graph's error message)."""
+        self.predict_calls += 1
         fn = self.loaded.signatures[signature]
-        specs = fn.structured_input_signature[1]
-        if set(arrays) != set(specs):
-            return None, f"input keys {sorted(arrays)} do not match the signature's {sorted(specs)}"
-        feeds = {}
-        for k, spec in specs.items():
-            value = tf.constant(arrays[k])
-            if value.dtype != spec.dtype:
-                return None, f"input {k}: expects {spec.dtype.name}, got {value.dtype.name}"
-            feeds[k] = value
         try:
-            return {k: v.numpy() for k, v in fn(**feeds).items()}, None
+            return {k: v.numpy() for k, v in fn(**{k: tf.constant(v) for k, v in arrays.items()}).items()}, None
         except tf.errors.InvalidArgumentError as e:
             return None, e.message
+
+    def GetModelMetadata(self, request, context):
+        if request.model_spec.name != self.name:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"Servable not found: {request.model_spec.name}")
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = self.name
+        response.metadata["signature_def"].Pack(self.signature_defs)
+        return response
 
     def Predict(self, request, context):
         if request.model_spec.name != self.name:
@@ -110,6 +124,13 @@ def rest_server(service):
             self.end_headers()
             self.wfile.write(data)
 
+        def do_GET(self):
+            if self.path != f"/v1/models/{MODEL_NAME}/metadata":
+                return self._send(404, {"error": f"Servable not found for {self.path}"})
+            self._send(200, {"model_spec": {"name": MODEL_NAME, "signature_name": "", "version": "1"},
+                             "metadata": {"signature_def": json_format.MessageToDict(
+                                 service.signature_defs, preserving_proto_field_name=True)}})
+
         def do_POST(self):
             if self.path != f"/v1/models/{MODEL_NAME}:predict":
                 return self._send(404, {"error": f"Servable not found for {self.path}"})
@@ -122,7 +143,10 @@ def rest_server(service):
                     arrays[k] = np.array([base64.b64decode(x["b64"]) for x in v], dtype=object)
                 else:
                     arrays[k] = np.asarray(v, specs[k].dtype.as_numpy_dtype if k in specs else None)
-            outputs, error = service.run(signature, arrays)
+            try:
+                outputs, error = service.run(signature, arrays)
+            except Exception as e:      # a transport, not a server: it only reports
+                return self._send(500, {"error": f"{type(e).__name__}: {e}"})
             if error is not None:
                 return self._send(400, {"error": error})
             self._send(200, {"outputs": {k: [x.decode() for x in v] if v.dtype == object else v.tolist()
@@ -172,8 +196,10 @@ def test_grpc_matches_in_process_predict(export_base, grpc_server):
         **{k: tf.constant(v) for k, v in x.items()})["probabilities"].numpy(), atol=1e-6)
 
 
-@pytest.mark.parametrize("case", ["T=0", "T>64", "flow_len>T", "not an image", "missing input", "wrong dtype"])
-def test_grpc_bad_requests_are_invalid_argument(grpc_server, case):
+@pytest.mark.parametrize("case", ["T=0", "T>64", "flow_len>T", "not an image"])
+def test_grpc_bad_requests_are_invalid_argument(grpc_server, service, case):
+    """Requests that match the signature but fail the exported graph's checks: the client
+    sends them, the graph refuses them (INVALID_ARGUMENT), and the server answers the next."""
     arrays = example().arrays(False)
     if case == "T=0":
         arrays["flow_seq"] = np.zeros((1, 0, 128), np.float32)
@@ -181,21 +207,95 @@ def test_grpc_bad_requests_are_invalid_argument(grpc_server, case):
         arrays["flow_seq"] = np.zeros((1, 65, 128), np.float32)
     elif case == "flow_len>T":
         arrays["flow_len"] = np.array([99], np.int32)
-    elif case == "not an image":
-        arrays["apex_image_bytes"] = np.array([b"GIF89a but not really"], dtype=object)
-    elif case == "missing input":
-        del arrays["flow_len"]
     else:
-        arrays["flow_len"] = arrays["flow_len"].astype(np.int64)
+        arrays["apex_image_bytes"] = np.array([b"GIF89a but not really"], dtype=object)
+    sent = service.predict_calls
     with pytest.raises(serve_client.ServingError) as err:
         serve_client.grpc_predict(grpc_server, arrays, MODEL_NAME)
+    assert service.predict_calls == sent + 1                  # the graph refused it, not the client
     assert err.value.code == "INVALID_ARGUMENT"
     assert err.value.message and "Graph execution error" not in err.value.message
     # the server is still up
     assert serve_client.grpc_predict(grpc_server, example().arrays(False), MODEL_NAME)["class_id"].shape == (1,)
 
 
-def test_rest_client(export_base, rest_server):
+def check_refused_before_sending(send, service, arrays, message):
+    """`send(arrays)` must raise RequestError matching `message` without a request reaching
+    the server; then a good request is still answered."""
+    sent = service.predict_calls
+    try:
+        send(arrays)
+    except request_validation.RequestError as e:
+        assert re.search(message, str(e)), f"refused, but with {e}"
+        assert "refused before sending" in str(e)
+    except Exception as e:  # noqa: BLE001 - anything else means the client let it through
+        raise AssertionError(f"not refused before sending: {type(e).__name__}: {e}") from None
+    else:
+        raise AssertionError("not refused before sending: the request was answered")
+    assert service.predict_calls == sent, "not refused before sending: the request reached the server"
+    assert send(example().arrays(False))["class_id"].shape == (1,)
+
+
+CLIENT_CASES = {      # name: (change to the predict_images request, message)
+    "missing input": (lambda a: {k: v for k, v in a.items() if k != "flow_len"}, r"missing input\(s\) \['flow_len'\]"),
+    "unknown input": (lambda a: {**a, "flow_image": np.zeros((1, 28, 28, 3), np.float32)},
+                      r"unknown input\(s\) \['flow_image'\]"),
+    "flow_len int64": (lambda a: {**a, "flow_len": a["flow_len"].astype(np.int64)}, "'flow_len' must be int32, got int64"),
+    "flow_seq float64": (lambda a: {**a, "flow_seq": a["flow_seq"].astype(np.float64)},
+                         "'flow_seq' must be float32, got float64"),
+    "image bytes as floats": (lambda a: {**a, "apex_image_bytes": np.zeros(1, np.float32)},
+                              "'apex_image_bytes' must be bytes"),
+    "flow_seq rank 2": (lambda a: {**a, "flow_seq": a["flow_seq"][0]}, "'flow_seq' must have rank 3"),
+    "flow_seq step dim": (lambda a: {**a, "flow_seq": np.zeros((1, 6, 100), np.float32)},
+                          r"'flow_seq' must have shape \[\?, \?, 128\]"),
+}
+
+
+def _sender(transport, server):
+    if transport == "grpc":
+        return lambda arrays: serve_client.grpc_predict(server, arrays, MODEL_NAME)
+    return lambda arrays: serve_client.rest_predict(server, arrays, MODEL_NAME)
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+@pytest.mark.parametrize("case", sorted(CLIENT_CASES))
+def test_client_refuses_bad_requests_before_sending(grpc_server, rest_server, service, transport, case):
+    change, message = CLIENT_CASES[case]
+    server = grpc_server if transport == "grpc" else rest_server
+    check_refused_before_sending(_sender(transport, server), service, change(example().arrays(False)), message)
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_client_validation_mutant_is_caught(grpc_server, rest_server, service, transport, monkeypatch):
+    """Mutant: the client validates nothing (as before this check moved into project code).
+    The bad request then reaches the server, and the check above fails."""
+    monkeypatch.setattr(request_validation, "validate", lambda arrays, signature: None)
+    server = grpc_server if transport == "grpc" else rest_server
+    for case in ("missing input", "flow_len int64"):
+        change, message = CLIENT_CASES[case]
+        with pytest.raises(AssertionError, match="not refused before sending"):
+            check_refused_before_sending(_sender(transport, server), service, change(example().arrays(False)),
+                                         message)
+
+
+def test_signature_from_the_servers_metadata(grpc_server, rest_server):
+    import grpc as grpc_lib
+    with grpc_lib.insecure_channel(grpc_server) as channel:
+        via_grpc = request_validation.grpc_signature(channel, MODEL_NAME, "predict_images")
+    import urllib.request
+    assert request_validation.rest_metadata_url("h:8501", "m", 2) == "http://h:8501/v1/models/m/versions/2/metadata"
+    via_rest = request_validation.rest_signature(rest_server, MODEL_NAME, "predict_images")
+    assert via_grpc == via_rest
+    assert via_grpc.inputs == {
+        "apex_image_bytes": request_validation.InputSpec("string", (None,)),
+        "flow_seq": request_validation.InputSpec("float32", (None, None, 128)),
+        "flow_len": request_validation.InputSpec("int32", (None,))}
+    with pytest.raises(request_validation.RequestError, match="serves no signature 'nope'"):
+        request_validation.rest_signature(rest_server, MODEL_NAME, "nope")
+    del urllib
+
+
+def test_rest_client(export_base, rest_server, service):
     inputs = example(3)
     want = LocalPredictor(export_base).predict(inputs)
     body = serve_client.rest_body(inputs.arrays(False), "predict_images")
@@ -205,10 +305,11 @@ def test_rest_client(export_base, rest_server):
     assert got.class_name == want.class_name
     np.testing.assert_allclose(list(got.probabilities.values()), list(want.probabilities.values()), atol=1e-5)
     bad = inputs.arrays(False)
-    bad["flow_len"] = np.array([0], np.int32)
+    bad["flow_len"] = np.array([0], np.int32)                 # matches the signature: the graph refuses it
+    sent = service.predict_calls
     with pytest.raises(serve_client.ServingError, match="flow_len must be >= 1") as err:
         serve_client.rest_predict(rest_server, bad, MODEL_NAME)
-    assert err.value.code == "HTTP 400"
+    assert err.value.code == "HTTP 400" and service.predict_calls == sent + 1
 
 
 def test_clip_dir_uses_the_builders_pipeline(demo_clip, export_base):
@@ -254,8 +355,17 @@ def test_cli_predict_and_serve_client(demo_clip, export_base, grpc_server, tmp_p
              subprocess.Popen([sys.executable, "-m", "atn_tf.serve_client", f"--server={grpc_server}",
                                f"--model_name={MODEL_NAME}", f"--apex={tmp_path / 'apex.jpg'}",
                                f"--flow={tmp_path / 'seq.npy'}", "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT),
+             # image bytes sent to the signature that takes arrays: refused before sending
+             subprocess.Popen([sys.executable, "-m", "atn_tf.serve_client", f"--server={grpc_server}",
+                               f"--model_name={MODEL_NAME}", "--signature=serving_default",
+                               f"--apex={tmp_path / 'apex.jpg'}", f"--flow={tmp_path / 'seq.npy'}"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)]
     results = [proc.communicate(timeout=300) + (proc.returncode,) for proc in procs]
+    refused = results.pop()
+    assert refused[2] == 2, refused[1]
+    assert "refused before sending: missing input(s) ['apex_image'] and unknown input(s) ['apex_image_bytes']" \
+        in refused[1] and "Traceback" not in refused[1]
     for out, errs, code in results:
         assert code == 0, errs
         answer = json.loads(out.strip().splitlines()[-1])
