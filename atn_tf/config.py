@@ -11,6 +11,10 @@ from typing import Optional
 from atn_tf import atomic_io
 
 CONFIG_FILE = "config.json"
+# The allowed values of the recipe's string fields.
+CHOICES = {"balance_by": ("class", "database_class"), "optimizer": ("sgd", "adamw"),
+           "lr_schedule": ("step", "cosine"), "embedding_scale": ("none", "learned"),
+           "apex_backbone": ("resnet", "fer_xception"), "apex_init": ("", "fer2013")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +41,23 @@ class TrainConfig:
     sync_batchnorm: bool = True             # replicas share BN statistics: same curve as one device
     augment: bool = True
     balance: bool = True                    # class-balanced sampling of the training stream
+    # Recipe options (docs/results.md, "Why the deep models lost to linear probes"); the
+    # defaults are the seed recipe.
+    balance_by: str = "class"               # class | database_class (equal weight per pair)
+    optimizer: str = "sgd"                  # sgd (momentum) | adamw
+    lr_schedule: str = "step"               # step (x lr_decay_rate every lr_decay_steps) | cosine
+    warmup_steps: int = 0                   # linear warm-up before the cosine decay
+    label_smoothing: float = 0.0
+    input_norm: bool = False                # standardise inputs with training-fold statistics
+    embedding_scale: str = "none"           # none | learned (scale on the L2-normalised embeddings)
+    apex_backbone: str = "resnet"           # resnet (the paper's) | fer_xception
+    apex_init: str = ""                     # "" (from scratch) | fer2013 (fer_xception only)
+    freeze_apex: bool = False               # keep the apex branch's weights fixed
+    # Checkpoint selection on an inner validation split of the training subjects (never the
+    # held-out part): val_fraction of each database's training subjects, scored every
+    # eval_every steps; the step with the best inner-validation UF1 is kept.
+    val_fraction: float = 0.0
+    eval_every: int = 0
     init_checkpoint: Optional[str] = None
     strategy: str = "auto"
     mixed_precision: bool = False
@@ -55,6 +76,17 @@ class TrainConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.strategy not in ("auto", "default", "mirrored", "multi_worker"):
             raise ValueError(f"unknown strategy {self.strategy!r}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.warmup_steps < 0 or self.eval_every < 0:
+            raise ValueError("warmup_steps and eval_every must be >= 0")
+        if (self.val_fraction > 0) != (self.eval_every > 0):
+            raise ValueError("checkpoint selection needs both val_fraction > 0 and eval_every > 0")
         # Lists from JSON or flags become tuples so the config stays hashable and frozen.
         object.__setattr__(self, "test_subjects", tuple(self.test_subjects))
         object.__setattr__(self, "test_databases", tuple(self.test_databases))
@@ -89,4 +121,5 @@ class TrainConfig:
 
     def model_kwargs(self) -> dict:
         return dict(image_size=self.image_size, width=self.width, lstm_units=self.lstm_units,
-                    dropout=self.dropout)
+                    dropout=self.dropout, input_norm=self.input_norm, embedding_scale=self.embedding_scale,
+                    apex_backbone=self.apex_backbone, apex_init=self.apex_init, freeze_apex=self.freeze_apex)

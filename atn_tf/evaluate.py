@@ -2,8 +2,10 @@
 
 Trains one model per fold, predicts each held-out fold, pools the predictions and writes
 report.json, report.md and confusion.png. `--compare dir_a dir_b ...` prints a table of
-finished experiments instead; `--ensemble --work_dir=runs/x a b c` writes the report of the
-average of finished experiments' probabilities (e.g. one config trained with three seeds).
+finished experiments instead (work dirs or report files), with each UF1's 95 %
+subject-bootstrap interval and paired permutation tests between reports on the same samples
+(`atn_tf.stats`); `--ensemble --work_dir=runs/x a b c` writes the report of the average of
+finished experiments' probabilities (e.g. one config trained with three seeds).
 """
 
 from __future__ import annotations
@@ -27,7 +29,17 @@ flags.DEFINE_boolean("compare", False, "Compare the finished work dirs given as 
 flags.DEFINE_string("compare_output", None, "Also write the comparison table (markdown) here.")
 flags.DEFINE_boolean("ensemble", False, "Average the probabilities of the finished work dirs / report "
                      "files given as arguments into one report in --work_dir.")
-flags.DEFINE_boolean("progress", False, "Per-fold training progress bars.")
+flags.DEFINE_boolean("progress", False, "Per-fold training progress bars (sequential runner).")
+flags.DEFINE_enum("runner", "fast", ["fast", "sequential"],
+                  "fast: decode once, build and trace once per process, reset per fold; sequential: "
+                  "atn_tf.train's code per fold (rebuilds, checkpoints).")
+flags.DEFINE_integer("fold_workers", 1, "Fast runner: folds trained at once in separate processes, "
+                     "each on one intra-op thread.", lower_bound=1)
+flags.DEFINE_integer("develop", 0, "Development protocol instead: on this many outer folds, train without "
+                     "an inner validation split of the training subjects and report the pooled UF1 of "
+                     "that split at every --eval_every step; test folds are never predicted.", lower_bound=0)
+flags.DEFINE_integer("recipes_tried", None, "How many recipes were run on this protocol before this one "
+                     "(recorded in the report; see docs/results.md's recipe log).", lower_bound=0)
 FLAGS = flags.FLAGS
 
 
@@ -53,7 +65,8 @@ def main(argv):
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-        table = reports.compare_table(loaded)
+        from atn_tf import stats
+        table = reports.compare_table(loaded) + "\n" + stats.compare_text(loaded)
         print(table)
         if FLAGS.compare_output:
             atomic_io.write_text(FLAGS.compare_output, table)
@@ -79,10 +92,22 @@ def main(argv):
     work_dir = FLAGS.work_dir or os.path.join("runs", f"{FLAGS.protocol}_{_experiment_name()}")
     from atn_tf import evaluate_lib, input_pipeline, train_lib
 
+    if FLAGS.develop:
+        try:
+            report = evaluate_lib.develop(config, FLAGS.protocol, work_dir, FLAGS.develop, FLAGS.fold_workers,
+                                          experiment=_experiment_name(), command=command)
+        except (input_pipeline.DataError, train_lib.TrainingDiverged, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(reports.development_summary(report))
+        print(f"report: {os.path.join(work_dir, evaluate_lib.DEV_REPORT)}")
+        return 0
     try:
         report = evaluate_lib.evaluate(config, FLAGS.protocol, work_dir, folds=FLAGS.folds, resume=FLAGS.resume,
                                        experiment=_experiment_name(), command=command,
-                                       keep_models=FLAGS.keep_models, progress=FLAGS.progress)
+                                       keep_models=FLAGS.keep_models, progress=FLAGS.progress,
+                                       runner=FLAGS.runner, fold_workers=FLAGS.fold_workers,
+                                       recipes_tried=FLAGS.recipes_tried)
     except (input_pipeline.DataError, train_lib.TrainingDiverged, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

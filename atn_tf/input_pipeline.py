@@ -234,26 +234,88 @@ def to_model_inputs(rec, image_size: int):
 
 # ------------------------------------------------------------------ datasets
 
-def load_arrays(data_dir: str, info: dict, selection: Selection) -> dict:
-    """Parse and decode the records not held out, once, into numpy arrays (apex uint8
-    [N,224,224,1], flow_seq float32 [N,Tmax,128] zero-padded, flow_len, flow_image, label)."""
-    keys = ("label", "apex_image", "flow_seq", "flow_len", "flow_image")
-    recs = records(data_dir, info).filter(lambda r: tf.logical_not(selection.is_test(r)))
-    parts = list(recs.map(lambda r: {k: r[k] for k in keys}).padded_batch(128).as_numpy_iterator())
+ARRAY_KEYS = ("label", "apex_image", "flow_seq", "flow_len", "flow_image")
+META_KEYS = ("sample_id", "database", "subject")
+
+
+def load_arrays(data_dir: str, info: dict, selection: Selection, held_out: bool = False) -> dict:
+    """Parse and decode the records not held out (or, with `held_out`, the held-out ones),
+    once, into numpy arrays in record order: apex uint8 [N,224,224,1], flow_seq float32
+    [N,Tmax,128] zero-padded, flow_len, flow_image, label, and the str arrays sample_id,
+    database, subject."""
+    def keep(r):
+        test = selection.is_test(r)
+        return test if held_out else tf.logical_not(test)
+
+    recs = records(data_dir, info)
+    if not selection.empty:
+        recs = recs.filter(keep)
+    parts = list(recs.map(lambda r: {k: r[k] for k in ARRAY_KEYS + META_KEYS}).padded_batch(128)
+                 .as_numpy_iterator())
     if not parts:
         return {"label": np.zeros([0], np.int32)}
     t_max = max(p["flow_seq"].shape[1] for p in parts)
-    out = {k: np.concatenate([p[k] for p in parts]) for k in keys if k != "flow_seq"}
+    out = {k: np.concatenate([p[k] for p in parts]) for k in ARRAY_KEYS if k != "flow_seq"}
     out["flow_seq"] = np.concatenate(
         [np.pad(p["flow_seq"], ((0, 0), (0, t_max - p["flow_seq"].shape[1]), (0, 0))) for p in parts])
+    for k in META_KEYS:
+        out[k] = np.asarray([v.decode() for p in parts for v in p[k]])
     return out
+
+
+def take_rows(data: dict, rows) -> dict:
+    """The arrays of `data` at `rows` (sequences trimmed to their longest real length)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    out = {k: v[rows] for k, v in data.items()}
+    if "flow_seq" in out and len(rows):
+        out["flow_seq"] = out["flow_seq"][:, :max(1, int(out["flow_len"].max()))]
+    return out
+
+
+def resize_apex(data: dict, image_size: int) -> dict:
+    """`data` with apex images area-resized to `image_size` (float32), once for all rows."""
+    if data["apex_image"].shape[1] == image_size:
+        return data
+    return {**data, "apex_image": tf.image.resize(tf.cast(data["apex_image"], tf.float32),
+                                                  [image_size, image_size], method="area").numpy()}
+
+
+def balance_groups(data: dict, by: str) -> np.ndarray:
+    """The sampling group of every row: its class (`by="class"`) or its (database, class)
+    pair (`by="database_class"`, so a database whose clips are mostly one class cannot be
+    fitted as that class)."""
+    if by == "class":
+        return np.asarray(data["label"], np.int64)
+    if by == "database_class":
+        _, db = np.unique(data["database"], return_inverse=True)
+        return db.astype(np.int64) * NUM_CLASSES + np.asarray(data["label"], np.int64)
+    raise ValueError(f"unknown balance_by {by!r}; expected class or database_class")
 
 
 def train_dataset(data_dir: str, selection: Selection, batch_size: int, image_size: int = IMAGE_SIZE,
                   augment_data: bool = True, balance: bool = True, seed: int = 0,
                   input_context: Optional[tf.distribute.InputContext] = None,
-                  skip_batches: int = 0) -> tf.data.Dataset:
+                  skip_batches: int = 0, balance_by: str = "class") -> tf.data.Dataset:
     """An endless stream of (inputs, label) batches from the records not held out.
+
+    The selection is decoded once into memory (`load_arrays`; the 442 MEGC2019 records are
+    ~25 MB), then streamed by `dataset_from_arrays`.
+    """
+    info = read_dataset_info(data_dir)
+    validate_selection(info, selection, data_dir)
+    data = load_arrays(data_dir, info, selection)
+    if data["label"].size == 0:
+        raise DataError(f"{data_dir}: no training records left after holding out {selection}")
+    return dataset_from_arrays(data, batch_size, image_size, augment_data=augment_data, balance=balance,
+                               seed=seed, input_context=input_context, skip_batches=skip_batches,
+                               balance_by=balance_by)
+
+
+def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZE,
+                        augment_data: bool = True, balance: bool = True, seed: int = 0,
+                        input_context: Optional[tf.distribute.InputContext] = None,
+                        skip_batches: int = 0, balance_by: str = "class") -> tf.data.Dataset:
+    """An endless stream of (inputs, label) batches from training arrays (`load_arrays`).
 
     The stream is a pure function of `seed`; `skip_batches` global batches are skipped
     (cheaply: only indices are skipped) so a resumed run sees what it would have seen.
@@ -261,28 +323,26 @@ def train_dataset(data_dir: str, selection: Selection, batch_size: int, image_si
     With an `input_context` (tf.distribute), `batch_size` is the global batch: each input
     pipeline gets its share and its own shard of the stream.
 
-    The selection is decoded once into memory (`load_arrays`; the 442 MEGC2019 records are
-    ~25 MB); the stream itself is one of record indices (class-balanced: one endless shuffled
-    stream per class, sampled with equal weights), batched before any image work, so
-    gathering, casting, resizing and augmenting run once per group of batches. (A
+    The stream is one of record indices (balanced: one endless shuffled stream per class, or
+    per (database, class) pair, sampled with equal weights), batched before any image work,
+    so gathering, casting, resizing and augmenting run once per group of batches. (A
     per-example pipeline ran ~10x slower: see benchmarks/results.md.)
     """
-    info = read_dataset_info(data_dir)
-    validate_selection(info, selection, data_dir)
-    data = load_arrays(data_dir, info, selection)
-    counts = np.bincount(data["label"], minlength=NUM_CLASSES)
-    if counts.sum() == 0:
-        raise DataError(f"{data_dir}: no training records left after holding out {selection}")
-    present = [c for c in range(NUM_CLASSES) if counts[c] > 0]
+    labels = np.asarray(data["label"])
+    if labels.size == 0:
+        raise DataError("no training records to stream")
+    groups = balance_groups(data, balance_by) if balance else labels
+    present = np.unique(groups).tolist()
     if balance and len(present) > 1:
-        streams = [tf.data.Dataset.from_tensor_slices(np.flatnonzero(data["label"] == c).astype(np.int64))
-                       .shuffle(int(counts[c]), seed=seed + 17 * c, reshuffle_each_iteration=True).repeat()
-                   for c in present]
+        streams = [tf.data.Dataset.from_tensor_slices(np.flatnonzero(groups == g).astype(np.int64))
+                       .shuffle(int(np.sum(groups == g)), seed=seed + 17 * g, reshuffle_each_iteration=True)
+                       .repeat()
+                   for g in present]
         ids = tf.data.Dataset.sample_from_datasets(streams, weights=[1.0 / len(present)] * len(present),
                                                    seed=seed, stop_on_empty_dataset=False)
     else:
-        ids = tf.data.Dataset.range(int(counts.sum())).shuffle(
-            int(counts.sum()), seed=seed, reshuffle_each_iteration=True).repeat()
+        ids = tf.data.Dataset.range(int(labels.size)).shuffle(
+            int(labels.size), seed=seed, reshuffle_each_iteration=True).repeat()
     per_replica = batch_size
     if input_context is not None:
         ids = ids.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
@@ -293,9 +353,7 @@ def train_dataset(data_dir: str, selection: Selection, batch_size: int, image_si
         ids = ids.skip(skip_batches * batch_size // (input_context.num_input_pipelines if input_context else 1))
     ids = ids.batch(per_replica * GROUP, drop_remainder=True)
 
-    if image_size != IMAGE_SIZE:     # once for the whole selection, not per batch
-        data["apex_image"] = tf.image.resize(tf.cast(data["apex_image"], tf.float32),
-                                             [image_size, image_size], method="area").numpy()
+    data = resize_apex({k: data[k] for k in ARRAY_KEYS}, image_size)   # once, not per batch
     if augment_data:                 # every rotation and mirror, once (see atn_tf.augment)
         data["apex_image"] = augment.rotation_table(data["apex_image"])
         data["flow_seq"], data["flow_image"] = augment.mirror_tables(

@@ -104,3 +104,24 @@ def pooled_metrics(labels: Sequence[int], preds: Sequence[int], databases: Seque
         raise ValueError("labels, preds and databases must have the same length")
     return {"overall": metrics(y, p),
             "per_database": {str(db): metrics(y[dbs == db], p[dbs == db]) for db in sorted(set(dbs))}}
+
+
+def inner_validation_subjects(subject_keys: Sequence[str], fraction: float, seed: int = 0) -> tuple[str, ...]:
+    """Subjects ("database/subject") of a training fold to hold out as inner validation:
+    `fraction` of each database's subjects (rounded, at least one where a database has two
+    or more), drawn with `seed`. Only training subjects are passed in, so the split can never
+    touch the outer test fold."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    by_db: dict[str, list[str]] = {}
+    for key in sorted(set(subject_keys)):
+        by_db.setdefault(key.partition("/")[0], []).append(key)
+    rng = np.random.RandomState(seed)
+    chosen = []
+    for db in sorted(by_db):
+        keys = by_db[db]
+        if len(keys) < 2:
+            continue
+        k = min(len(keys) - 1, max(1, int(round(fraction * len(keys)))))
+        chosen += [keys[i] for i in sorted(rng.choice(len(keys), size=k, replace=False))]
+    return tuple(sorted(chosen))

@@ -94,3 +94,14 @@ def compare_table(reports: list[tuple[str, dict]]) -> str:
         cells += [_fmt(r["per_database"][db]) if db in r["per_database"] else "" for db in dbs]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def development_summary(report: dict) -> str:
+    """One line per scored step of a development report (pooled inner-validation UF1)."""
+    lines = [f"development: {report['experiment']} on {len(report['folds'])} folds, "
+             f"{report['num_val_samples']} inner-validation samples; {report['rule']}"]
+    for c in report["curve"]:
+        dbs = " ".join(f"{db} {v:.3f}" for db, v in sorted(c["per_database_uf1"].items()))
+        mark = "  <- best" if c["step"] == report["best"]["step"] else ""
+        lines.append(f"step {c['step']:>5}: UF1 {c['uf1']:.3f} UAR {c['uar']:.3f} ({dbs}){mark}")
+    return "\n".join(lines)

@@ -1,25 +1,45 @@
-"""`python -m atn_tf.results_doc`: the deep-model table of docs/results.md from the
-committed reports in docs/results/ (hde_*.json, cde_*.json written by atn_tf.evaluate).
+"""`python -m atn_tf.results_doc`: the generated tables of docs/results.md from the committed
+reports in docs/results/.
 
-Only the part between the deep-models markers is rewritten; other sections (the
-baselines' table, prose) are kept. Each row names the command that made its report.
+Two generated blocks; everything outside their markers (the baselines' tables, prose) is kept:
+
+- deep models (`cde_*.json`, `hde_*.json` written by atn_tf.evaluate): a headline table —
+  one row per experiment run over several seeds (`experiment` with a trailing `_seed<k>`
+  removed, same protocol): mean ± sd over the seeds and, when one exists, the mean-probability
+  ensemble of those runs (a report with `members`) — then one row per report with the 95 %
+  subject-bootstrap interval of its overall UF1 (`atn_tf.stats`), the linear probe of the
+  same inputs under the same protocol beside it, and the model-selection rule, number of
+  recipes tried and wall time when the report records them ("—" when it does not);
+- linear probes (`probe_<protocol>_<input>.json` written by `python -m atn_tf.baselines --probe`).
+
+Each row names the command that made its report.
 """
 
 from __future__ import annotations
 
+import collections
 import glob
 import os
+import re
 import sys
 
+import numpy as np
 from absl import app, flags
 
-from atn_tf import atomic_io, host, reports
+from atn_tf import atomic_io, host, reports, stats
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("results_dir", "docs/results", "Folder of report JSON files.")
 flags.DEFINE_string("output", "docs/results.md", "Markdown file to update.")
 
 BEGIN, END = "<!-- deep-models:begin -->", "<!-- deep-models:end -->"
+PROBE_BEGIN, PROBE_END = "<!-- probes:begin -->", "<!-- probes:end -->"
+N_BOOT = 2000
+SEED_SUFFIX = re.compile(r"_seed\d+$")
+# model -> the probe input(s) that see the same inputs
+MODEL_PROBES = {"atn": ("apex_flow_seq",), "apex_only": ("apex",), "micro_attention": ("apex",),
+                "time_only": ("flow_seq",), "atn_flow": ("all",)}
+PROBE_ORDER = ("flow_seq", "flow_image", "apex", "apex_flow_seq", "all")
 
 # The paper's UF1 / UAR (ACII 2019, DESIGN.md §4): literature values to compare against.
 PAPER = {
@@ -52,41 +72,168 @@ def _size(cfg):
         f" ({cfg['image_size']}px, width {cfg['width']}, LSTM {cfg['lstm_units']}, {cfg['train_steps']} steps)"
 
 
-def table(paths: list[str]) -> str:
+def _ci(r) -> str:
+    o = stats.bootstrap_uf1_ci(r["predictions"], n=N_BOOT, seed=0)["overall"]
+    return f"[{o['low']:.3f}, {o['high']:.3f}]"
+
+
+def _link(path):
+    return f"[{os.path.basename(path)}](results/{os.path.basename(path)})"
+
+
+def _dash(v, fmt="{}"):
+    return "—" if v is None else fmt.format(v)
+
+
+def seed_group(experiment: str) -> str:
+    """The experiment name without a trailing `_seed<k>`: runs of one recipe over seeds share it."""
+    return SEED_SUFFIX.sub("", experiment or "")
+
+
+def load_probes(results_dir: str) -> dict:
+    """(protocol, input) -> (path, report) of the committed probe reports."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(results_dir, "probe_*.json"))):
+        r = reports.load_report(path)
+        if r.get("probe"):
+            out[(r["protocol"], r["probe"])] = (path, r)
+    return out
+
+
+def probe_inputs(model: str, protocol: str, probes: dict) -> tuple[str, ...]:
+    """The probe input(s) matching a model's inputs; the ATN falls back to its two inputs
+    separately when there is no apex_flow_seq probe."""
+    wanted = MODEL_PROBES.get(model, ())
+    if wanted == ("apex_flow_seq",) and (protocol, "apex_flow_seq") not in probes:
+        return ("apex", "flow_seq")
+    return wanted
+
+
+def _probe_cell(model: str, protocol: str, probes: dict) -> str:
+    cells = []
+    for name in probe_inputs(model, protocol, probes):
+        hit = probes.get((protocol, name))
+        cells.append(f"[{name}](results/{os.path.basename(hit[0])}) {_pair(hit[1]['overall'])}" if hit
+                     else f"{name}: —")
+    return "; ".join(cells) or "—"
+
+
+def _deep(paths: list[str]) -> list[tuple[str, dict]]:
     loaded = [(p, reports.load_report(p)) for p in sorted(paths)]
-    loaded = [(p, r) for p, r in loaded if r.get("config")]          # deep-model reports only
-    lines = ["| report | model | protocol | size | folds | overall UF1 / UAR (paper) | "
-             + " | ".join(f"{db} UF1 / UAR (paper)" for db in DBS) + " | command |",
-             "|" + "---|" * (6 + len(DBS) + 1)]
+    return [(p, r) for p, r in loaded if isinstance(r.get("config"), dict)]   # deep-model reports only
+
+
+def seed_groups(loaded: list[tuple[str, dict]]) -> list[dict]:
+    """Experiments run over two or more seeds: {key, protocol, runs: [(path, report)], ensembles}."""
+    groups = {}
+    for path, r in loaded:
+        if not r.get("members"):
+            groups.setdefault((r["protocol"], seed_group(r.get("experiment"))), []).append((path, r))
+    out = []
+    for (protocol, key), runs in sorted(groups.items()):
+        if len(runs) < 2:
+            continue
+        ensembles = [(p, r) for p, r in loaded if r.get("members") and r["protocol"] == protocol
+                     and {seed_group(m.get("experiment")) for m in r["members"]} == {key}]
+        out.append({"key": key, "protocol": protocol, "runs": runs, "ensembles": ensembles})
+    return out
+
+
+def _mean_sd(values) -> str:
+    v = np.asarray(values, dtype=np.float64)
+    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}"
+
+
+def headline_table(loaded: list[tuple[str, dict]], probes: dict) -> str:
+    head = ["experiment", "model", "protocol", "size", "seeds", "overall UF1 (mean ± sd)", "overall UAR (mean ± sd)"] \
+        + [f"{db} UF1 (mean ± sd)" for db in DBS] + ["ensemble of the runs: UF1 / UAR [95 % CI]", "probe of its inputs"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for g in seed_groups(loaded):
+        runs = [r for _, r in g["runs"]]
+        cfg = runs[0]["config"]
+        seeds = ", ".join(str(r["config"].get("seed", "?")) for r in runs)
+        cells = [f"**{g['key']}**", cfg["model"], g["protocol"].upper(), _size(cfg),
+                 f"mean ± sd over {len(runs)} seeds ({seeds})",
+                 _mean_sd([r["overall"]["uf1"] for r in runs]), _mean_sd([r["overall"]["uar"] for r in runs])]
+        for db in DBS:
+            vals = [r["per_database"][db]["uf1"] for r in runs if db in r["per_database"]]
+            cells.append(_mean_sd(vals) if len(vals) == len(runs) else "")
+        cells.append("; ".join(f"{_link(p)} {_pair(e['overall'])} {_ci(e)}" for p, e in g["ensembles"]) or "—")
+        cells.append(_probe_cell(cfg["model"], g["protocol"], probes))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def table(paths: list[str], probes: dict | None = None) -> str:
+    probes = probes or {}
+    loaded = _deep(paths)
+    lines = ["| report | model | protocol | size | folds | overall UF1 / UAR (paper) | overall UF1 95 % CI | "
+             + " | ".join(f"{db} UF1 / UAR (paper)" for db in DBS)
+             + " | probe of its inputs (UF1 / UAR) | selection | recipes tried | wall s | command |",
+             "|" + "---|" * (7 + len(DBS) + 5)]
     for path, r in loaded:
         model, protocol = r["config"]["model"], r["protocol"]
         label = model + (f" (mean of {len(r['members'])} runs: seeds "
                          f"{', '.join(str(m['seed']) for m in r['members'])})" if r.get("members")
                          else f", seed {r['config'].get('seed', '?')}")
-        cells = [f"[{os.path.basename(path)}](results/{os.path.basename(path)})", label, protocol.upper(),
+        cells = [_link(path), label, protocol.upper(),
                  _size(r["config"]), f"{r.get('num_folds', '?')}{'' if r.get('complete', True) else ' (partial)'}",
-                 f"{_pair(r['overall'])} ({_paper(model, protocol, 'overall')})"]
+                 f"{_pair(r['overall'])} ({_paper(model, protocol, 'overall')})", _ci(r)]
         for db in DBS:
             m = r["per_database"].get(db)
             cells.append(f"{_pair(m)} ({_paper(model, protocol, db)})" if m else "")
+        cells += [_probe_cell(model, protocol, probes), _dash(r.get("selection")),
+                  _dash(r.get("recipes_tried")), _dash(r.get("wall_seconds"), "{:.0f}")]
         cells.append(f"`{r.get('command', '')}` ({r.get('date', '?')[:10]})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+def probe_table(probes: dict) -> str:
+    lines = ["| report | input | dim | protocol | UF1 / UAR | UF1 95 % CI | accuracy | "
+             + " | ".join(f"{db} UF1 / UAR" for db in DBS) + " | C chosen (folds) | s | command |",
+             "|" + "---|" * (7 + len(DBS) + 3)]
+    order = {name: i for i, name in enumerate(PROBE_ORDER)}
+    for (protocol, name), (path, r) in sorted(probes.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 9))):
+        cs = collections.Counter(f["C"] for f in r.get("folds", []))
+        cells = [_link(path), name, str((r.get("probe_inputs") or {}).get("dim", "?")), protocol.upper(),
+                 _pair(r["overall"]), _ci(r), f"{r['overall']['accuracy']:.3f}"]
+        cells += [_pair(r["per_database"][db]) if db in r["per_database"] else "" for db in DBS]
+        cells += [", ".join(f"{c:g} ({k})" for c, k in sorted(cs.items())) or "—",
+                  _dash(r.get("wall_seconds"), "{:.0f}"), f"`{r.get('command', '')}` ({r.get('date', '?')[:10]})"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _replace(old: str, begin: str, end: str, body: str, heading: str) -> str:
+    if begin in old and end in old:
+        return old[:old.index(begin)] + body + old[old.index(end) + len(end):]
+    return old.rstrip("\n") + f"\n\n{heading}\n\n" + body + "\n"
+
+
 def update(results_dir: str, output: str, when: str, machine: str) -> str:
     paths = [p for p in glob.glob(os.path.join(results_dir, "*.json"))
              if os.path.basename(p).startswith(("cde_", "hde_"))]
+    probes = load_probes(results_dir)
+    loaded = _deep(paths)
     body = (f"{BEGIN}\n\nGenerated by `python -m atn_tf.results_doc` on {when}; runs on {machine}. "
             "UF1 / UAR on the pooled predictions of all folds (HDE: the per-database column is the "
-            "held-out database). Paper values in parentheses.\n\n" + table(paths) + f"\n{END}")
+            "held-out database). Paper values in parentheses. 95 % CI: percentile interval of the "
+            f"overall UF1 over {N_BOOT} subject-bootstrap replicates (subjects resampled with replacement "
+            "within each database; `atn_tf.stats`). Probe: logistic regression on the same inputs, same "
+            "protocol and folds (table below). selection / recipes tried / wall s: as recorded by the "
+            "report (— for reports written before they were recorded).\n\n"
+            "Experiments run over several seeds:\n\n" + headline_table(loaded, probes)
+            + "\nEvery report:\n\n" + table(paths, probes) + f"\n{END}")
+    probe_body = (f"{PROBE_BEGIN}\n\nGenerated by `python -m atn_tf.results_doc` on {when}. Each row's "
+                  "command wrote its report; s = wall seconds of the whole command's evaluation "
+                  "(records read, every fold fitted with its inner CV).\n\n" + probe_table(probes)
+                  + f"\n{PROBE_END}")
     old = open(output, encoding="utf-8").read() if os.path.exists(output) else "# Results\n"
-    if BEGIN in old and END in old:
-        new = old[:old.index(BEGIN)] + body + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip("\n") + "\n\n## Deep models on the real MEGC2019 data\n\n" + body + "\n"
+    new = _replace(old, BEGIN, END, body, "## Deep models on the real MEGC2019 data")
+    new = _replace(new, PROBE_BEGIN, PROBE_END, probe_body, "## Linear probes on the records' inputs")
     atomic_io.write_text(output, new)
-    return body
+    return body + "\n\n" + probe_body
 
 
 def main(argv):

@@ -20,9 +20,9 @@ import tensorflow as tf
 import keras
 from absl import logging
 
-from atn_tf import distribute, input_pipeline
+from atn_tf import atomic_io, distribute, input_pipeline, protocols
 from atn_tf.config import TrainConfig
-from atn_tf.models import build_model
+from atn_tf.models import build_model, set_input_statistics
 
 CHECKPOINT_DIR = "checkpoints"
 FINAL_MODEL = "model.keras"
@@ -43,17 +43,36 @@ class TrainResult:
     steps_per_second: float
     samples_per_second: float
     resumed_from: int
+    selection: Optional[dict] = None   # inner-validation history and the step kept
+    loop_seconds: float = 0.0          # time in the training loop (the rest is set-up)
+
+
+def learning_rate_schedule(config: TrainConfig):
+    """step: the seed's x lr_decay_rate every lr_decay_steps; cosine: linear warm-up for
+    warmup_steps, then cosine decay to 0 at train_steps."""
+    if config.lr_schedule == "cosine":
+        decay_steps = max(1, config.train_steps - config.warmup_steps)
+        if config.warmup_steps:
+            return keras.optimizers.schedules.CosineDecay(
+                0.0, decay_steps, alpha=0.0, warmup_target=config.learning_rate,
+                warmup_steps=config.warmup_steps)
+        return keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps, alpha=0.0)
+    return keras.optimizers.schedules.ExponentialDecay(
+        config.learning_rate, config.lr_decay_steps, config.lr_decay_rate, staircase=True)
 
 
 def build_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
-    """The seed's solver: SGD momentum 0.9, lr x0.1 every 500 steps, weight decay 5e-6.
+    """The seed's solver (SGD momentum 0.9, lr x0.1 every 500 steps, weight decay 5e-6) or
+    AdamW; either with the step or cosine schedule.
 
     Keras applies weight decay decoupled from the gradient (AdamW style); with SGD this
     differs from Caffe's L2 term only through momentum, negligible at 5e-6.
     """
-    schedule = keras.optimizers.schedules.ExponentialDecay(
-        config.learning_rate, config.lr_decay_steps, config.lr_decay_rate, staircase=True)
-    opt = keras.optimizers.SGD(schedule, momentum=config.momentum, weight_decay=config.weight_decay)
+    schedule = learning_rate_schedule(config)
+    if config.optimizer == "adamw":
+        opt = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
+    else:
+        opt = keras.optimizers.SGD(schedule, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.mixed_precision:
         opt = keras.optimizers.LossScaleOptimizer(opt)
     return opt
@@ -75,11 +94,203 @@ def _load_init_checkpoint(model: keras.Model, path: str) -> None:
 
 
 def _window_metrics(labels: list, preds: list) -> dict:
-    from sklearn.metrics import f1_score
-
     y, p = np.concatenate(labels), np.concatenate(preds)
-    return {"accuracy": float(np.mean(y == p)),
-            "uf1": float(f1_score(y, p, labels=[0, 1, 2], average="macro", zero_division=0))}
+    return {"accuracy": float(np.mean(y == p)), "uf1": _uf1(y, p)}
+
+
+def _uf1(y, p) -> float:
+    from sklearn.metrics import f1_score
+    return float(f1_score(y, p, labels=[0, 1, 2], average="macro", zero_division=0))
+
+
+# ------------------------------------------------------------------ the training session
+
+class Session:
+    """What is built once and reused: strategy, model, optimizer, step counter and the traced
+    train step. `reset()` puts every variable back to its state right after building (the
+    same initial weights, optimizer state, dropout RNG and step 0), so one session trains
+    fold after fold exactly as freshly built ones would, without rebuilding or retracing."""
+
+    def __init__(self, config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None):
+        self.config = config
+        self.strategy = strategy or distribute.make_strategy(config.strategy, config.cpu_devices)
+        self.chief = distribute.is_chief(self.strategy)
+        if config.batch_size % self.strategy.num_replicas_in_sync:
+            raise ValueError(f"batch_size {config.batch_size} is not divisible by "
+                             f"{self.strategy.num_replicas_in_sync} replicas")
+        if config.mixed_precision:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        keras.utils.set_random_seed(config.seed)
+        with self.strategy.scope():
+            self.model = create_model(config)
+            self.optimizer = build_optimizer(config)
+            self.optimizer.build(self.model.trainable_variables)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        # Keras seed generators (dropout masks) are not tracked by tf.train.Checkpoint; without
+        # them a resumed run would draw other masks than an uninterrupted one.
+        # Listed in layer order: their names carry process-global counters.
+        self.rng_states = [v.value for v in self.model.non_trainable_variables if "seed_generator" in v.path]
+        self._initial = [v.numpy() for v in self.model.variables]
+        self._train_step = self._make_train_step()
+        self._forward = tf.function(lambda x: self.model(x, training=False)["probabilities"],
+                                    reduce_retracing=True)
+
+    def reset(self) -> None:
+        for v, value in zip(self.model.variables, self._initial):
+            v.assign(value)
+        for v in self.optimizer.variables:
+            v.assign(tf.zeros_like(v))
+        self.step.assign(0)
+
+    def _make_train_step(self):
+        config, model, optimizer, strategy = self.config, self.model, self.optimizer, self.strategy
+        num_classes = model.output["logits"].shape[-1]
+        if config.label_smoothing:
+            smoothed = keras.losses.CategoricalCrossentropy(
+                from_logits=True, label_smoothing=config.label_smoothing, reduction=None)
+            per_example_loss = lambda y, logits: smoothed(tf.one_hot(y, num_classes), logits)  # noqa: E731
+        else:
+            per_example_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+
+        def replica_step(inputs, labels):
+            with tf.GradientTape() as tape:
+                out = model(inputs, training=True)
+                logits = tf.cast(out["logits"], tf.float32)
+                loss = tf.nn.compute_average_loss(per_example_loss(labels, logits),
+                                                  global_batch_size=config.batch_size)
+                scaled = optimizer.scale_loss(loss) if config.mixed_precision else loss
+            grads = tape.gradient(scaled, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return loss, labels, tf.argmax(logits, axis=-1, output_type=tf.int32)
+
+        replica_fn = tf.function(replica_step, jit_compile=True) if config.jit_compile else replica_step
+
+        @tf.function
+        def train_step(it):
+            inputs, labels = next(it)
+            loss, labels, preds = strategy.run(replica_fn, args=(inputs, labels))
+            loss = strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+            self.step.assign_add(1)
+            return loss, strategy.gather(labels, axis=0), strategy.gather(preds, axis=0)
+
+        return train_step
+
+    def dataset(self, data: dict, skip_batches: int = 0):
+        config = self.config
+        return self.strategy.distribute_datasets_from_function(
+            lambda ctx: input_pipeline.dataset_from_arrays(
+                data, config.batch_size, config.image_size, augment_data=config.augment,
+                balance=config.balance, seed=config.seed, input_context=ctx, skip_batches=skip_batches,
+                balance_by=config.balance_by))
+
+    def predict(self, data: dict, batch_size: int = 64) -> np.ndarray:
+        """Class probabilities [N, C] of the arrays `data` (float64)."""
+        data = input_pipeline.resize_apex(data, self.config.image_size)
+        out = []
+        for i in range(0, len(data["label"]), batch_size):
+            part = input_pipeline.take_rows(data, np.arange(i, min(i + batch_size, len(data["label"]))))
+            x = {"apex_image": tf.constant(part["apex_image"], tf.float32),
+                 "flow_seq": tf.constant(part["flow_seq"], tf.float32),
+                 "flow_len": tf.constant(part["flow_len"], tf.int32),
+                 "flow_image": tf.constant(part["flow_image"], tf.float32)}
+            out.append(self._forward(x).numpy().astype(np.float64))
+        return np.concatenate(out) if out else np.zeros([0, 3])
+
+
+@dataclasses.dataclass
+class Selector:
+    """Checkpoint selection on the inner validation split: the step with the best UF1 (ties:
+    lower loss, then the earlier step). Its state is plain data, saved beside checkpoints."""
+    history: list = dataclasses.field(default_factory=list)   # [step, uf1, loss]
+    best: Optional[list] = None
+    best_weights: Optional[list] = None
+    keep_probabilities: bool = False                             # development runs: every curve point
+    probabilities: list = dataclasses.field(default_factory=list)   # [step, [[p0, p1, p2], ...]]
+
+    def update(self, step: int, uf1: float, loss: float, model: keras.Model, probs=None) -> bool:
+        self.history.append([step, uf1, loss])
+        if self.keep_probabilities and probs is not None:
+            self.probabilities.append([step, np.round(probs, 6).tolist()])
+        if self.best is None or (uf1, -loss) > (self.best[1], -self.best[2]):
+            self.best, self.best_weights = [step, uf1, loss], model.get_weights()
+            return True
+        return False
+
+    def state(self) -> dict:
+        return {"history": self.history, "best": self.best}
+
+
+def _val_score(session: Session, val: dict) -> tuple[float, float, np.ndarray]:
+    probs = session.predict(val)
+    y = np.asarray(val["label"])
+    loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None))))
+    return _uf1(y, probs.argmax(axis=1)), loss, probs
+
+
+def split_inner_validation(data: dict, config: TrainConfig) -> tuple[dict, Optional[dict]]:
+    """(training arrays, inner-validation arrays or None) by `config.val_fraction` of each
+    database's training subjects (`protocols.inner_validation_subjects`)."""
+    if config.val_fraction <= 0:
+        return data, None
+    keys = np.char.add(np.char.add(data["database"].astype(str), "/"), data["subject"].astype(str))
+    held = set(protocols.inner_validation_subjects(keys.tolist(), config.val_fraction, config.seed))
+    is_val = np.isin(keys, sorted(held))
+    if not is_val.any() or is_val.all():
+        raise ValueError(f"val_fraction {config.val_fraction}: the training part has too few subjects "
+                         "for an inner validation split")
+    return (input_pipeline.take_rows(data, np.flatnonzero(~is_val)),
+            input_pipeline.take_rows(data, np.flatnonzero(is_val)))
+
+
+def fit(session: Session, train_data: dict, val_data: Optional[dict] = None, *, resumed_from: int = 0,
+        end: Optional[int] = None, manager=None, writer=None, bar=None, selector: Optional[Selector] = None,
+        on_best=None) -> tuple[list, int]:
+    """The training loop: steps `resumed_from` .. `end` on `train_data`, logging, periodic
+    checkpoints (`manager`), and inner-validation scoring every `eval_every` steps into
+    `selector`. Returns ((step, loss) of every step run, the last step)."""
+    config, optimizer = session.config, session.optimizer
+    end = config.train_steps if end is None else end
+    iterator = iter(session.dataset(train_data, skip_batches=resumed_from))
+    writer = writer or tf.summary.create_noop_writer()
+    losses, win_loss, win_labels, win_preds = [], [], [], []
+    current = resumed_from
+    while current < end:
+        loss, labels, preds = session._train_step(iterator)
+        loss = float(loss)
+        current = int(session.step.numpy())
+        if not np.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss became {loss} at step {current}; stopped. The last good checkpoint is kept: "
+                f"{(manager.latest_checkpoint if manager else None) or 'none yet'} (try a lower --learning_rate)")
+        losses.append((current, loss))
+        win_loss.append(loss)
+        win_labels.append(labels.numpy())
+        win_preds.append(preds.numpy())
+        if bar:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+        if current % config.log_every == 0 or current == end:
+            m = _window_metrics(win_labels, win_preds)
+            with writer.as_default(step=current):
+                tf.summary.scalar("loss", np.mean(win_loss))
+                tf.summary.scalar("learning_rate", float(optimizer.learning_rate))
+                tf.summary.scalar("accuracy", m["accuracy"])
+                tf.summary.scalar("uf1", m["uf1"])
+            logging.info("step %d loss %.4f acc %.3f uf1 %.3f", current, np.mean(win_loss),
+                         m["accuracy"], m["uf1"])
+            win_loss, win_labels, win_preds = [], [], []
+        if val_data is not None and selector is not None and \
+                (current % config.eval_every == 0 or current == config.train_steps):
+            uf1, vloss, probs = _val_score(session, val_data)
+            improved = selector.update(current, uf1, vloss, session.model, probs)
+            with writer.as_default(step=current):
+                tf.summary.scalar("inner_val_uf1", uf1)
+                tf.summary.scalar("inner_val_loss", vloss)
+            if improved and on_best:
+                on_best(selector)
+        if manager and (current % config.checkpoint_every == 0 or current == config.train_steps):
+            manager.save(checkpoint_number=current)
+    return losses, current
 
 
 def train(config: TrainConfig, progress: bool = True, stop_after: Optional[int] = None) -> TrainResult:
@@ -88,74 +299,41 @@ def train(config: TrainConfig, progress: bool = True, stop_after: Optional[int] 
     `stop_after` ends this call after that many steps (tests of resumption).
     """
     t_start = time.time()
+    # Virtual CPU devices can only be made before TensorFlow starts, so the strategy first.
     strategy = distribute.make_strategy(config.strategy, config.cpu_devices)
-    chief = distribute.is_chief(strategy)
     info = input_pipeline.read_dataset_info(config.data_dir)
     selection = input_pipeline.Selection(config.test_subjects, config.test_databases)
     input_pipeline.validate_selection(info, selection, config.data_dir)
-    if config.batch_size % strategy.num_replicas_in_sync:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by "
-                         f"{strategy.num_replicas_in_sync} replicas")
+    data = input_pipeline.load_arrays(config.data_dir, info, selection)
+    if data["label"].size == 0:
+        raise input_pipeline.DataError(f"{config.data_dir}: no training records left after holding out "
+                                       f"{selection}")
+    train_data, val_data = split_inner_validation(data, config)
+    session = Session(config, strategy)
+    chief, model = session.chief, session.model
     if chief:
         config.save()
-    if config.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    keras.utils.set_random_seed(config.seed)
+    set_input_statistics(model, input_pipeline.resize_apex(train_data, config.image_size))
 
-    with strategy.scope():
-        model = create_model(config)
-        optimizer = build_optimizer(config)
-        optimizer.build(model.trainable_variables)
-        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-
-    # Keras seed generators (dropout masks) are not tracked by tf.train.Checkpoint; without
-    # them a resumed run would draw other masks than an uninterrupted one.
-    # Listed in layer order: their names carry process-global counters.
-    rng_states = [v.value for v in model.non_trainable_variables if "seed_generator" in v.path]
-    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, rng=rng_states)
+    ckpt = tf.train.Checkpoint(model=model, optimizer=session.optimizer, step=session.step,
+                               rng=session.rng_states)
     ckpt_dir = os.path.join(config.model_dir, CHECKPOINT_DIR)
     if not chief:   # every worker takes part in saving; only the chief's copy is kept
         ckpt_dir = tempfile.mkdtemp(prefix="atn_worker_ckpt_")
     manager = tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=3)
+    selector = Selector() if val_data is not None else None
     if manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("resumed from %s at step %d", manager.latest_checkpoint, int(step.numpy()))
+        logging.info("resumed from %s at step %d", manager.latest_checkpoint, int(session.step.numpy()))
+        if selector is not None:
+            _restore_selector(selector, config.model_dir, model)
     elif config.init_checkpoint:
         _load_init_checkpoint(model, config.init_checkpoint)
-    resumed_from = int(step.numpy())
+    resumed_from = int(session.step.numpy())
 
-    # The data stream is a pure function of the seed, so resuming skips what was consumed
-    # (distributed iterators cannot be checkpointed under every strategy).
-    dataset = strategy.distribute_datasets_from_function(
-        lambda ctx: input_pipeline.train_dataset(
-            config.data_dir, selection, config.batch_size, config.image_size,
-            augment_data=config.augment, balance=config.balance, seed=config.seed, input_context=ctx,
-            skip_batches=resumed_from))
-    iterator = iter(dataset)
-
-    per_example_loss = keras.losses.SparseCategoricalCrossentropy(
-        from_logits=True, reduction=None)
-
-    def replica_step(inputs, labels):
-        with tf.GradientTape() as tape:
-            out = model(inputs, training=True)
-            logits = tf.cast(out["logits"], tf.float32)
-            loss = tf.nn.compute_average_loss(per_example_loss(labels, logits),
-                                              global_batch_size=config.batch_size)
-            scaled = optimizer.scale_loss(loss) if config.mixed_precision else loss
-        grads = tape.gradient(scaled, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss, labels, tf.argmax(logits, axis=-1, output_type=tf.int32)
-
-    replica_fn = tf.function(replica_step, jit_compile=config.jit_compile) if config.jit_compile else replica_step
-
-    @tf.function
-    def train_step(it):
-        inputs, labels = next(it)
-        loss, labels, preds = strategy.run(replica_fn, args=(inputs, labels))
-        loss = strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
-        step.assign_add(1)
-        return loss, strategy.gather(labels, axis=0), strategy.gather(preds, axis=0)
+    def on_best(sel: Selector):
+        if chief:
+            _save_selector(sel, config.model_dir, model)
 
     writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train")) if chief \
         else tf.summary.create_noop_writer()
@@ -165,39 +343,10 @@ def train(config: TrainConfig, progress: bool = True, stop_after: Optional[int] 
         from tqdm import tqdm
         bar = tqdm(total=config.train_steps, initial=resumed_from, unit="step", desc=config.model,
                    dynamic_ncols=True)
-    losses, win_loss, win_labels, win_preds = [], [], [], []
-    t_loop, timed_from = time.time(), resumed_from   # throughput excludes the first (tracing) step
-    current = resumed_from
+    t_loop = time.time()
     try:
-        while current < end:
-            loss, labels, preds = train_step(iterator)
-            loss = float(loss)
-            current = int(step.numpy())
-            if not np.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss became {loss} at step {current}; stopped. The last good checkpoint is kept: "
-                    f"{manager.latest_checkpoint or 'none yet'} (try a lower --learning_rate)")
-            if current == resumed_from + 1:
-                t_loop, timed_from = time.time(), current
-            losses.append((current, loss))
-            win_loss.append(loss)
-            win_labels.append(labels.numpy())
-            win_preds.append(preds.numpy())
-            if bar:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}")
-            if current % config.log_every == 0 or current == end:
-                m = _window_metrics(win_labels, win_preds)
-                with writer.as_default(step=current):
-                    tf.summary.scalar("loss", np.mean(win_loss))
-                    tf.summary.scalar("learning_rate", float(optimizer.learning_rate))
-                    tf.summary.scalar("accuracy", m["accuracy"])
-                    tf.summary.scalar("uf1", m["uf1"])
-                logging.info("step %d loss %.4f acc %.3f uf1 %.3f", current, np.mean(win_loss),
-                             m["accuracy"], m["uf1"])
-                win_loss, win_labels, win_preds = [], [], []
-            if current % config.checkpoint_every == 0 or current == config.train_steps:
-                manager.save(checkpoint_number=current)
+        losses, current = fit(session, train_data, val_data, resumed_from=resumed_from, end=end,
+                              manager=manager, writer=writer, bar=bar, selector=selector, on_best=on_best)
     finally:
         if bar:
             bar.close()
@@ -206,15 +355,46 @@ def train(config: TrainConfig, progress: bool = True, stop_after: Optional[int] 
             shutil.rmtree(ckpt_dir, ignore_errors=True)
 
     seconds = time.time() - t_loop
-    steps_run = current - timed_from
+    steps_run = current - resumed_from
+    selected = None
+    if selector is not None and current == config.train_steps and selector.best is not None:
+        model.set_weights(selector.best_weights)
+        selected = selector.state()
     result = TrainResult(model=model, final_step=current, final_loss=losses[-1][1] if losses else float("nan"),
                          losses=losses, seconds=time.time() - t_start,
                          steps_per_second=steps_run / seconds if seconds > 0 else 0.0,
                          samples_per_second=steps_run * config.batch_size / seconds if seconds > 0 else 0.0,
-                         resumed_from=resumed_from)
+                         resumed_from=resumed_from, selection=selected, loop_seconds=seconds)
     if chief and current == config.train_steps:
         save_final(model, config, result)
     return result
+
+
+SELECTION_FILE = "selection.json"
+BEST_WEIGHTS = "best.weights.h5"
+
+
+def _save_selector(selector: Selector, model_dir: str, model: keras.Model) -> None:
+    tmp = os.path.join(model_dir, "tmp-" + BEST_WEIGHTS)
+    model.save_weights(tmp)
+    os.replace(tmp, os.path.join(model_dir, BEST_WEIGHTS))
+    atomic_io.write_json(os.path.join(model_dir, SELECTION_FILE), selector.state())
+
+
+def _restore_selector(selector: Selector, model_dir: str, model: keras.Model) -> None:
+    """A resumed run continues the selection where the checkpointed one left it."""
+    path = os.path.join(model_dir, SELECTION_FILE)
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        state = json.load(f)
+    selector.history = list(state["history"])
+    selector.best = state["best"]
+    if selector.best is not None:
+        current = model.get_weights()
+        model.load_weights(os.path.join(model_dir, BEST_WEIGHTS))
+        selector.best_weights = model.get_weights()
+        model.set_weights(current)
 
 
 def save_final(model: keras.Model, config: TrainConfig, result: TrainResult) -> None:
@@ -224,7 +404,7 @@ def save_final(model: keras.Model, config: TrainConfig, result: TrainResult) -> 
     os.replace(tmp, path)
     summary = {"final_step": result.final_step, "final_loss": result.final_loss,
                "steps_per_second": result.steps_per_second, "samples_per_second": result.samples_per_second,
-               "seconds": result.seconds, "resumed_from": result.resumed_from}
+               "seconds": result.seconds, "resumed_from": result.resumed_from, "selection": result.selection}
     with open(os.path.join(config.model_dir, SUMMARY_FILE), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
 

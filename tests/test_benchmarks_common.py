@@ -21,3 +21,19 @@ def test_write_section_replaces_only_its_own_section(tmp_path):
     assert "second a" in text and "first a" not in text and "only b" in text
     assert text.index("## A") < text.index("## B")
     assert [p.name for p in tmp_path.iterdir()] == ["results.md"]        # no temporary left
+
+
+def test_cde_turnaround_times_both_runners_and_compares_predictions(tmp_path):
+    from benchmarks import cde_turnaround
+    from tests.fakes import build_megc_records
+
+    data_dir = build_megc_records(tmp_path / "rec")
+    cfg = tmp_path / "tiny.cfg"
+    cfg.write_text("--model=time_only\n--image_size=32\n--width=4\n--lstm_units=8\n--batch_size=6\n"
+                   "--train_steps=3\n--checkpoint_every=3\n--log_every=3\n")
+    r = cde_turnaround.time_config(str(cfg), data_dir, num_folds=2)
+    assert r["total_folds"] == 6 and len(r["folds"]) == 2 and r["steps"] == 3
+    assert r["same_preds_fast"] and r["max_prob_diff_fast"] == 0.0
+    assert r["seq_full_min"] > 0 and r["fast_full_min"] > 0 and r["ratio"] > 0
+    md = cde_turnaround.markdown([r], "0.0/0.0/0.0")
+    assert f"time_only (tiny.cfg): full CDE: {r['best_full_min']:.1f} min (fast" in md

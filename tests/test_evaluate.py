@@ -127,11 +127,11 @@ def test_interrupted_hde_resumes_with_the_remaining_folds(megc_dir, tmp_path, mo
 
     monkeypatch.setattr(evaluate_lib, "run_fold", interrupted)
     with pytest.raises(Interrupted):
-        evaluate_lib.evaluate(cfg, "hde", work)
+        evaluate_lib.evaluate(cfg, "hde", work, runner="sequential")
     assert os.path.isfile(os.path.join(work, "folds", "casme2", "predictions.json"))
     assert not os.path.exists(os.path.join(work, "report.json"))
     calls.clear()
-    report = evaluate_lib.evaluate(cfg, "hde", work)
+    report = evaluate_lib.evaluate(cfg, "hde", work, runner="sequential")
     assert calls == ["samm", "smic"]           # casme2 was reused, not retrained
     _check_report_against_its_predictions(report, 18)
     assert {p["fold"] for p in report["predictions"]} == {"casme2", "samm", "smic"}
@@ -197,3 +197,68 @@ def test_ensemble_cli(megc_dir, tmp_path):
                         f"--work_dir={tmp_path / 'x'}", str(tmp_path / "a"), str(tmp_path / "nope")],
                        env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
     assert r.returncode == 1 and "nope" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_fast_runner_predicts_exactly_as_the_sequential_runner(megc_dir, tmp_path):
+    """One session reset per fold == a model built, traced and trained afresh per fold."""
+    cfg = TrainConfig(data_dir=megc_dir, model="atn_flow", input_norm=True, embedding_scale="learned",
+                      optimizer="adamw", learning_rate=1e-3, lr_schedule="cosine", **{**TINY, "train_steps": 5})
+    folds = ["casme2/s01", "samm/s02", "smic/s01"]
+    fast = evaluate_lib.evaluate(cfg, "cde", str(tmp_path / "fast"), folds=folds, runner="fast")
+    seq = evaluate_lib.evaluate(cfg, "cde", str(tmp_path / "seq"), folds=folds, runner="sequential")
+    assert [p["sample_id"] for p in fast["predictions"]] == [p["sample_id"] for p in seq["predictions"]]
+    assert [p["probabilities"] for p in fast["predictions"]] == [p["probabilities"] for p in seq["predictions"]]
+    assert fast["runner"] == "fast" and set(fast["fold_seconds"]) == set(folds) and fast["wall_seconds"] > 0
+    # a different seed gives other probabilities: the comparison above can fail
+    other = evaluate_lib.evaluate(cfg.replace(seed=5), "cde", str(tmp_path / "other"), folds=folds)
+    assert [p["probabilities"] for p in other["predictions"]] != [p["probabilities"] for p in fast["predictions"]]
+
+
+def test_fast_runner_resumes_with_the_remaining_folds(megc_dir, tmp_path, monkeypatch):
+    cfg = TrainConfig(data_dir=megc_dir, model="time_only", **TINY)
+    work = str(tmp_path / "work")
+    real_run = evaluate_lib.FoldRunner.run
+    calls = []
+
+    def interrupted(self, fold, *args, **kwargs):
+        calls.append(fold.name)
+        if calls == ["casme2", "samm"]:
+            raise Interrupted
+        return real_run(self, fold, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate_lib.FoldRunner, "run", interrupted)
+    with pytest.raises(Interrupted):
+        evaluate_lib.evaluate(cfg, "hde", work)
+    assert not os.path.exists(os.path.join(work, "report.json"))
+    calls.clear()
+    report = evaluate_lib.evaluate(cfg, "hde", work)
+    assert calls == ["samm", "smic"] and report["resumed_folds"] == 1
+    _check_report_against_its_predictions(report, 18)
+    # the fast runner writes no checkpoints
+    assert not os.path.exists(os.path.join(work, "folds", "samm", "model"))
+
+
+def test_fold_parallel_processes_cover_every_fold(megc_dir, tmp_path):
+    cfg = TrainConfig(data_dir=megc_dir, model="time_only", **TINY)
+    report = evaluate_lib.evaluate(cfg, "hde", str(tmp_path / "par"), fold_workers=2)
+    _check_report_against_its_predictions(report, 18)
+    assert report["fold_workers"] == 2 and set(report["fold_seconds"]) == {"casme2", "samm", "smic"}
+    with pytest.raises(ValueError, match="fast runner"):
+        evaluate_lib.evaluate(cfg, "hde", str(tmp_path / "x"), fold_workers=2, runner="sequential")
+
+
+def test_checkpoint_selection_uses_inner_validation_and_never_the_test_fold(megc_dir, tmp_path):
+    cfg = TrainConfig(data_dir=megc_dir, model="time_only", val_fraction=0.34, eval_every=2,
+                      **{**TINY, "train_steps": 6})
+    report = evaluate_lib.evaluate(cfg, "hde", str(tmp_path / "sel"), folds=["smic"])
+    assert report["selection"].startswith("checkpoint with the best UF1 on an inner validation split")
+    stored = json.load(open(tmp_path / "sel" / "folds" / "smic" / "predictions.json"))
+    steps = [h[0] for h in stored["selection"]["history"]]
+    assert steps == [2, 4, 6] and stored["selection"]["best"][0] in steps
+    # the development protocol scores inner validation only: no test-fold sample appears
+    dev = evaluate_lib.develop(cfg, "hde", str(tmp_path / "dev"), num_folds=3)
+    for fold in dev["folds"]:
+        inner = json.load(open(tmp_path / "dev" / "folds" / fold / evaluate_lib.DEV_PREDICTIONS))
+        assert inner["samples"] and all(s["database"] != fold for s in inner["samples"])
+        assert not os.path.exists(tmp_path / "dev" / "folds" / fold / "predictions.json")
+    assert [c["step"] for c in dev["curve"]] == [2, 4, 6] and dev["best"]["step"] in (2, 4, 6)

@@ -43,3 +43,122 @@ def test_every_deep_report_is_in_the_results_table():
         name = os.path.basename(path)
         if name.startswith(("cde_", "hde_")):
             assert f"(results/{name})" in doc, f"{name} missing from docs/results.md (run python -m atn_tf.results_doc)"
+
+
+PROBES = [p for p in REPORTS if os.path.basename(p).startswith("probe_")]
+
+
+def test_the_probe_floor_is_committed_for_every_input_and_protocol():
+    names = {os.path.basename(p) for p in PROBES}
+    for protocol in ("cde", "hde"):
+        for probe in ("flow_seq", "flow_image", "apex", "all"):
+            assert f"probe_{protocol}_{probe}.json" in names
+
+
+@pytest.mark.parametrize("path", PROBES, ids=[os.path.basename(p) for p in PROBES])
+def test_probe_report_format_and_command(path):
+    import numpy as np
+
+    report = json.load(open(path))
+    name = os.path.basename(path)
+    assert name == f"probe_{report['protocol']}_{report['probe']}.json"
+    assert report["config"] is None and isinstance(report["selection"], str) and report["selection"]
+    for key in ("experiment", "date", "machine", "code_version", "complete", "num_folds", "wall_seconds"):
+        assert key in report, key
+    assert report["complete"] is True and report["num_folds"] == (68 if report["protocol"] == "cde" else 3)
+    # the report was written by the command it records
+    cmd = report["command"].split()
+    assert cmd[:3] == ["python", "-m", "atn_tf.baselines"]
+    assert cmd[cmd.index("--probe") + 1] == report["probe"]
+    assert cmd[cmd.index("--protocol") + 1] == report["protocol"]
+    assert cmd[cmd.index("--output") + 1] == f"docs/results/{name}"
+    for p in report["predictions"]:
+        assert p["pred"] == int(np.argmax(p["probabilities"]))
+    assert len(report["fold_seconds"]) == len(report["folds"]) == report["num_folds"]
+
+
+def test_generated_tables_are_up_to_date():
+    from atn_tf import results_doc
+
+    doc = open(os.path.join(ROOT, "docs", "results.md")).read()
+    results_dir = os.path.join(ROOT, "docs", "results")
+    deep = [p for p in REPORTS if os.path.basename(p).startswith(("cde_", "hde_"))]
+    probes = results_doc.load_probes(results_dir)
+    for name in (os.path.basename(p) for p in PROBES):
+        assert f"(results/{name})" in doc, f"{name} missing from docs/results.md (run python -m atn_tf.results_doc)"
+    stale = "docs/results.md is stale: run python -m atn_tf.results_doc"
+    assert results_doc.probe_table(probes) in doc, stale
+    assert results_doc.table(deep, probes) in doc, stale
+    assert results_doc.headline_table(results_doc._deep(deep), probes) in doc, stale
+
+
+def _fake(tmp, name, experiment, seed, accuracy, protocol="cde", model="atn", members=None, probe=None, **extra):
+    import numpy as np
+
+    from atn_tf import protocols
+
+    rng = np.random.default_rng(seed + 17 * len(name))
+    preds = []
+    for s in range(9):
+        db = ("casme2", "samm", "smic")[s % 3]
+        for k in range(4):
+            y = k % 3
+            pred = y if rng.random() < accuracy else (y + 1) % 3
+            prob = [0.1, 0.1, 0.1]
+            prob[pred] = 0.8
+            preds.append({"sample_id": f"{db}-s{s}-{k}", "database": db, "subject": f"s{s}",
+                          "fold": f"{db}/s{s}" if protocol == "cde" else db, "label": y, "pred": pred,
+                          "probabilities": prob})
+    m = protocols.pooled_metrics([p["label"] for p in preds], [p["pred"] for p in preds],
+                                 [p["database"] for p in preds])
+    cfg = None if probe else {"model": model, "seed": seed, "image_size": 64, "width": 16, "lstm_units": 128,
+                              "train_steps": 300}
+    r = {"protocol": protocol, "experiment": experiment, "command": f"python -m atn_tf.evaluate {name}",
+         "date": "2026-12-01T00:00:00+00:00", "complete": True, "num_folds": 9, "config": cfg,
+         "overall": m["overall"], "per_database": m["per_database"], "predictions": preds, **extra}
+    if members:
+        r["members"] = [{"experiment": e, "seed": s} for e, s in members]
+    if probe:
+        r.update(probe=probe, folds=[{"C": 0.01}] * 9, wall_seconds=12.0, selection="rule")
+    (tmp / name).write_text(json.dumps(r))
+    return r
+
+
+def test_results_doc_groups_seeds_pairs_probes_and_shows_new_keys(tmp_path):
+    import statistics
+
+    from atn_tf import results_doc
+
+    res = tmp_path / "results"
+    res.mkdir()
+    runs = [_fake(res, f"cde_x_seed{k}.json", f"x_seed{k}", k, acc) for k, acc in enumerate((0.5, 0.7, 0.9))]
+    _fake(res, "cde_x_x3.json", "x_x3", 0, 0.8, members=[(f"x_seed{k}", k) for k in range(3)])
+    _fake(res, "cde_y.json", "y", 0, 0.6, model="time_only", selection="last step", recipes_tried=4,
+          wall_seconds=123.4, fold_seconds={"a": 1.0})
+    _fake(res, "probe_cde_flow_seq.json", "probe_flow_seq", 0, 0.75, probe="flow_seq")
+    _fake(res, "probe_cde_apex.json", "probe_apex", 0, 0.4, probe="apex")
+    out = tmp_path / "results.md"
+    out.write_text("# Results\n\nhand-written prose\n")
+    results_doc.update(str(res), str(out), "2026-12-01", "test machine")
+    doc = out.read_text()
+    assert "hand-written prose" in doc and results_doc.BEGIN in doc and results_doc.PROBE_BEGIN in doc
+    head = next(l for l in doc.splitlines() if l.startswith("| **x** |"))
+    uf1s = [r["overall"]["uf1"] for r in runs]
+    assert f"{statistics.mean(uf1s):.3f} ± {statistics.stdev(uf1s):.3f}" in head
+    assert "over 3 seeds (0, 1, 2)" in head and "(results/cde_x_x3.json)" in head
+    # atn without an apex_flow_seq probe: its two inputs' probes side by side
+    assert "[apex](results/probe_cde_apex.json)" in head and "[flow_seq](results/probe_cde_flow_seq.json)" in head
+    assert not any(l.startswith("| **y** |") for l in doc.splitlines())          # one seed: no headline
+    row_y = next(l for l in doc.splitlines() if l.startswith("| [cde_y.json]"))
+    assert "| last step | 4 | 123 |" in row_y and "[flow_seq](results/probe_cde_flow_seq.json)" in row_y
+    row_x = next(l for l in doc.splitlines() if l.startswith("| [cde_x_seed0.json]"))
+    assert "| — | — | — |" in row_x
+    lo, hi = row_x.split(" | ")[6].strip("[]").split(", ")
+    assert float(lo) <= runs[0]["overall"]["uf1"] <= float(hi)
+    probe_row = next(l for l in doc.splitlines() if l.startswith("| [probe_cde_flow_seq.json]"))
+    assert "| 0.01 (9) | 12 |" in probe_row
+    # regenerating replaces both blocks in place
+    results_doc.update(str(res), str(out), "2026-12-02", "test machine")
+    again = out.read_text()
+    assert again.count(results_doc.BEGIN) == 1 and again.count(results_doc.PROBE_BEGIN) == 1
+    assert "2026-12-02" in again and "2026-12-01;" not in again

