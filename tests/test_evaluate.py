@@ -113,6 +113,56 @@ def test_fold_leak_mutant_is_caught(megc_dir, tmp_path, monkeypatch):
         check_folds_never_train_on_test_subjects(megc_dir, tmp_path, monkeypatch, "cde")
 
 
+def check_fast_runner_never_trains_on_test_subjects(megc_dir, work_dir, monkeypatch, protocol="cde", leak=False):
+    """The fast runner (`FoldRunner`, the default): the sample ids of the arrays each fold's
+    `train_lib.fit` receives (training and inner validation) hold none of the fold's test
+    samples. With `leak`, the mutant: the runner's training rows gain one test sample."""
+    from atn_tf import input_pipeline as ip, protocols, train_lib
+
+    index = evaluate_lib.dataset_index(megc_dir)
+    folds = protocols.make_folds([r["sample_id"] for r in index], [r["database"] for r in index],
+                                 [r["subject"] for r in index], protocol)
+    seen, current = {}, {}
+
+    def spy(session, train_data, val_data=None, **kwargs):
+        seen["train"] = {str(s) for s in train_data["sample_id"]}
+        if val_data is not None:
+            seen["train"] |= {str(s) for s in val_data["sample_id"]}
+        raise _TrainingDataSeen
+
+    monkeypatch.setattr(train_lib, "fit", spy)
+    if leak:
+        real_take = ip.take_rows
+
+        def leaky(data, idx):
+            if idx is current["fold"].train_idx:
+                idx = np.concatenate([idx, current["fold"].test_idx[:1]])
+            return real_take(data, idx)
+
+        monkeypatch.setattr(ip, "take_rows", leaky)
+    runner = evaluate_lib.FoldRunner(TrainConfig(data_dir=megc_dir, model="time_only", **TINY), protocol)
+    for fold in folds:
+        seen.clear()
+        current["fold"] = fold
+        with pytest.raises(_TrainingDataSeen):
+            runner.run(fold, str(work_dir))
+        test_ids = {index[i]["sample_id"] for i in fold.test_idx}
+        leaked = seen["train"] & test_ids
+        assert not leaked, f"fold {fold.name} trains on its test samples {sorted(leaked)}"
+        assert seen["train"] == {index[i]["sample_id"] for i in fold.train_idx}
+    return folds
+
+
+def test_fast_runner_never_trains_on_test_subjects(megc_dir, tmp_path, monkeypatch):
+    assert len(check_fast_runner_never_trains_on_test_subjects(megc_dir, tmp_path, monkeypatch, "cde")) == 6
+    assert len(check_fast_runner_never_trains_on_test_subjects(megc_dir, tmp_path, monkeypatch, "hde")) == 3
+
+
+def test_fast_runner_leak_mutant_is_caught(megc_dir, tmp_path, monkeypatch):
+    with pytest.raises(AssertionError, match="trains on its test samples"):
+        check_fast_runner_never_trains_on_test_subjects(megc_dir, tmp_path, monkeypatch, "cde", leak=True)
+
+
 def test_interrupted_hde_resumes_with_the_remaining_folds(megc_dir, tmp_path, monkeypatch):
     cfg = TrainConfig(data_dir=megc_dir, model="time_only", **TINY)
     work = str(tmp_path / "work")
