@@ -68,8 +68,12 @@ def _size(cfg):
     if not cfg:
         return "?"
     full = cfg["image_size"] == 224 and cfg["width"] == 64 and cfg["lstm_units"] == 512 and cfg["train_steps"] == 2500
-    return ("seed recipe" if full else "CPU-sized") + \
-        f" ({cfg['image_size']}px, width {cfg['width']}, LSTM {cfg['lstm_units']}, {cfg['train_steps']} steps)"
+    recipe = "recipe v2" if cfg.get("input_norm") else ("seed recipe" if full else "CPU-sized")
+    apex = ""
+    if cfg.get("apex_backbone") == "fer_xception":
+        apex = ", FER2013 mini-Xception apex" + (" (frozen)" if cfg.get("freeze_apex") else "")
+    return recipe + f" ({cfg['image_size']}px, width {cfg['width']}, LSTM {cfg['lstm_units']}, " \
+        f"{cfg['train_steps']} steps{apex})"
 
 
 def _ci(r) -> str:

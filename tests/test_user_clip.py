@@ -130,14 +130,11 @@ def test_predict_refuses_a_raw_clip_for_a_model_trained_on_megc_crops(megc_expor
     assert "warning: feature encodings differ" in forced.stderr and "positive" in forced.stdout
 
 
-class _Service(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, path):
-        from tests.test_serving import SavedModelPredictionService
+def _Service(path):
+    """The tests' transport stand-in for TF Serving (Predict and GetModelMetadata)."""
+    from tests.test_serving import SavedModelPredictionService
 
-        self.inner = SavedModelPredictionService("m", path)
-
-    def Predict(self, request, context):
-        return self.inner.Predict(request, context)
+    return SavedModelPredictionService("m", path)
 
 
 @pytest.fixture
