@@ -20,7 +20,7 @@ from atn_tf import atomic_io, host
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.md")
 HEADER = ("# Benchmarks\n\n"
-          "Written by `python -m benchmarks.<name>` (input_pipeline, train_step, serving, builder); "
+          "Written by `python -m benchmarks.<name>` (input_pipeline, train_step, serving, builder, cde_turnaround); "
           "each command replaces only its own section. Timings are not unit-test assertions.\n")
 
 
