@@ -173,8 +173,8 @@ _WORKER: dict = {}
 
 
 def _worker_init(config: TrainConfig, protocol: str, threads: int) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))   # read when TensorFlow loads
     import tensorflow as tf
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
     _WORKER["config"], _WORKER["protocol"] = config, protocol
@@ -198,6 +198,18 @@ def _run_parallel(config: TrainConfig, protocol: str, folds: list, work_dir: str
         for k, (name, seconds) in enumerate(pool.imap_unordered(
                 _worker_fold, [(f, work_dir, keep_models, develop) for f in folds]), 1):
             logging.info("fold %d/%d %s done in %.1f s", k, len(folds), name, seconds)
+
+
+DEV_RULE = "pooled inner-validation UF1 over the development folds; outer test folds never predicted"
+
+
+def _earlier_development_runs(work_dir: str) -> int:
+    """Development reports beside this one (siblings of `work_dir`) written before it."""
+    parent = os.path.dirname(os.path.abspath(work_dir))
+    mine = os.path.join(os.path.abspath(work_dir), DEV_REPORT)
+    own = os.path.getmtime(mine) if os.path.isfile(mine) else time.time()
+    return sum(1 for d in os.listdir(parent)
+               if os.path.isfile(p := os.path.join(parent, d, DEV_REPORT)) and p != mine and os.path.getmtime(p) < own)
 
 
 def development_folds(folds: Sequence[protocols.Fold], n: int) -> list:
@@ -252,7 +264,8 @@ def develop(config: TrainConfig, protocol: str, work_dir: str, num_folds: int = 
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": host.describe(), "code_version": host.code_version(),
               "folds": [f.name for f in chosen], "config": dataclasses.asdict(config),
-              "rule": "pooled inner-validation UF1 over the development folds; outer test folds never predicted",
+              "rule": DEV_RULE, "selection": DEV_RULE,
+              "recipes_tried": _earlier_development_runs(work_dir),
               "num_val_samples": sum(len(s["samples"]) for s in stored),
               "curve": curve, "best": best, "final": curve[-1],
               "wall_seconds": round(time.time() - t_start, 1)}
@@ -363,6 +376,12 @@ def ensemble(members: Sequence[tuple[str, dict]], experiment: str, command: str)
     report["members"] = [{"report": name, "experiment": r.get("experiment"), "command": r.get("command"),
                           "seed": (r.get("config") or {}).get("seed"), "overall": r["overall"]}
                          for name, r in members]
+    # The members' own rule, plus a fixed (not chosen) way of combining them.
+    rules = sorted({r.get("selection") or "not recorded" for _, r in members})
+    report["selection"] = (f"mean of the probabilities of {len(members)} runs fixed in advance (all members, "
+                           f"no weighting or choice); each member: {'; '.join(rules)}")
+    tried = [r.get("recipes_tried") for _, r in members if r.get("recipes_tried") is not None]
+    report["recipes_tried"] = max(tried) if tried else None
     return report
 
 

@@ -219,6 +219,7 @@ def test_ensemble_averages_probabilities_and_checks_members(tmp_path):
     np.testing.assert_allclose(got["s0"]["probabilities"], [0.3, 0.65, 0.05])
     assert [got[s]["pred"] for s in ("s0", "s1", "s2")] == [1, 1, 2]     # s0: a alone says 0
     assert [m["seed"] for m in ens["members"]] == [0, 1]
+    assert ens["selection"].startswith("mean of the probabilities of 2 runs fixed in advance")
     _check_report_against_its_predictions(ens, 3)
     with pytest.raises(ValueError, match="at least two"):
         evaluate_lib.ensemble([("a", a)], "e", "c")
