@@ -94,13 +94,8 @@ def _load_init_checkpoint(model: keras.Model, path: str) -> None:
 
 
 def _window_metrics(labels: list, preds: list) -> dict:
-    y, p = np.concatenate(labels), np.concatenate(preds)
-    return {"accuracy": float(np.mean(y == p)), "uf1": _uf1(y, p)}
-
-
-def _uf1(y, p) -> float:
-    from sklearn.metrics import f1_score
-    return float(f1_score(y, p, labels=[0, 1, 2], average="macro", zero_division=0))
+    m = protocols.metrics(np.concatenate(labels), np.concatenate(preds))
+    return {"accuracy": m["accuracy"], "uf1": m["uf1"]}
 
 
 # ------------------------------------------------------------------ the training session
@@ -224,7 +219,7 @@ def _val_score(session: Session, val: dict) -> tuple[float, float, np.ndarray]:
     probs = session.predict(val)
     y = np.asarray(val["label"])
     loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None))))
-    return _uf1(y, probs.argmax(axis=1)), loss, probs
+    return protocols.metrics(y, probs.argmax(axis=1))["uf1"], loss, probs
 
 
 def split_inner_validation(data: dict, config: TrainConfig) -> tuple[dict, Optional[dict]]:
@@ -309,6 +304,7 @@ def train(config: TrainConfig, progress: bool = True, stop_after: Optional[int] 
     if data["label"].size == 0:
         raise input_pipeline.DataError(f"{config.data_dir}: no training records left after holding out "
                                        f"{selection}")
+    data = input_pipeline.resize_apex(data, config.image_size)   # once: statistics, stream and scoring
     train_data, val_data = split_inner_validation(data, config)
     session = Session(config, strategy)
     chief, model = session.chief, session.model
@@ -330,7 +326,7 @@ def train(config: TrainConfig, progress: bool = True, stop_after: Optional[int] 
     else:   # a fresh run: input statistics of this training part (after any init weights)
         if config.init_checkpoint:
             _load_init_checkpoint(model, config.init_checkpoint)
-        set_input_statistics(model, input_pipeline.resize_apex(train_data, config.image_size))
+        set_input_statistics(model, train_data)
     resumed_from = int(session.step.numpy())
 
     def on_best(sel: Selector):
