@@ -53,6 +53,10 @@ class TrainConfig:
     apex_backbone: str = "resnet"           # resnet (the paper's) | fer_xception
     apex_init: str = ""                     # "" (from scratch) | fer2013 (fer_xception only)
     freeze_apex: bool = False               # keep the apex branch's weights fixed
+    apex_feature_norm: bool = False         # fer_xception: standardise its pooled features (training fold)
+    # > 0: a linear head on each branch embedding adds branch_loss x its cross-entropy
+    # (mean over branches) to the fused head's; only the fused head predicts.
+    branch_loss: float = 0.0
     # Checkpoint selection on an inner validation split of the training subjects (never the
     # held-out part): val_fraction of each database's training subjects, scored every
     # eval_every steps; the step with the best inner-validation UF1 is kept.
@@ -82,6 +86,8 @@ class TrainConfig:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.branch_loss < 0:
+            raise ValueError(f"branch_loss must be >= 0, got {self.branch_loss}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.val_fraction < 1:
@@ -125,4 +131,5 @@ class TrainConfig:
     def model_kwargs(self) -> dict:
         return dict(image_size=self.image_size, width=self.width, lstm_units=self.lstm_units,
                     dropout=self.dropout, input_norm=self.input_norm, embedding_scale=self.embedding_scale,
-                    apex_backbone=self.apex_backbone, apex_init=self.apex_init, freeze_apex=self.freeze_apex)
+                    apex_backbone=self.apex_backbone, apex_init=self.apex_init, freeze_apex=self.freeze_apex,
+                    apex_feature_norm=self.apex_feature_norm, branch_heads=self.branch_loss > 0)

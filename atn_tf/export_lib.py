@@ -26,7 +26,7 @@ Both return
     feature_encodings string [K]       "input=encoding" of the training data (not batched;
                                        atn_tf.provenance), so clients can check their inputs
 
-Models other than `atn_flow` ignore the flow image, so their signatures do not take it
+Models other than `atn_flow` and `flow_only` ignore the flow image, so their signatures do not take it
 (zeros are fed to the Keras model inside the graph).
 
 Bad requests fail inside the graph with INVALID_ARGUMENT (`tf.errors.InvalidArgumentError`
@@ -55,7 +55,7 @@ SIGNATURE_IMAGES = "predict_images"
 SIGNATURES = (SIGNATURE_DEFAULT, SIGNATURE_IMAGES)
 OUTPUT_NAMES = ("probabilities", "class_id", "class_name", "feature_encodings")
 IMAGE_BYTES_INPUT = "apex_image_bytes"
-MODELS_WITH_FLOW_IMAGE = ("atn_flow",)
+MODELS_WITH_FLOW_IMAGE = ("atn_flow", "flow_only")
 _VERSION_RE = re.compile(r"^\d+$")
 EXTRA_DIR = "assets.extra"          # TF Serving's folder for files beside the graph
 CONFIG_NAME = "config.json"         # the training config of the exported model

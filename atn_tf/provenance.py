@@ -36,7 +36,7 @@ NO_FLOW_IMAGE = "none"
 # Which record inputs each model reads (the others are fed zeros or ignored).
 MODEL_INPUTS = {"atn": ("apex_image", "flow_seq"), "apex_only": ("apex_image",),
                 "time_only": ("flow_seq",), "micro_attention": ("apex_image",),
-                "atn_flow": ("apex_image", "flow_seq", "flow_image")}
+                "atn_flow": ("apex_image", "flow_seq", "flow_image"), "flow_only": ("flow_image",)}
 SHARD_KEY = "feature_encodings"
 
 

@@ -38,7 +38,7 @@ N_BOOT = 2000
 SEED_SUFFIX = re.compile(r"_seed\d+$")
 # model -> the probe input(s) that see the same inputs
 MODEL_PROBES = {"atn": ("apex_flow_seq",), "apex_only": ("apex",), "micro_attention": ("apex",),
-                "time_only": ("flow_seq",), "atn_flow": ("all",)}
+                "time_only": ("flow_seq",), "atn_flow": ("all",), "flow_only": ("flow_image",)}
 PROBE_ORDER = ("flow_seq", "flow_image", "apex", "apex_flow_seq", "all")
 
 # The paper's UF1 / UAR (ACII 2019, DESIGN.md §4): literature values to compare against.

@@ -140,6 +140,7 @@ class Session:
     def _make_train_step(self):
         config, model, optimizer, strategy = self.config, self.model, self.optimizer, self.strategy
         num_classes = model.output["logits"].shape[-1]
+        branch_keys = sorted(k for k in model.output if k.endswith("_logits"))   # branch_heads
         if config.label_smoothing:
             smoothed = keras.losses.CategoricalCrossentropy(
                 from_logits=True, label_smoothing=config.label_smoothing, reduction=None)
@@ -151,8 +152,11 @@ class Session:
             with tf.GradientTape() as tape:
                 out = model(inputs, training=True)
                 logits = tf.cast(out["logits"], tf.float32)
-                loss = tf.nn.compute_average_loss(per_example_loss(labels, logits),
-                                                  global_batch_size=config.batch_size)
+                example_loss = per_example_loss(labels, logits)
+                if branch_keys:
+                    example_loss += config.branch_loss * tf.add_n(
+                        [per_example_loss(labels, tf.cast(out[k], tf.float32)) for k in branch_keys]) / len(branch_keys)
+                loss = tf.nn.compute_average_loss(example_loss, global_batch_size=config.batch_size)
                 scaled = optimizer.scale_loss(loss) if config.mixed_precision else loss
             grads = tape.gradient(scaled, model.trainable_variables)
             optimizer.apply_gradients(zip(grads, model.trainable_variables))

@@ -30,6 +30,7 @@ SMALL_PARAMS = {
     "time_only": (11_443, 11_443),
     "micro_attention": (94_447, 93_829),
     "atn_flow": (96_265, 95_733),
+    "flow_only": (6_821, 6_787),
 }
 # The full-size ATN (224, width 64, LSTM 512): apex ResNet 4,901,764 + LSTMs 1,312,768 +
 # 2,099,200 + dense 3,075. Non-trainable: the BN moving statistics.
@@ -41,6 +42,7 @@ EMBEDDINGS = {
     "time_only": ("time_embedding",),
     "micro_attention": ("apex_embedding",),
     "atn_flow": ("apex_embedding", "time_embedding", "flow_embedding"),
+    "flow_only": ("flow_embedding",),
 }
 
 
@@ -72,7 +74,7 @@ def small_models():
 
 
 def test_model_names():
-    assert MODEL_NAMES == ("atn", "apex_only", "time_only", "micro_attention", "atn_flow")
+    assert MODEL_NAMES == ("atn", "apex_only", "time_only", "micro_attention", "atn_flow", "flow_only")
     with pytest.raises(ValueError, match="unknown model"):
         build_model("resnet50")
 

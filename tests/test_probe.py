@@ -166,3 +166,26 @@ def test_row_space_fit_equals_the_plain_fit():
             rs.transform(sc.transform(X)), y).predict_proba(rs.transform(sc.transform(Xt)))
         np.testing.assert_allclose(proj, plain, atol=1e-4)
     assert probe.RowSpace().fit(X[:, :20]).basis_ is None     # fewer columns than rows: identity
+
+
+def test_development_probe_scores_only_inner_validation_subjects_of_the_chosen_folds(monkeypatch):
+    from atn_tf import evaluate_lib
+
+    inputs = _synthetic(n_subjects=15)
+    report = probe.develop(inputs, "flow_image", num_folds=4, val_fraction=0.2, seed=1)
+    folds = evaluate_lib.development_folds(
+        protocols.make_folds(inputs.sample_ids, inputs.databases, inputs.subjects, "cde"), 4)
+    assert report["kind"] == probe.DEV_KIND and report["folds"] == [f.name for f in folds]
+    # per fold: 1 of the 4 training subjects of each database (5 subjects, 1 held out as test)
+    assert report["num_val_samples"] == 4 * 3 * 6
+    assert report["uf1"] > 0.8    # the informative block
+    assert probe.develop(inputs, "apex", num_folds=4, seed=1)["uf1"] < 0.6   # noise
+    # C is chosen and the model fitted without any subject of the outer test fold
+    seen = []
+    real_choose = probe.choose_c
+    monkeypatch.setattr(probe, "choose_c", lambda X, y, g, *a: seen.append(set(g)) or real_choose(X, y, g, *a))
+    probe.develop(inputs, "flow_image", num_folds=4, seed=1)
+    groups = protocols.subject_groups(inputs.databases, inputs.subjects)
+    for fold, fitted in zip(folds, seen):
+        assert not fitted & set(groups[np.asarray(fold.test_idx)])
+    assert "development" in probe.summary(report)

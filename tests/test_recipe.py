@@ -172,3 +172,49 @@ def test_inner_validation_subjects_are_per_database_and_seeded():
     assert "smic/s01" not in a                      # a database with one subject keeps it for training
     assert set(a) <= set(keys)
     assert a != protocols.inner_validation_subjects(keys, 0.2, seed=1)
+
+
+def test_branch_loss_trains_a_head_per_branch_and_only_the_fused_head_predicts(tmp_path):
+    data_dir = build_megc_records(tmp_path / "rec")
+    common = dict(data_dir=data_dir, model="atn_flow", image_size=32, width=4, lstm_units=8, batch_size=4,
+                  train_steps=2, checkpoint_every=2, log_every=2, weight_decay=0.0, seed=3)
+    cfg = TrainConfig(model_dir=str(tmp_path / "aux"), branch_loss=0.5, **common)
+    keras.utils.set_random_seed(3)
+    before = build_model("atn_flow", **cfg.model_kwargs())
+    result = train_lib.train(cfg, progress=False)
+    for branch in ("apex", "time", "flow"):
+        # no weight decay and not used by the fused head: only the auxiliary loss moves them
+        w0 = before.get_layer(f"{branch}_logits").get_weights()[0]
+        assert np.abs(result.model.get_layer(f"{branch}_logits").get_weights()[0] - w0).max() > 0, branch
+    plain = train_lib.train(TrainConfig(model_dir=str(tmp_path / "plain"), **common), progress=False)
+    assert not any(k.endswith("_logits") and k != "logits" for k in plain.model.output)
+    # Same seed, batch and shared initial weights (the heads are built last): at step 1 the
+    # auxiliary terms add 0.5 x ~ln 3 (untrained heads) to the fused loss.
+    assert result.losses[0][1] - plain.losses[0][1] > 0.3
+    loaded, loaded_cfg = train_lib.load_trained(cfg.model_dir)
+    assert loaded_cfg.branch_loss == 0.5
+    x = _inputs(n=2, size=32)
+    np.testing.assert_allclose(loaded(x)["probabilities"], result.model(x)["probabilities"], atol=1e-6)
+    with pytest.raises(ValueError, match="branch_loss"):
+        TrainConfig(branch_loss=-1.0)
+
+
+def test_apex_feature_norm_standardises_the_training_features_and_travels_with_the_model(tmp_path):
+    model = build_model("apex_only", apex_backbone="fer_xception", apex_init="fer2013", freeze_apex=True,
+                        apex_feature_norm=True, image_size=64)
+    rng = np.random.RandomState(0)
+    train = {"apex_image": rng.uniform(0, 255, (40, 64, 64, 1)).astype("float32")}
+    assert set_input_statistics(model, train) == ["apex_feature_norm"]
+    features = keras.Model(model.input["apex_image"], model.get_layer("apex_feature_norm").output)
+    f = keras.ops.convert_to_numpy(features(train["apex_image"]))
+    np.testing.assert_allclose(f.mean(axis=0), 0, atol=1e-4)
+    np.testing.assert_allclose(f.std(axis=0), 1, atol=1e-3)
+    raw = keras.Model(model.input["apex_image"], model.get_layer("fer_fer_global_pool").output)
+    assert np.abs(keras.ops.convert_to_numpy(raw(train["apex_image"])).mean(axis=0)).max() > 0.1  # not centred
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    x = _inputs(n=2)
+    np.testing.assert_allclose(keras.saving.load_model(path)(x)["probabilities"],
+                               model(x)["probabilities"], atol=1e-6)
+    with pytest.raises(ValueError, match="apex_feature_norm needs"):
+        build_model("apex_only", apex_feature_norm=True, **SMALL)

@@ -164,7 +164,8 @@ def test_serve_client_checks_the_served_models_encodings(grpc_servers, corpus):
     assert startup_lines(ok.stdout, ok.stderr, refused.stdout, refused.stderr) == []
 
 
-@pytest.mark.parametrize("model_name", ["atn", "apex_only", "time_only", "micro_attention", "atn_flow"])
+@pytest.mark.parametrize("model_name", ["atn", "apex_only", "time_only", "micro_attention", "atn_flow",
+                                        "flow_only"])
 def test_explain_writes_a_figure_with_finite_maps_for_every_model(model_name, corpus, tmp_path):
     from atn_tf import clip_inputs, explain
     from atn_tf.models import build_model
@@ -173,9 +174,9 @@ def test_explain_writes_a_figure_with_finite_maps_for_every_model(model_name, co
     model = build_model(model_name, image_size=32, width=4, lstm_units=8)
     ex = explain.explain_inputs(model, inputs, 32)
     assert np.isclose(ex.probabilities.sum(), 1, atol=1e-5)
-    has_apex = model_name != "time_only"
+    has_apex = model_name not in ("time_only", "flow_only")
     assert (ex.grad_cam is not None) == has_apex
-    assert (ex.flow_saliency is not None) == (model_name == "atn_flow")
+    assert (ex.flow_saliency is not None) == (model_name in ("atn_flow", "flow_only"))
     for m in (ex.grad_cam, ex.flow_saliency):
         if m is not None:
             assert np.all(np.isfinite(m)) and m.min() >= 0 and m.max() <= 1

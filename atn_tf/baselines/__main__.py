@@ -45,6 +45,9 @@ flags.DEFINE_enum("probe", None, list(probe.PROBES), "Linear probe on these inpu
                   "(all = apex + flow_seq + flow_image).")
 flags.DEFINE_string("data_dir", None, "TFRecords folder (tfrecords_builder output) for --probe.")
 flags.DEFINE_list("probe_c", [f"{c:g}" for c in probe.C_GRID], "--probe: the grid of C the inner CV chooses from.")
+flags.DEFINE_integer("develop", 0, "--probe: the development protocol instead (as atn_tf.evaluate --develop): "
+                     "this many outer folds, inner-validation UF1 only, no test fold predicted.", lower_bound=0)
+flags.DEFINE_float("val_fraction", 0.2, "--develop: fraction of each database's training subjects held out.")
 flags.mark_flags_as_mutual_exclusive(["features", "probe"], required=True)
 
 
@@ -59,8 +62,16 @@ def _run_probe(command: str) -> int:
         raise app.UsageError(f"--probe_c must be positive numbers, got {FLAGS.probe_c}")
     from atn_tf.input_pipeline import DataError
     try:
-        report = probe.run(FLAGS.data_dir, FLAGS.probe, FLAGS.protocol, command, output=FLAGS.output,
-                           c_grid=c_grid, inner_splits=FLAGS.inner_splits, jobs=FLAGS.jobs)
+        if FLAGS.develop:
+            report = probe.develop(probe.load_inputs(FLAGS.data_dir), FLAGS.probe, FLAGS.protocol, FLAGS.develop,
+                                   FLAGS.val_fraction, FLAGS.seed, c_grid, FLAGS.inner_splits, command,
+                                   FLAGS.data_dir)
+            if FLAGS.output:
+                from atn_tf import atomic_io
+                atomic_io.write_json(FLAGS.output, report, indent=1)
+        else:
+            report = probe.run(FLAGS.data_dir, FLAGS.probe, FLAGS.protocol, command, output=FLAGS.output,
+                               c_grid=c_grid, inner_splits=FLAGS.inner_splits, jobs=FLAGS.jobs)
     except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

