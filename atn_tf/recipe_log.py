@@ -4,7 +4,8 @@ Reads the development reports (`development.json`, written by `python -m atn_tf.
 --develop=N`) committed in `docs/results/dev/` and rewrites the part of docs/results.md
 between the recipe-log markers: one row per recipe, in the order they were run, with what
 it changes against the seed recipe and its pooled inner-validation UF1 (final step and best
-step). Recipes that lost stay in the log.
+step). Recipes that lost stay in the log. Below them, the linear probes on the same
+inner-validation samples (`<dev_dir>/probes/`), the floor each recipe is read against.
 """
 
 from __future__ import annotations
@@ -68,23 +69,68 @@ def load(dev_dir: str) -> list[dict]:
     return [r for _, _, r in sorted(reports, key=lambda t: (t[0], t[1]))]
 
 
+# Recipe v2 (experiments/*_cde_v2.cfg): AdamW with standardised inputs; rows built on it are
+# described against it, the earlier ones against the seed recipe at 64 px.
+V2_FLAGFILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
+                           "time_only_cde_v2.cfg")
+
+
+def base_recipe(config: dict) -> tuple[str, TrainConfig]:
+    """(name, config) of the recipe a development run is described against."""
+    if config.get("optimizer") == "adamw" and config.get("input_norm") and os.path.isfile(V2_FLAGFILE):
+        from atn_tf import flags_lib
+        return "v2", flags_lib.config_from_flagfile(V2_FLAGFILE, model=config["model"])
+    return "seed", TrainConfig(model=config["model"], train_steps=300, lr_decay_steps=100, image_size=64,
+                               width=16, lstm_units=128)
+
+
 def table(reports: list[dict]) -> str:
-    lines = ["| # | recipe | model | changes against the model's `*_cde_cpu.cfg` (seed recipe, 64 px) | steps | "
-             "UF1 at the last step | best UF1 (step) | CASME II / SAMM / SMIC UF1 at the last step |",
+    lines = ["| # | recipe | model | changes against the seed recipe at 64 px (`*_cde_cpu.cfg`) or recipe v2 "
+             "(`*_cde_v2.cfg`) | steps | UF1 at the last step | best UF1 (step) | "
+             "CASME II / SAMM / SMIC UF1 at the last step |",
              "|---:|---|---|---|---:|---:|---:|---|"]
     for k, r in enumerate(reports, 1):
         cfg = r["config"]
-        base = TrainConfig(model=cfg["model"], train_steps=300, lr_decay_steps=100, image_size=64, width=16,
-                           lstm_units=128)
+        name, base = base_recipe(cfg)
         final, best = r["final"], r["best"]
         dbs = " / ".join(f"{final['per_database_uf1'].get(db, float('nan')):.3f}" for db in ("casme2", "samm", "smic"))
-        lines.append(f"| {k} | {r['experiment']} | {cfg['model']} | {changes(cfg, base)} | {cfg['train_steps']} | "
+        lines.append(f"| {k} | {r['experiment']} | {cfg['model']} | {name}: {changes(cfg, base)} | {cfg['train_steps']} | "
                      f"{final['uf1']:.3f} | {best['uf1']:.3f} ({best['step']}) | {dbs} |")
+    return "\n".join(lines) + "\n"
+
+
+PROBE_DIR = "probes"
+
+
+def load_probes(dev_dir: str) -> list[dict]:
+    """The linear probes on the same development folds (`<dev_dir>/probes/*.json`, written by
+    `python -m atn_tf.baselines --probe X --develop=N --output ...`)."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(dev_dir, PROBE_DIR, "*.json"))):
+        try:
+            with open(path, encoding="utf-8") as f:
+                r = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: not a readable probe development report ({e})") from None
+        if r.get("kind") != "development_probe":
+            raise ValueError(f"{path}: not a probe development report (atn_tf.baselines --probe --develop)")
+        out.append(r)
+    return out
+
+
+def probe_table(probes: list[dict], folds: list) -> str:
+    lines = ["| probe input | inner-validation UF1 | UAR | CASME II / SAMM / SMIC UF1 |", "|---|---:|---:|---|"]
+    for r in probes:
+        if r["folds"] != folds:
+            raise ValueError(f"probe {r['probe']}: development folds {r['folds']} differ from the recipes' {folds}")
+        dbs = " / ".join(f"{r['per_database_uf1'].get(db, float('nan')):.3f}" for db in ("casme2", "samm", "smic"))
+        lines.append(f"| {r['probe']} | {r['uf1']:.3f} | {r['uar']:.3f} | {dbs} |")
     return "\n".join(lines) + "\n"
 
 
 def update(dev_dir: str, output: str) -> str:
     reports = load(dev_dir)
+    probes = load_probes(dev_dir)
     if not reports:
         raise ValueError(f"{dev_dir}: no development reports")
     r0 = reports[0]
@@ -95,7 +141,14 @@ def update(dev_dir: str, output: str) -> str:
             f"{r0['num_val_samples']} inner-validation predictions. No outer test fold is predicted. "
             f"Command of each row: `python -m atn_tf.evaluate --flagfile=<model>_cde_cpu.cfg (or *_cde_v2.cfg) "
             f"--protocol=cde --develop=8 --val_fraction=0.2 --fold_workers=2 <changes>` (exact command in each "
-            f"JSON).\n\n" + table(reports) + f"\n{END}")
+            f"JSON).\n\n" + table(reports))
+    if probes:
+        body += ("\nThe floor on the same inner-validation samples: a linear probe (StandardScaler + logistic "
+                 "regression, C chosen by grouped CV on the rest of each training fold) on the records' own "
+                 f"inputs, `python -m atn_tf.baselines --probe <input> --develop={len(r0['folds'])} "
+                 f"--data_dir <records> --output {dev_dir}/{PROBE_DIR}/probe_<input>.json`:\n\n"
+                 + probe_table(probes, r0["folds"]))
+    body += f"\n{END}"
     old = open(output, encoding="utf-8").read() if os.path.exists(output) else "# Results\n"
     if BEGIN in old and END in old:
         new = old[:old.index(BEGIN)] + body + old[old.index(END) + len(END):]

@@ -39,7 +39,7 @@ SEED_SUFFIX = re.compile(r"_seed\d+$")
 # model -> the probe input(s) that see the same inputs
 MODEL_PROBES = {"atn": ("apex_flow_seq",), "apex_only": ("apex",), "micro_attention": ("apex",),
                 "time_only": ("flow_seq",), "atn_flow": ("all",), "flow_only": ("flow_image",)}
-PROBE_ORDER = ("flow_seq", "flow_image", "apex", "apex_flow_seq", "all")
+PROBE_ORDER = ("flow_seq", "flow_image", "apex", "apex_flow_seq", "all", "apex_fer")
 
 # The paper's UF1 / UAR (ACII 2019, DESIGN.md §4): literature values to compare against.
 PAPER = {
@@ -104,18 +104,22 @@ def load_probes(results_dir: str) -> dict:
     return out
 
 
-def probe_inputs(model: str, protocol: str, probes: dict) -> tuple[str, ...]:
+def probe_inputs(model: str, protocol: str, probes: dict, config: dict | None = None) -> tuple[str, ...]:
     """The probe input(s) matching a model's inputs; the ATN falls back to its two inputs
-    separately when there is no apex_flow_seq probe."""
+    separately when there is no apex_flow_seq probe. A model with the FER2013 apex branch is
+    also read against the probe on those features (`apex_fer`; for `apex_only`, instead
+    of the pixels)."""
     wanted = MODEL_PROBES.get(model, ())
     if wanted == ("apex_flow_seq",) and (protocol, "apex_flow_seq") not in probes:
-        return ("apex", "flow_seq")
+        wanted = ("apex", "flow_seq")
+    if (config or {}).get("apex_backbone") == "fer_xception" and (protocol, "apex_fer") in probes:
+        wanted = ("apex_fer",) if model == "apex_only" else wanted + ("apex_fer",)
     return wanted
 
 
-def _probe_cell(model: str, protocol: str, probes: dict) -> str:
+def _probe_cell(model: str, protocol: str, probes: dict, config: dict | None = None) -> str:
     cells = []
-    for name in probe_inputs(model, protocol, probes):
+    for name in probe_inputs(model, protocol, probes, config):
         hit = probes.get((protocol, name))
         cells.append(f"[{name}](results/{os.path.basename(hit[0])}) {_pair(hit[1]['overall'])}" if hit
                      else f"{name}: —")
@@ -163,7 +167,7 @@ def headline_table(loaded: list[tuple[str, dict]], probes: dict) -> str:
             vals = [r["per_database"][db]["uf1"] for r in runs if db in r["per_database"]]
             cells.append(_mean_sd(vals) if len(vals) == len(runs) else "")
         cells.append("; ".join(f"{_link(p)} {_pair(e['overall'])} {_ci(e)}" for p, e in g["ensembles"]) or "—")
-        cells.append(_probe_cell(cfg["model"], g["protocol"], probes))
+        cells.append(_probe_cell(cfg["model"], g["protocol"], probes, cfg))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -186,7 +190,7 @@ def table(paths: list[str], probes: dict | None = None) -> str:
         for db in DBS:
             m = r["per_database"].get(db)
             cells.append(f"{_pair(m)} ({_paper(model, protocol, db)})" if m else "")
-        cells += [_probe_cell(model, protocol, probes), _dash(r.get("selection")),
+        cells += [_probe_cell(model, protocol, probes, r["config"]), _dash(r.get("selection")),
                   _dash(r.get("recipes_tried")), _dash(r.get("wall_seconds"), "{:.0f}")]
         cells.append(f"`{r.get('command', '')}` ({r.get('date', '?')[:10]})")
         lines.append("| " + " | ".join(cells) + " |")

@@ -189,3 +189,25 @@ def test_development_probe_scores_only_inner_validation_subjects_of_the_chosen_f
     for fold, fitted in zip(folds, seen):
         assert not fitted & set(groups[np.asarray(fold.test_idx)])
     assert "development" in probe.summary(report)
+
+
+def test_apex_fer_block_holds_the_frozen_branch_features(megc_dir):
+    import keras
+    from atn_tf import input_pipeline
+    from atn_tf.models import build_model
+
+    plain = probe.load_inputs(megc_dir)
+    with pytest.raises(ValueError, match="needs \\['apex_fer'\\]"):
+        plain.features("apex_fer")
+    inputs = probe.load_inputs(megc_dir, fer=True)
+    X = inputs.features("apex_fer")
+    assert X.shape == (18, 128) and np.all(np.isfinite(X))
+    # the same features as the model's frozen FER branch on the model's 64 px apex
+    info = input_pipeline.read_dataset_info(megc_dir)
+    data = input_pipeline.resize_apex(input_pipeline.load_arrays(megc_dir, info, input_pipeline.Selection()), 64)
+    model = build_model("apex_only", image_size=64, apex_backbone="fer_xception", apex_init="fer2013")
+    branch = keras.Model(model.input["apex_image"], model.get_layer("fer_fer_global_pool").output)
+    order = [list(data["sample_id"].astype(str)).index(i) for i in inputs.sample_ids]
+    want = keras.ops.convert_to_numpy(branch(data["apex_image"][order].astype("float32")))
+    np.testing.assert_allclose(X, want, atol=1e-4)
+    assert probe.needs_fer("apex_fer") and not probe.needs_fer("all")

@@ -49,3 +49,21 @@ def test_committed_log_matches_the_committed_reports():
     reports = recipe_log.load(dev_dir)
     text = open(os.path.join(ROOT, "docs", "results.md"), encoding="utf-8").read()
     assert recipe_log.table(reports) in text
+
+
+def test_probe_floor_rows_come_from_the_probe_reports_on_the_same_folds(tmp_path):
+    dev = tmp_path / "dev"
+    (dev / "probes").mkdir(parents=True)
+    (dev / "a.json").write_text(json.dumps(_dev("first", "2026-12-01T01:00:00")))
+    probe = {"kind": "development_probe", "probe": "flow_seq", "folds": ["casme2/sub01"], "uf1": 0.721,
+             "uar": 0.771, "per_database_uf1": {"casme2": 0.846, "samm": 0.555, "smic": 0.679}}
+    (dev / "probes" / "probe_flow_seq.json").write_text(json.dumps(probe))
+    out = tmp_path / "results.md"
+    body = recipe_log.update(str(dev), str(out))
+    assert "| flow_seq | 0.721 | 0.771 | 0.846 / 0.555 / 0.679 |" in body
+    (dev / "probes" / "probe_flow_seq.json").write_text(json.dumps(dict(probe, folds=["samm/006"])))
+    with pytest.raises(ValueError, match="development folds"):
+        recipe_log.update(str(dev), str(out))
+    (dev / "probes" / "probe_flow_seq.json").write_text(json.dumps(dict(probe, kind="development")))
+    with pytest.raises(ValueError, match="not a probe development report"):
+        recipe_log.update(str(dev), str(out))

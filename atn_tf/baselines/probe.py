@@ -12,6 +12,9 @@ The inputs are the deep models' inputs, read from the TFRecords through
 - `apex`: the 224x224 gray apex, area-resized to 32x32 (1,024 pixels);
 - `apex_flow_seq`: apex + flow_seq (the ATN's two inputs);
 - `all`: apex + flow_seq + flow_image (the `atn_flow` model's inputs).
+- `apex_fer`: the 128 pooled features of the FER2013 mini-Xception (the frozen
+  `--apex_backbone=fer_xception --apex_init=fer2013` branch) on the apex area-resized to
+  64x64: the floor of the models that use that branch frozen.
 
 Model: StandardScaler -> LogisticRegression(class_weight="balanced"), with C chosen inside
 each outer training fold only, by GroupKFold over its subjects scored by macro F1 (first
@@ -51,8 +54,8 @@ from threadpoolctl import threadpool_limits
 from atn_tf import protocols
 from atn_tf.baselines.classify import macro_f1
 
-PROBES = ("flow_seq", "flow_image", "apex", "apex_flow_seq", "all")
-PARTS = {"flow_seq": ("flow_seq",), "flow_image": ("flow_image",), "apex": ("apex",),
+PROBES = ("flow_seq", "flow_image", "apex", "apex_flow_seq", "all", "apex_fer")
+PARTS = {"flow_seq": ("flow_seq",), "flow_image": ("flow_image",), "apex": ("apex",), "apex_fer": ("apex_fer",),
          "apex_flow_seq": ("apex", "flow_seq"), "all": ("apex", "flow_seq", "flow_image")}
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0)
 APEX_SIZE = 32
@@ -72,16 +75,41 @@ class ProbeInputs:
     def features(self, probe: str) -> np.ndarray:
         if probe not in PARTS:
             raise ValueError(f"unknown probe input {probe!r}; expected one of {PROBES}")
+        missing = [p for p in PARTS[probe] if p not in self.blocks]
+        if missing:
+            raise ValueError(f"probe input {probe!r} needs {missing}: load the records with fer=True")
         return np.concatenate([self.blocks[p] for p in PARTS[probe]], axis=1)
 
 
-def load_inputs(data_dir: str, apex_size: int = APEX_SIZE, steps: int | None = None) -> ProbeInputs:
+FER_SIZE = 64
+
+
+def fer_features(apex_224: list, batch_size: int = 64) -> np.ndarray:
+    """[N, 128] pooled FER2013 features of gray apexes (area-resized to 64x64 as the models
+    resize them), through the same branch and weights as the models' frozen apex branch."""
+    import keras
+    import tensorflow as tf
+    from atn_tf.models import build_model
+
+    model = build_model("apex_only", image_size=FER_SIZE, apex_backbone="fer_xception", apex_init="fer2013")
+    branch = keras.Model(model.input["apex_image"], model.get_layer("fer_fer_global_pool").output)
+    out = []
+    for i in range(0, len(apex_224), batch_size):
+        x = tf.image.resize(np.stack(apex_224[i:i + batch_size]).astype(np.float32), [FER_SIZE, FER_SIZE],
+                            method="area")
+        out.append(keras.ops.convert_to_numpy(branch(x, training=False)))
+    return np.concatenate(out).astype(np.float64)
+
+
+def load_inputs(data_dir: str, apex_size: int = APEX_SIZE, steps: int | None = None,
+                fer: bool = False) -> ProbeInputs:
     """Read every record once. flow_seq is padded/truncated to `steps` (default: the longest
-    real length found); the apex is area-resized to apex_size x apex_size."""
+    real length found); the apex is area-resized to apex_size x apex_size; with `fer`, the
+    FER2013 features of the apex are computed too (block `apex_fer`)."""
     import cv2
     from atn_tf import input_pipeline
 
-    ids, dbs, subs, labels, apex, seqs, lens, fimg = [], [], [], [], [], [], [], []
+    ids, dbs, subs, labels, apex, seqs, lens, fimg, raw_apex = [], [], [], [], [], [], [], [], []
     for r in input_pipeline.records(data_dir).as_numpy_iterator():
         ids.append(r["sample_id"].decode())
         dbs.append(r["database"].decode())
@@ -89,6 +117,8 @@ def load_inputs(data_dir: str, apex_size: int = APEX_SIZE, steps: int | None = N
         labels.append(int(r["label"]))
         a = r["apex_image"][..., 0].astype(np.float32)
         apex.append(cv2.resize(a, (apex_size, apex_size), interpolation=cv2.INTER_AREA).reshape(-1))
+        if fer:
+            raw_apex.append(r["apex_image"])
         seq = np.asarray(r["flow_seq"], dtype=np.float64)[: int(r["flow_len"])]
         seqs.append(seq)
         lens.append(len(seq))
@@ -102,9 +132,15 @@ def load_inputs(data_dir: str, apex_size: int = APEX_SIZE, steps: int | None = N
     for i, s in enumerate(seqs):
         s = s[:t]
         flat[i, : s.size] = s.reshape(-1)
-    return ProbeInputs(ids, dbs, subs, np.asarray(labels, dtype=int),
-                       {"apex": np.asarray(apex, dtype=np.float64), "flow_seq": flat,
-                        "flow_image": np.asarray(fimg, dtype=np.float64)}, t)
+    blocks = {"apex": np.asarray(apex, dtype=np.float64), "flow_seq": flat,
+              "flow_image": np.asarray(fimg, dtype=np.float64)}
+    if fer:
+        blocks["apex_fer"] = fer_features(raw_apex)
+    return ProbeInputs(ids, dbs, subs, np.asarray(labels, dtype=int), blocks, t)
+
+
+def needs_fer(probe: str) -> bool:
+    return "apex_fer" in PARTS.get(probe, ())
 
 
 class RowSpace(BaseEstimator, TransformerMixin):
@@ -210,7 +246,7 @@ def run(data_dir: str, probe: str, protocol: str, command: str, output: str | No
     if probe not in PARTS:
         raise ValueError(f"unknown probe input {probe!r}; expected one of {PROBES}")
     t0 = time.time()
-    inputs = inputs or load_inputs(data_dir)
+    inputs = inputs or load_inputs(data_dir, fer=needs_fer(probe))
     predictions, folds = evaluate(inputs, probe, protocol, c_grid, inner_splits, jobs)
     report = evaluate_lib.make_report(predictions, protocol, f"probe_{probe}", command, None)
     X_dim = int(inputs.features(probe).shape[1])
