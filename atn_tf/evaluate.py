@@ -43,6 +43,10 @@ flags.DEFINE_integer("fold_workers", 1, "Fast runner: folds trained at once in s
 flags.DEFINE_integer("develop", 0, "Development protocol instead: on this many outer folds, train without "
                      "an inner validation split of the training subjects and report the pooled UF1 of "
                      "that split at every --eval_every step; test folds are never predicted.", lower_bound=0)
+flags.DEFINE_enum("inner_split", "rotating", ["rotating", "fixed"], "--develop: rotating = development fold i "
+                  "validates on part i of a database-stratified partition of the subjects (every subject "
+                  "once); fixed = --val_fraction of the training subjects drawn with --seed in every fold "
+                  "(the protocol before 2026-12-01: nearly the same subjects in every fold).")
 flags.DEFINE_integer("recipes_tried", None, "How many recipes were run on this protocol before this one "
                      "(recorded in the report; see docs/results.md's recipe log).", lower_bound=0)
 FLAGS = flags.FLAGS
@@ -78,7 +82,7 @@ def _ensemble(paths, command: str) -> str:
 def _develop(config, work_dir: str, command: str) -> str:
     from atn_tf import evaluate_lib, reports
     report = evaluate_lib.develop(config, FLAGS.protocol, work_dir, FLAGS.develop, FLAGS.fold_workers,
-                                  experiment=_experiment_name(), command=command)
+                                  experiment=_experiment_name(), command=command, inner_split=FLAGS.inner_split)
     return reports.development_summary(report) + f"\nreport: {os.path.join(work_dir, evaluate_lib.DEV_REPORT)}"
 
 

@@ -120,17 +120,25 @@ class FoldRunner:
         self.setup_seconds = time.time() - t0
 
     def run(self, fold: protocols.Fold, work_dir: str, keep_models: bool = False,
-            develop: bool = False) -> tuple[list[dict], dict]:
+            develop: bool = False, val_subjects: Optional[Sequence[str]] = None) -> tuple[list[dict], dict]:
         """Train on the fold's training part and predict its test part. With `develop`,
         the test part is never predicted: the inner-validation probabilities of every
-        scored step are stored instead (`DEV_PREDICTIONS`)."""
+        scored step are stored instead (`DEV_PREDICTIONS`). `val_subjects` ("db/subject")
+        sets the inner-validation subjects (the development protocol's rotating split);
+        otherwise `val_fraction` draws them."""
         from atn_tf import train_lib
         from atn_tf.models import set_input_statistics
 
         t0 = time.time()
         cfg, session = self.config, self.session
-        train_data, val_data = train_lib.split_inner_validation(
-            input_pipeline.take_rows(self.data, fold.train_idx), cfg)
+        training = input_pipeline.take_rows(self.data, fold.train_idx)
+        if val_subjects is not None:
+            keys = np.char.add(np.char.add(training["database"].astype(str), "/"), training["subject"].astype(str))
+            is_val = np.isin(keys, list(val_subjects))
+            train_data, val_data = (input_pipeline.take_rows(training, np.flatnonzero(~is_val)),
+                                    input_pipeline.take_rows(training, np.flatnonzero(is_val)))
+        else:
+            train_data, val_data = train_lib.split_inner_validation(training, cfg)
         if develop and val_data is None:
             raise ValueError("a development run needs val_fraction > 0 and eval_every > 0")
         session.reset()
@@ -181,22 +189,23 @@ def _worker_init(config: TrainConfig, protocol: str, threads: int) -> None:
 
 
 def _worker_fold(args) -> tuple[str, float]:
-    fold, work_dir, keep_models, develop = args
+    fold, work_dir, keep_models, develop, val_subjects = args
     if "runner" not in _WORKER:
         _WORKER["runner"] = FoldRunner(_WORKER["config"], _WORKER["protocol"])
     t0 = time.time()
-    _WORKER["runner"].run(fold, work_dir, keep_models, develop)
+    _WORKER["runner"].run(fold, work_dir, keep_models, develop, val_subjects)
     return fold.name, time.time() - t0
 
 
 def _run_parallel(config: TrainConfig, protocol: str, folds: list, work_dir: str, workers: int,
-                  keep_models: bool, develop: bool = False) -> None:
+                  keep_models: bool, develop: bool = False, val_subjects: Optional[dict] = None) -> None:
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
+    val_subjects = val_subjects or {}
     with ctx.Pool(workers, initializer=_worker_init, initargs=(config, protocol, 1)) as pool:
         for k, (name, seconds) in enumerate(pool.imap_unordered(
-                _worker_fold, [(f, work_dir, keep_models, develop) for f in folds]), 1):
+                _worker_fold, [(f, work_dir, keep_models, develop, val_subjects.get(f.name)) for f in folds]), 1):
             logging.info("fold %d/%d %s done in %.1f s", k, len(folds), name, seconds)
 
 
@@ -219,29 +228,58 @@ def development_folds(folds: Sequence[protocols.Fold], n: int) -> list:
     return [folds[int(i * len(folds) / n)] for i in range(n)]
 
 
+INNER_SPLITS = ("rotating", "fixed")
+
+
+def development_splits(databases: Sequence[str], subjects: Sequence[str], folds: Sequence[protocols.Fold],
+                       seed: int = 0) -> dict:
+    """{fold name: its inner-validation subjects} of the rotating split: development fold i
+    holds out part i of a database-stratified partition of all subjects into len(folds)
+    parts (`protocols.subject_parts`), minus the fold's own test subjects. Together the
+    folds validate on every subject once (but the test subjects' own part), so the pooled
+    score reads all the data rather than the same few subjects in every fold."""
+    keys = protocols.subject_groups(databases, subjects)
+    parts = protocols.subject_parts(keys.tolist(), len(folds), seed)
+    return {fold.name: tuple(k for k in part if k not in set(keys[np.asarray(fold.test_idx)]))
+            for fold, part in zip(folds, parts)}
+
+
 def develop(config: TrainConfig, protocol: str, work_dir: str, num_folds: int = 8, fold_workers: int = 1,
-            experiment: str = "", command: str = "") -> dict:
+            experiment: str = "", command: str = "", inner_split: str = "rotating") -> dict:
     """The development protocol: for `num_folds` outer folds, train on the fold's training
-    subjects minus an inner validation split (`val_fraction` of each database's training
-    subjects) and score that split every `eval_every` steps. The outer test folds are never
-    predicted. The report pools the inner-validation predictions of all folds at each
-    scored step: recipes (and step counts) are compared by this pooled UF1."""
-    if config.val_fraction <= 0 or config.eval_every <= 0:
-        raise ValueError("the development protocol needs --val_fraction > 0 and --eval_every > 0")
+    subjects minus an inner-validation set and score that set every `eval_every` steps. The
+    outer test folds are never predicted. The report pools the inner-validation predictions
+    of all folds at each scored step: recipes (and step counts) are compared by this pooled
+    UF1.
+
+    `inner_split="rotating"` (default): fold i validates on part i of a partition of the
+    subjects (`development_splits`), so the pooled score covers every subject.
+    `"fixed"`: `val_fraction` of each database's training subjects drawn with the config's
+    seed in every fold (the protocol before 2026-12-01): the folds' training sets are nearly
+    the same, so they draw nearly the same subjects, and the 749 pooled predictions of the
+    MEGC2019 data cover 188 clips of 27 subjects, a noisy yardstick."""
+    if config.eval_every <= 0 or (inner_split == "fixed" and config.val_fraction <= 0):
+        raise ValueError("the development protocol needs --eval_every > 0 (and --val_fraction > 0 for "
+                         "the fixed inner split)")
+    if inner_split not in INNER_SPLITS:
+        raise ValueError(f"inner_split must be one of {INNER_SPLITS}, got {inner_split!r}")
     t_start = time.time()
     os.makedirs(work_dir, exist_ok=True)
     index = dataset_index(config.data_dir)
-    all_folds = protocols.make_folds([r["sample_id"] for r in index], [r["database"] for r in index],
-                                     [r["subject"] for r in index], protocol)
+    databases, subjects = [r["database"] for r in index], [r["subject"] for r in index]
+    all_folds = protocols.make_folds([r["sample_id"] for r in index], databases, subjects, protocol)
     chosen = development_folds(all_folds, num_folds)
+    val_subjects = development_splits(databases, subjects, chosen, config.seed) \
+        if inner_split == "rotating" else {}
     path = lambda fold: os.path.join(work_dir, "folds", fold_dirname(fold.name), DEV_PREDICTIONS)  # noqa: E731
     todo = [f for f in chosen if not os.path.isfile(path(f))]
     if todo and fold_workers > 1:
-        _run_parallel(config, protocol, todo, work_dir, min(fold_workers, len(todo)), False, develop=True)
+        _run_parallel(config, protocol, todo, work_dir, min(fold_workers, len(todo)), False, develop=True,
+                      val_subjects=val_subjects)
     elif todo:
         runner = FoldRunner(config, protocol)
         for fold in todo:
-            runner.run(fold, work_dir, develop=True)
+            runner.run(fold, work_dir, develop=True, val_subjects=val_subjects.get(fold.name))
     stored = []
     for fold in chosen:
         with open(path(fold), encoding="utf-8") as f:
@@ -264,7 +302,7 @@ def develop(config: TrainConfig, protocol: str, work_dir: str, num_folds: int = 
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": host.describe(), "code_version": host.code_version(),
               "folds": [f.name for f in chosen], "config": dataclasses.asdict(config),
-              "rule": DEV_RULE, "selection": DEV_RULE,
+              "rule": DEV_RULE, "selection": DEV_RULE, "inner_split": inner_split,
               "recipes_tried": _earlier_development_runs(work_dir),
               "num_val_samples": sum(len(s["samples"]) for s in stored),
               "curve": curve, "best": best, "final": curve[-1],

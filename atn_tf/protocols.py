@@ -106,6 +106,26 @@ def pooled_metrics(labels: Sequence[int], preds: Sequence[int], databases: Seque
             "per_database": {str(db): metrics(y[dbs == db], p[dbs == db]) for db in sorted(set(dbs))}}
 
 
+def subject_parts(subject_keys: Sequence[str], n_parts: int, seed: int = 0) -> list[tuple[str, ...]]:
+    """A partition of the subjects ("database/subject") into `n_parts` parts, stratified by
+    database: each database's subjects, in a seeded random order, are dealt out in turn, so
+    every part holds about 1/n_parts of every database and every subject is in one part."""
+    if n_parts < 2:
+        raise ValueError(f"n_parts must be >= 2, got {n_parts}")
+    by_db: dict[str, list[str]] = {}
+    for key in sorted(set(subject_keys)):
+        by_db.setdefault(key.partition("/")[0], []).append(key)
+    rng = np.random.RandomState(seed)
+    parts: list[list[str]] = [[] for _ in range(n_parts)]
+    start = 0
+    for db in sorted(by_db):
+        keys = by_db[db]
+        for j, i in enumerate(rng.permutation(len(keys))):
+            parts[(start + j) % n_parts].append(keys[i])
+        start += len(keys)          # the next database continues the deal: parts stay even
+    return [tuple(sorted(p)) for p in parts]
+
+
 def inner_validation_subjects(subject_keys: Sequence[str], fraction: float, seed: int = 0) -> tuple[str, ...]:
     """Subjects ("database/subject") of a training fold to hold out as inner validation:
     `fraction` of each database's subjects (rounded, at least one where a database has two

@@ -313,3 +313,10 @@ def test_checkpoint_selection_uses_inner_validation_and_never_the_test_fold(megc
         assert inner["samples"] and all(s["database"] != fold for s in inner["samples"])
         assert not os.path.exists(tmp_path / "dev" / "folds" / fold / "predictions.json")
     assert [c["step"] for c in dev["curve"]] == [2, 4, 6] and dev["best"]["step"] in (2, 4, 6)
+    # rotating inner split (the default): each development fold validates on other subjects
+    validated = [{(s["database"], s["subject"]) for s in json.load(open(
+        tmp_path / "dev" / "folds" / fold / evaluate_lib.DEV_PREDICTIONS))["samples"]} for fold in dev["folds"]]
+    assert dev["inner_split"] == "rotating"
+    assert all(not a & b for i, a in enumerate(validated) for b in validated[i + 1:])
+    fixed = evaluate_lib.develop(cfg, "hde", str(tmp_path / "dev_fixed"), num_folds=3, inner_split="fixed")
+    assert fixed["inner_split"] == "fixed" and fixed["num_val_samples"] > 0

@@ -172,12 +172,17 @@ def test_development_probe_scores_only_inner_validation_subjects_of_the_chosen_f
     from atn_tf import evaluate_lib
 
     inputs = _synthetic(n_subjects=15)
-    report = probe.develop(inputs, "flow_image", num_folds=4, val_fraction=0.2, seed=1)
+    fixed = probe.develop(inputs, "flow_image", num_folds=4, val_fraction=0.2, seed=1, inner_split="fixed")
     folds = evaluate_lib.development_folds(
         protocols.make_folds(inputs.sample_ids, inputs.databases, inputs.subjects, "cde"), 4)
-    assert report["kind"] == probe.DEV_KIND and report["folds"] == [f.name for f in folds]
-    # per fold: 1 of the 4 training subjects of each database (5 subjects, 1 held out as test)
-    assert report["num_val_samples"] == 4 * 3 * 6
+    assert fixed["kind"] == probe.DEV_KIND and fixed["folds"] == [f.name for f in folds]
+    # fixed: per fold 1 of the 4 training subjects of each database (5 subjects, 1 held out as test)
+    assert fixed["num_val_samples"] == 4 * 3 * 6
+    # rotating: the folds validate on the 4 parts of all 15 subjects, less each fold's own test subject
+    report = probe.develop(inputs, "flow_image", num_folds=4, seed=1)
+    splits = evaluate_lib.development_splits(inputs.databases, inputs.subjects, folds, 1)
+    assert report["inner_split"] == "rotating"
+    assert report["num_val_samples"] == 6 * sum(len(v) for v in splits.values()) >= 6 * (15 - 4)
     assert report["uf1"] > 0.8    # the informative block
     assert probe.develop(inputs, "apex", num_folds=4, seed=1)["uf1"] < 0.6   # noise
     # C is chosen and the model fitted without any subject of the outer test fold

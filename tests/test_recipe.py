@@ -174,6 +174,39 @@ def test_inner_validation_subjects_are_per_database_and_seeded():
     assert a != protocols.inner_validation_subjects(keys, 0.2, seed=1)
 
 
+def test_subject_parts_partition_every_database_evenly():
+    keys = [f"casme2/sub{i:02d}" for i in range(26)] + [f"samm/{i:03d}" for i in range(28)] + \
+        [f"smic/s{i:02d}" for i in range(16)]
+    parts = protocols.subject_parts(keys, 8, seed=0)
+    assert sorted(k for p in parts for k in p) == sorted(keys)          # each subject in exactly one part
+    for db, n in (("casme2", 26), ("samm", 28), ("smic", 16)):
+        sizes = [sum(k.startswith(db + "/") for k in p) for p in parts]
+        assert max(sizes) - min(sizes) <= 1 and sum(sizes) == n, db
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert parts == protocols.subject_parts(list(reversed(keys)), 8, seed=0)
+    assert parts != protocols.subject_parts(keys, 8, seed=1)
+    with pytest.raises(ValueError, match="n_parts"):
+        protocols.subject_parts(keys, 1)
+
+
+def test_rotating_development_split_covers_the_subjects_and_skips_each_test_subject():
+    from atn_tf import evaluate_lib
+
+    dbs = ["casme2"] * 12 + ["samm"] * 12 + ["smic"] * 6
+    subs = [f"s{i // 2:02d}" for i in range(30)]
+    ids = [f"{d}-{s}-{i}" for i, (d, s) in enumerate(zip(dbs, subs))]
+    folds = evaluate_lib.development_folds(protocols.make_folds(ids, dbs, subs, "cde"), 5)
+    splits = evaluate_lib.development_splits(dbs, subs, folds, seed=0)
+    keys = protocols.subject_groups(dbs, subs)
+    seen = []
+    for fold in folds:
+        test = set(keys[np.asarray(fold.test_idx)])
+        assert splits[fold.name] and not set(splits[fold.name]) & test
+        seen += splits[fold.name]
+    assert len(seen) == len(set(seen))                         # no subject validated twice
+    assert len(set(seen)) >= len(set(keys)) - len(folds)       # all but (at most) the test subjects
+
+
 def test_branch_loss_trains_a_head_per_branch_and_only_the_fused_head_predicts(tmp_path):
     data_dir = build_megc_records(tmp_path / "rec")
     common = dict(data_dir=data_dir, model="atn_flow", image_size=32, width=4, lstm_units=8, batch_size=4,

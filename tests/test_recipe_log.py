@@ -56,11 +56,16 @@ def test_probe_floor_rows_come_from_the_probe_reports_on_the_same_folds(tmp_path
     (dev / "probes").mkdir(parents=True)
     (dev / "a.json").write_text(json.dumps(_dev("first", "2026-12-01T01:00:00")))
     probe = {"kind": "development_probe", "probe": "flow_seq", "folds": ["casme2/sub01"], "uf1": 0.721,
+             "num_val_samples": 10,
              "uar": 0.771, "per_database_uf1": {"casme2": 0.846, "samm": 0.555, "smic": 0.679}}
     (dev / "probes" / "probe_flow_seq.json").write_text(json.dumps(probe))
     out = tmp_path / "results.md"
     body = recipe_log.update(str(dev), str(out))
-    assert "| flow_seq | 0.721 | 0.771 | 0.846 / 0.555 / 0.679 |" in body
+    assert "| flow_seq | fixed | 10 | 0.721 | 0.771 | 0.846 / 0.555 / 0.679 |" in body
+    (dev / "probes" / "probe_rotating_flow_seq.json").write_text(json.dumps(dict(probe, inner_split="rotating")))
+    body = recipe_log.update(str(dev), str(out))
+    assert body.index("| flow_seq | rotating |") < body.index("| flow_seq | fixed |")   # current split first
+    (dev / "probes" / "probe_rotating_flow_seq.json").unlink()
     (dev / "probes" / "probe_flow_seq.json").write_text(json.dumps(dict(probe, folds=["samm/006"])))
     with pytest.raises(ValueError, match="development folds"):
         recipe_log.update(str(dev), str(out))

@@ -47,7 +47,10 @@ flags.DEFINE_string("data_dir", None, "TFRecords folder (tfrecords_builder outpu
 flags.DEFINE_list("probe_c", [f"{c:g}" for c in probe.C_GRID], "--probe: the grid of C the inner CV chooses from.")
 flags.DEFINE_integer("develop", 0, "--probe: the development protocol instead (as atn_tf.evaluate --develop): "
                      "this many outer folds, inner-validation UF1 only, no test fold predicted.", lower_bound=0)
-flags.DEFINE_float("val_fraction", 0.2, "--develop: fraction of each database's training subjects held out.")
+flags.DEFINE_float("val_fraction", 0.2, "--develop --inner_split=fixed: fraction of each database's training "
+                   "subjects held out.")
+flags.DEFINE_enum("inner_split", "rotating", ["rotating", "fixed"], "--develop: the inner split, as "
+                  "atn_tf.evaluate --inner_split.")
 flags.mark_flags_as_mutual_exclusive(["features", "probe"], required=True)
 
 
@@ -65,7 +68,7 @@ def _run_probe(command: str) -> int:
         if FLAGS.develop:
             report = probe.develop(probe.load_inputs(FLAGS.data_dir, fer=probe.needs_fer(FLAGS.probe)), FLAGS.probe, FLAGS.protocol, FLAGS.develop,
                                    FLAGS.val_fraction, FLAGS.seed, c_grid, FLAGS.inner_splits, command,
-                                   FLAGS.data_dir)
+                                   FLAGS.data_dir, FLAGS.inner_split)
             if FLAGS.output:
                 from atn_tf import atomic_io
                 atomic_io.write_json(FLAGS.output, report, indent=1)

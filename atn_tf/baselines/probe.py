@@ -273,12 +273,12 @@ DEV_KIND = "development_probe"
 
 def develop(inputs: ProbeInputs, probe: str, protocol: str = "cde", num_folds: int = 8,
             val_fraction: float = 0.2, seed: int = 0, c_grid: Sequence[float] = C_GRID,
-            inner_splits: int = 3, command: str = "", data_dir: str = "") -> dict:
+            inner_splits: int = 3, command: str = "", data_dir: str = "", inner_split: str = "rotating") -> dict:
     """The probe on the deep models' development protocol (`atn_tf.evaluate --develop`): the
-    same outer folds and the same inner-validation subjects (`val_fraction`, `seed`). C is
-    chosen on the rest of each training fold, the inner-validation rows are predicted and
-    pooled; outer test folds are never predicted. This is the floor a recipe's
-    inner-validation UF1 is read against."""
+    same outer folds and the same inner-validation subjects (`inner_split`, `seed`, and for
+    the fixed split `val_fraction`). C is chosen on the rest of each training fold, the
+    inner-validation rows are predicted and pooled; outer test folds are never predicted.
+    This is the floor a recipe's inner-validation UF1 is read against."""
     import datetime
 
     from atn_tf import evaluate_lib, host
@@ -288,13 +288,16 @@ def develop(inputs: ProbeInputs, probe: str, protocol: str = "cde", num_folds: i
     folds = evaluate_lib.development_folds(
         protocols.make_folds(inputs.sample_ids, inputs.databases, inputs.subjects, protocol), num_folds)
     keys = np.array([f"{d}/{s}" for d, s in zip(inputs.databases, inputs.subjects)])
+    rotating = evaluate_lib.development_splits(inputs.databases, inputs.subjects, folds, seed) \
+        if inner_split == "rotating" else None
     groups = protocols.subject_groups(inputs.databases, inputs.subjects)
     labels, preds, dbs = [], [], []
     with threadpool_limits(1), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         for fold in folds:
             tr = np.asarray(fold.train_idx)
-            held = protocols.inner_validation_subjects(keys[tr].tolist(), val_fraction, seed)
+            held = rotating[fold.name] if rotating is not None else \
+                protocols.inner_validation_subjects(keys[tr].tolist(), val_fraction, seed)
             is_val = np.isin(keys[tr], held)
             fit_rows, val_rows = tr[~is_val], tr[is_val]
             C, _, _ = choose_c(X[fit_rows], y[fit_rows], groups[fit_rows], c_grid, inner_splits)
@@ -305,7 +308,8 @@ def develop(inputs: ProbeInputs, probe: str, protocol: str = "cde", num_folds: i
     return {"kind": DEV_KIND, "probe": probe, "protocol": protocol, "command": command, "data_dir": data_dir,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": host.describe(), "code_version": host.code_version(),
-            "folds": [f.name for f in folds], "val_fraction": val_fraction, "seed": seed,
+            "folds": [f.name for f in folds], "inner_split": inner_split,
+            "val_fraction": val_fraction if inner_split == "fixed" else None, "seed": seed,
             "selection": selection_rule(c_grid, inner_splits).replace("refit on the whole training fold",
                                                                      "refit without the inner-validation subjects"),
             "num_val_samples": len(labels), "uf1": m["overall"]["uf1"], "uar": m["overall"]["uar"],
