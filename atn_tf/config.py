@@ -50,6 +50,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     input_norm: bool = False                # standardise inputs with training-fold statistics
     embedding_scale: str = "none"           # none | learned (scale on the L2-normalised embeddings)
+    embedding_scale_init: float = 8.0       # the learned scale's starting value
     apex_backbone: str = "resnet"           # resnet (the paper's) | fer_xception
     apex_init: str = ""                     # "" (from scratch) | fer2013 (fer_xception only)
     freeze_apex: bool = False               # keep the apex branch's weights fixed
@@ -132,4 +133,5 @@ class TrainConfig:
         return dict(image_size=self.image_size, width=self.width, lstm_units=self.lstm_units,
                     dropout=self.dropout, input_norm=self.input_norm, embedding_scale=self.embedding_scale,
                     apex_backbone=self.apex_backbone, apex_init=self.apex_init, freeze_apex=self.freeze_apex,
-                    apex_feature_norm=self.apex_feature_norm, branch_heads=self.branch_loss > 0)
+                    apex_feature_norm=self.apex_feature_norm, branch_heads=self.branch_loss > 0,
+                    embedding_scale_init=self.embedding_scale_init)

