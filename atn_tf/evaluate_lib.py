@@ -132,13 +132,8 @@ class FoldRunner:
         t0 = time.time()
         cfg, session = self.config, self.session
         training = input_pipeline.take_rows(self.data, fold.train_idx)
-        if val_subjects is not None:
-            keys = np.char.add(np.char.add(training["database"].astype(str), "/"), training["subject"].astype(str))
-            is_val = np.isin(keys, list(val_subjects))
-            train_data, val_data = (input_pipeline.take_rows(training, np.flatnonzero(~is_val)),
-                                    input_pipeline.take_rows(training, np.flatnonzero(is_val)))
-        else:
-            train_data, val_data = train_lib.split_inner_validation(training, cfg)
+        train_data, val_data = train_lib.split_by_subjects(training, val_subjects) if val_subjects is not None \
+            else train_lib.split_inner_validation(training, cfg)
         if develop and val_data is None:
             raise ValueError("a development run needs val_fraction > 0 and eval_every > 0")
         session.reset()
@@ -151,6 +146,7 @@ class FoldRunner:
         if develop:
             _write_json(os.path.join(fold_dir, DEV_PREDICTIONS), {
                 "fold": fold.name, "seconds": round(time.time() - t0, 3),
+                "inner_split": "rotating" if val_subjects is not None else "fixed",
                 "samples": [{"sample_id": str(val_data["sample_id"][i]), "database": str(val_data["database"][i]),
                              "subject": str(val_data["subject"][i]), "label": int(val_data["label"][i])}
                             for i in range(len(val_data["label"]))],
@@ -240,8 +236,11 @@ def development_splits(databases: Sequence[str], subjects: Sequence[str], folds:
     score reads all the data rather than the same few subjects in every fold."""
     keys = protocols.subject_groups(databases, subjects)
     parts = protocols.subject_parts(keys.tolist(), len(folds), seed)
-    return {fold.name: tuple(k for k in part if k not in set(keys[np.asarray(fold.test_idx)]))
-            for fold, part in zip(folds, parts)}
+    splits = {}
+    for fold, part in zip(folds, parts):
+        test = set(keys[np.asarray(fold.test_idx)])
+        splits[fold.name] = tuple(k for k in part if k not in test)
+    return splits
 
 
 def develop(config: TrainConfig, protocol: str, work_dir: str, num_folds: int = 8, fold_workers: int = 1,
@@ -284,6 +283,9 @@ def develop(config: TrainConfig, protocol: str, work_dir: str, num_folds: int = 
     for fold in chosen:
         with open(path(fold), encoding="utf-8") as f:
             stored.append(json.load(f))
+        if stored[-1].get("inner_split", "fixed") != inner_split:   # resumed in a folder of the other split
+            raise ValueError(f"{path(fold)}: scored with the {stored[-1].get('inner_split', 'fixed')} inner split, "
+                             f"not {inner_split}; use another --work_dir")
     steps = sorted(set.intersection(*[{c[0] for c in s["curve"]} for s in stored]))
     curve = []
     for step in steps:

@@ -231,12 +231,25 @@ def split_inner_validation(data: dict, config: TrainConfig) -> tuple[dict, Optio
     database's training subjects (`protocols.inner_validation_subjects`)."""
     if config.val_fraction <= 0:
         return data, None
-    keys = np.char.add(np.char.add(data["database"].astype(str), "/"), data["subject"].astype(str))
-    held = set(protocols.inner_validation_subjects(keys.tolist(), config.val_fraction, config.seed))
-    is_val = np.isin(keys, sorted(held))
-    if not is_val.any() or is_val.all():
+    held = protocols.inner_validation_subjects(subject_keys(data).tolist(), config.val_fraction, config.seed)
+    try:
+        return split_by_subjects(data, held)
+    except ValueError:
         raise ValueError(f"val_fraction {config.val_fraction}: the training part has too few subjects "
-                         "for an inner validation split")
+                         "for an inner validation split") from None
+
+
+def subject_keys(data: dict) -> np.ndarray:
+    """"database/subject" of every row of the arrays `data`."""
+    return np.char.add(np.char.add(data["database"].astype(str), "/"), data["subject"].astype(str))
+
+
+def split_by_subjects(data: dict, held) -> tuple[dict, dict]:
+    """(rows of the other subjects, rows of the subjects `held`, "database/subject"); both
+    must be non-empty."""
+    is_val = np.isin(subject_keys(data), sorted(held))
+    if not is_val.any() or is_val.all():
+        raise ValueError(f"no rows on one side of the inner split ({int(is_val.sum())} of {is_val.size} held out)")
     return (input_pipeline.take_rows(data, np.flatnonzero(~is_val)),
             input_pipeline.take_rows(data, np.flatnonzero(is_val)))
 

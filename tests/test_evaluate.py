@@ -320,3 +320,5 @@ def test_checkpoint_selection_uses_inner_validation_and_never_the_test_fold(megc
     assert all(not a & b for i, a in enumerate(validated) for b in validated[i + 1:])
     fixed = evaluate_lib.develop(cfg, "hde", str(tmp_path / "dev_fixed"), num_folds=3, inner_split="fixed")
     assert fixed["inner_split"] == "fixed" and fixed["num_val_samples"] > 0
+    with pytest.raises(ValueError, match="scored with the fixed inner split, not rotating"):
+        evaluate_lib.develop(cfg, "hde", str(tmp_path / "dev_fixed"), num_folds=3)   # resumed with the other split
