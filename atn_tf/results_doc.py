@@ -64,11 +64,17 @@ def _paper(model, protocol, part):
     return f"{v[0]:.3f} / {v[1]:.3f}" if v else "—"
 
 
-def _size(cfg):
+RECIPE_VERSION = re.compile(r"_(v\d+)(?:_|$)")
+
+
+def _size(cfg, experiment: str = ""):
+    """The recipe (named by the experiment, `<...>_v3_seed0` -> recipe v3) and the size."""
     if not cfg:
         return "?"
     full = cfg["image_size"] == 224 and cfg["width"] == 64 and cfg["lstm_units"] == 512 and cfg["train_steps"] == 2500
-    recipe = "recipe v2" if cfg.get("input_norm") else ("seed recipe" if full else "CPU-sized")
+    named = RECIPE_VERSION.search(experiment or "")
+    recipe = f"recipe {named.group(1)}" if named else \
+        "recipe v2" if cfg.get("input_norm") else ("seed recipe" if full else "CPU-sized")
     apex = ""
     if cfg.get("apex_backbone") == "fer_xception":
         apex = ", FER2013 mini-Xception apex" + (" (frozen)" if cfg.get("freeze_apex") else "")
@@ -160,7 +166,7 @@ def headline_table(loaded: list[tuple[str, dict]], probes: dict) -> str:
         runs = [r for _, r in g["runs"]]
         cfg = runs[0]["config"]
         seeds = ", ".join(str(r["config"].get("seed", "?")) for r in runs)
-        cells = [f"**{g['key']}**", cfg["model"], g["protocol"].upper(), _size(cfg),
+        cells = [f"**{g['key']}**", cfg["model"], g["protocol"].upper(), _size(cfg, runs[0].get("experiment", "")),
                  f"mean ± sd over {len(runs)} seeds ({seeds})",
                  _mean_sd([r["overall"]["uf1"] for r in runs]), _mean_sd([r["overall"]["uar"] for r in runs])]
         for db in DBS:
@@ -185,7 +191,7 @@ def table(paths: list[str], probes: dict | None = None) -> str:
                          f"{', '.join(str(m['seed']) for m in r['members'])})" if r.get("members")
                          else f", seed {r['config'].get('seed', '?')}")
         cells = [_link(path), label, protocol.upper(),
-                 _size(r["config"]), f"{r.get('num_folds', '?')}{'' if r.get('complete', True) else ' (partial)'}",
+                 _size(r["config"], r.get("experiment", "")), f"{r.get('num_folds', '?')}{'' if r.get('complete', True) else ' (partial)'}",
                  f"{_pair(r['overall'])} ({_paper(model, protocol, 'overall')})", _ci(r)]
         for db in DBS:
             m = r["per_database"].get(db)
