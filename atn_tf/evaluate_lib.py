@@ -120,12 +120,12 @@ class FoldRunner:
         self.setup_seconds = time.time() - t0
 
     def run(self, fold: protocols.Fold, work_dir: str, keep_models: bool = False,
-            develop: bool = False, val_subjects: Optional[Sequence[str]] = None) -> tuple[list[dict], dict]:
-        """Train on the fold's training part and predict its test part. With `develop`,
-        the test part is never predicted: the inner-validation probabilities of every
-        scored step are stored instead (`DEV_PREDICTIONS`). `val_subjects` ("db/subject")
-        sets the inner-validation subjects (the development protocol's rotating split);
-        otherwise `val_fraction` draws them."""
+            develop: str = "", val_subjects: Optional[Sequence[str]] = None) -> tuple[list[dict], dict]:
+        """Train on the fold's training part and predict its test part. With `develop` (the
+        development protocol's inner split, recorded with the fold), the test part is never
+        predicted: the inner-validation probabilities of every scored step are stored instead
+        (`DEV_PREDICTIONS`). `val_subjects` ("db/subject") sets the inner-validation
+        subjects (`development_splits`); otherwise `val_fraction` draws them."""
         from atn_tf import train_lib
         from atn_tf.models import set_input_statistics
 
@@ -138,7 +138,7 @@ class FoldRunner:
             raise ValueError("a development run needs val_fraction > 0 and eval_every > 0")
         session.reset()
         set_input_statistics(session.model, train_data)
-        selector = train_lib.Selector(keep_probabilities=develop) if val_data is not None else None
+        selector = train_lib.Selector(keep_probabilities=bool(develop)) if val_data is not None else None
         t_fit = time.time()
         losses, _ = train_lib.fit(session, train_data, val_data, selector=selector)
         fit_seconds = time.time() - t_fit
@@ -146,7 +146,7 @@ class FoldRunner:
         if develop:
             _write_json(os.path.join(fold_dir, DEV_PREDICTIONS), {
                 "fold": fold.name, "seconds": round(time.time() - t0, 3),
-                "inner_split": "rotating" if val_subjects is not None else "fixed",
+                "inner_split": develop,
                 "samples": [{"sample_id": str(val_data["sample_id"][i]), "database": str(val_data["database"][i]),
                              "subject": str(val_data["subject"][i]), "label": int(val_data["label"][i])}
                             for i in range(len(val_data["label"]))],
@@ -194,7 +194,7 @@ def _worker_fold(args) -> tuple[str, float]:
 
 
 def _run_parallel(config: TrainConfig, protocol: str, folds: list, work_dir: str, workers: int,
-                  keep_models: bool, develop: bool = False, val_subjects: Optional[dict] = None) -> None:
+                  keep_models: bool, develop: str = "", val_subjects: Optional[dict] = None) -> None:
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
@@ -228,13 +228,22 @@ INNER_SPLITS = ("rotating", "fixed")
 
 
 def development_splits(databases: Sequence[str], subjects: Sequence[str], folds: Sequence[protocols.Fold],
-                       seed: int = 0) -> dict:
-    """{fold name: its inner-validation subjects} of the rotating split: development fold i
-    holds out part i of a database-stratified partition of all subjects into len(folds)
-    parts (`protocols.subject_parts`), minus the fold's own test subjects. Together the
-    folds validate on every subject once (but the test subjects' own part), so the pooled
-    score reads all the data rather than the same few subjects in every fold."""
+                       seed: int = 0, inner_split: str = "rotating", val_fraction: float = 0.2) -> dict:
+    """{fold name: its inner-validation subjects ("db/subject")}, for the deep models and the
+    probes alike.
+
+    rotating: development fold i holds out part i of a database-stratified partition of all
+    subjects into len(folds) parts (`protocols.subject_parts`), minus the fold's own test
+    subjects. Together the folds validate on every subject once (but the test subjects' own
+    part), so the pooled score reads all the data rather than the same few subjects in every
+    fold. fixed: `val_fraction` of each database's training subjects drawn with `seed`
+    (`protocols.inner_validation_subjects`, as `--val_fraction` does in training)."""
+    if inner_split not in INNER_SPLITS:
+        raise ValueError(f"inner_split must be one of {INNER_SPLITS}, got {inner_split!r}")
     keys = protocols.subject_groups(databases, subjects)
+    if inner_split == "fixed":
+        return {fold.name: protocols.inner_validation_subjects(keys[np.asarray(fold.train_idx)].tolist(),
+                                                               val_fraction, seed) for fold in folds}
     parts = protocols.subject_parts(keys.tolist(), len(folds), seed)
     splits = {}
     for fold, part in zip(folds, parts):
@@ -260,25 +269,22 @@ def develop(config: TrainConfig, protocol: str, work_dir: str, num_folds: int = 
     if config.eval_every <= 0 or (inner_split == "fixed" and config.val_fraction <= 0):
         raise ValueError("the development protocol needs --eval_every > 0 (and --val_fraction > 0 for "
                          "the fixed inner split)")
-    if inner_split not in INNER_SPLITS:
-        raise ValueError(f"inner_split must be one of {INNER_SPLITS}, got {inner_split!r}")
     t_start = time.time()
-    os.makedirs(work_dir, exist_ok=True)
     index = dataset_index(config.data_dir)
     databases, subjects = [r["database"] for r in index], [r["subject"] for r in index]
     all_folds = protocols.make_folds([r["sample_id"] for r in index], databases, subjects, protocol)
     chosen = development_folds(all_folds, num_folds)
-    val_subjects = development_splits(databases, subjects, chosen, config.seed) \
-        if inner_split == "rotating" else {}
+    val_subjects = development_splits(databases, subjects, chosen, config.seed, inner_split, config.val_fraction)
+    os.makedirs(work_dir, exist_ok=True)
     path = lambda fold: os.path.join(work_dir, "folds", fold_dirname(fold.name), DEV_PREDICTIONS)  # noqa: E731
     todo = [f for f in chosen if not os.path.isfile(path(f))]
     if todo and fold_workers > 1:
-        _run_parallel(config, protocol, todo, work_dir, min(fold_workers, len(todo)), False, develop=True,
+        _run_parallel(config, protocol, todo, work_dir, min(fold_workers, len(todo)), False, develop=inner_split,
                       val_subjects=val_subjects)
     elif todo:
         runner = FoldRunner(config, protocol)
         for fold in todo:
-            runner.run(fold, work_dir, develop=True, val_subjects=val_subjects.get(fold.name))
+            runner.run(fold, work_dir, develop=inner_split, val_subjects=val_subjects[fold.name])
     stored = []
     for fold in chosen:
         with open(path(fold), encoding="utf-8") as f:

@@ -287,18 +287,14 @@ def develop(inputs: ProbeInputs, probe: str, protocol: str = "cde", num_folds: i
     X, y = inputs.features(probe), inputs.labels
     folds = evaluate_lib.development_folds(
         protocols.make_folds(inputs.sample_ids, inputs.databases, inputs.subjects, protocol), num_folds)
-    keys = np.array([f"{d}/{s}" for d, s in zip(inputs.databases, inputs.subjects)])
-    rotating = evaluate_lib.development_splits(inputs.databases, inputs.subjects, folds, seed) \
-        if inner_split == "rotating" else None
+    held = evaluate_lib.development_splits(inputs.databases, inputs.subjects, folds, seed, inner_split, val_fraction)
     groups = protocols.subject_groups(inputs.databases, inputs.subjects)
     labels, preds, dbs = [], [], []
     with threadpool_limits(1), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         for fold in folds:
             tr = np.asarray(fold.train_idx)
-            held = rotating[fold.name] if rotating is not None else \
-                protocols.inner_validation_subjects(keys[tr].tolist(), val_fraction, seed)
-            is_val = np.isin(keys[tr], held)
+            is_val = np.isin(groups[tr], held[fold.name])
             fit_rows, val_rows = tr[~is_val], tr[is_val]
             C, _, _ = choose_c(X[fit_rows], y[fit_rows], groups[fit_rows], c_grid, inner_splits)
             labels += y[val_rows].tolist()
