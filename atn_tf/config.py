@@ -14,7 +14,7 @@ CONFIG_FILE = "config.json"
 # The allowed values of the recipe's string fields.
 CHOICES = {"balance_by": ("class", "database_class"), "optimizer": ("sgd", "adamw"),
            "lr_schedule": ("step", "cosine"), "embedding_scale": ("none", "learned"),
-           "apex_backbone": ("resnet", "fer_xception"), "apex_init": ("", "fer2013")}
+           "apex_backbone": ("resnet", "fer_xception"), "apex_init": ("", "fer2013"), "time_pool": ("mean", "last")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +51,7 @@ class TrainConfig:
     input_norm: bool = False                # standardise inputs with training-fold statistics
     embedding_scale: str = "none"           # none | learned (scale on the L2-normalised embeddings)
     embedding_scale_init: float = 8.0       # the learned scale's starting value
+    time_pool: str = "mean"                 # mean (the paper's: over the real steps) | last (LSTM's last real step)
     apex_backbone: str = "resnet"           # resnet (the paper's) | fer_xception
     apex_init: str = ""                     # "" (from scratch) | fer2013 (fer_xception only)
     freeze_apex: bool = False               # keep the apex branch's weights fixed
@@ -134,4 +135,4 @@ class TrainConfig:
                     dropout=self.dropout, input_norm=self.input_norm, embedding_scale=self.embedding_scale,
                     apex_backbone=self.apex_backbone, apex_init=self.apex_init, freeze_apex=self.freeze_apex,
                     apex_feature_norm=self.apex_feature_norm, branch_heads=self.branch_loss > 0,
-                    embedding_scale_init=self.embedding_scale_init)
+                    embedding_scale_init=self.embedding_scale_init, time_pool=self.time_pool)

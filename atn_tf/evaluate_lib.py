@@ -113,6 +113,8 @@ class FoldRunner:
         config = self.config = provenance.check_training_config(config, info)
         data = input_pipeline.load_arrays(config.data_dir, info, input_pipeline.Selection())
         self.data = input_pipeline.resize_apex(data, config.image_size)
+        self.data["row"] = np.arange(len(self.data["label"]))           # place in the stream tables
+        self.tables = input_pipeline.stream_tables(self.data, config.image_size, config.augment)
         self.index = dataset_index(config.data_dir)
         if [r["sample_id"] for r in self.index] != self.data["sample_id"].tolist():
             raise input_pipeline.DataError(f"{config.data_dir}: record order changed while reading")
@@ -140,7 +142,7 @@ class FoldRunner:
         set_input_statistics(session.model, train_data)
         selector = train_lib.Selector(keep_probabilities=bool(develop)) if val_data is not None else None
         t_fit = time.time()
-        losses, _ = train_lib.fit(session, train_data, val_data, selector=selector)
+        losses, _ = train_lib.fit(session, train_data, val_data, selector=selector, tables=self.tables)
         fit_seconds = time.time() - t_fit
         fold_dir = os.path.join(work_dir, "folds", fold_dirname(fold.name))
         if develop:

@@ -311,10 +311,23 @@ def train_dataset(data_dir: str, selection: Selection, batch_size: int, image_si
                                balance_by=balance_by)
 
 
+def stream_tables(data: dict, image_size: int = IMAGE_SIZE, augment_data: bool = True) -> dict:
+    """What a training stream gathers from, as constants: the arrays at `image_size`, with
+    (when augmenting) every rotation of each apex and every flow input with its mirror
+    (see atn_tf.augment)."""
+    data = resize_apex({k: data[k] for k in ARRAY_KEYS}, image_size)   # once, not per batch
+    if augment_data:
+        data["apex_image"] = augment.rotation_table(data["apex_image"])
+        data["flow_seq"], data["flow_image"] = augment.mirror_tables(
+            data["flow_seq"], data["flow_len"], data["flow_image"])
+    return {k: tf.constant(v) for k, v in data.items()}
+
+
 def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZE,
                         augment_data: bool = True, balance: bool = True, seed: int = 0,
                         input_context: Optional[tf.distribute.InputContext] = None,
-                        skip_batches: int = 0, balance_by: str = "class") -> tf.data.Dataset:
+                        skip_batches: int = 0, balance_by: str = "class",
+                        tables: Optional[dict] = None) -> tf.data.Dataset:
     """An endless stream of (inputs, label) batches from training arrays (`load_arrays`).
 
     The stream is a pure function of `seed`; `skip_batches` global batches are skipped
@@ -327,6 +340,11 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
     per (database, class) pair, sampled with equal weights), batched before any image work,
     so gathering, casting, resizing and augmenting run once per group of batches. (A
     per-example pipeline ran ~10x slower: see benchmarks/results.md.)
+
+    `tables` (`stream_tables` of a superset of the arrays, e.g. all records of a CDE) are
+    used instead of building this stream's own; `data["row"]` then gives each row's place in
+    them. The stream is the same either way; building the tables once per evaluation spares
+    each fold the rotations and a recompilation of the augmentation for a new table size.
     """
     labels = np.asarray(data["label"])
     if labels.size == 0:
@@ -353,17 +371,19 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
         ids = ids.skip(skip_batches * batch_size // (input_context.num_input_pipelines if input_context else 1))
     ids = ids.batch(per_replica * GROUP, drop_remainder=True)
 
-    data = resize_apex({k: data[k] for k in ARRAY_KEYS}, image_size)   # once, not per batch
-    if augment_data:                 # every rotation and mirror, once (see atn_tf.augment)
-        data["apex_image"] = augment.rotation_table(data["apex_image"])
-        data["flow_seq"], data["flow_image"] = augment.mirror_tables(
-            data["flow_seq"], data["flow_len"], data["flow_image"])
-    table = {k: tf.constant(v) for k, v in data.items()}
+    if tables is None:
+        table, row_ids = stream_tables(data, image_size, augment_data), None
+    else:   # rows of a larger set whose tables were built once (the fast CDE runner)
+        if "row" not in data:
+            raise ValueError("prebuilt stream tables need the arrays' 'row' (their row in the tables)")
+        table, row_ids = tables, tf.constant(np.asarray(data["row"], np.int64))
     del data
     # Each input pipeline (tf.distribute) gets its own augmentation stream.
     stream_offset = (input_context.input_pipeline_id if input_context else 0) * 2 ** 40
 
     def make_batch(index, rows):
+        if row_ids is not None:
+            rows = tf.gather(row_ids, rows)
         flow_len = tf.gather(table["flow_len"], rows)
         t = tf.reduce_max(flow_len)
         if augment_data:

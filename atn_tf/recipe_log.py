@@ -55,18 +55,28 @@ def changes(config: dict, base: TrainConfig) -> str:
     return " ".join(out) or "(the base recipe)"
 
 
-def load(dev_dir: str) -> list[dict]:
-    reports = []
-    for path in glob.glob(os.path.join(dev_dir, "*.json")):
+def _read_reports(paths, kind: str, what: str) -> list[dict]:
+    """The JSON reports at `paths`, each checked to be of `kind` (`what` names it in errors)."""
+    out = []
+    for path in paths:
         try:
             with open(path, encoding="utf-8") as f:
                 r = json.load(f)
         except (OSError, ValueError) as e:
-            raise ValueError(f"{path}: not a readable development report ({e})") from None
-        if r.get("kind") != "development" or not r.get("curve"):
-            raise ValueError(f"{path}: not a development report (written by atn_tf.evaluate --develop)")
-        reports.append((r["date"], os.path.basename(path), r))
-    return [r for _, _, r in sorted(reports, key=lambda t: (t[0], t[1]))]
+            raise ValueError(f"{path}: not a readable {what} ({e})") from None
+        if r.get("kind") != kind:
+            raise ValueError(f"{path}: not a {what}")
+        out.append((path, r))
+    return out
+
+
+def load(dev_dir: str) -> list[dict]:
+    reports = _read_reports(glob.glob(os.path.join(dev_dir, "*.json")), "development",
+                            "development report (written by atn_tf.evaluate --develop)")
+    for path, r in reports:
+        if not r.get("curve"):
+            raise ValueError(f"{path}: a development report without a curve")
+    return [r for _, r in sorted(reports, key=lambda t: (t[1]["date"], os.path.basename(t[0])))]
 
 
 # Recipe v2 (experiments/*_cde_v2.cfg): AdamW with standardised inputs; rows built on it are
@@ -106,17 +116,9 @@ PROBE_DIR = "probes"
 def load_probes(dev_dir: str) -> list[dict]:
     """The linear probes on the same development folds (`<dev_dir>/probes/*.json`, written by
     `python -m atn_tf.baselines --probe X --develop=N --output ...`)."""
-    out = []
-    for path in sorted(glob.glob(os.path.join(dev_dir, PROBE_DIR, "*.json"))):
-        try:
-            with open(path, encoding="utf-8") as f:
-                r = json.load(f)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{path}: not a readable probe development report ({e})") from None
-        if r.get("kind") != "development_probe":
-            raise ValueError(f"{path}: not a probe development report (atn_tf.baselines --probe --develop)")
-        out.append(r)
-    return out
+    return [r for _, r in _read_reports(sorted(glob.glob(os.path.join(dev_dir, PROBE_DIR, "*.json"))),
+                                        "development_probe",
+                                        "probe development report (atn_tf.baselines --probe --develop)")]
 
 
 def inner_split(report: dict) -> str:

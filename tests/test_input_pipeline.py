@@ -100,6 +100,24 @@ def test_stream_determinism_mutant_is_caught(data_dir):
         determinism.check_same_across_processes("stream", data_dir, data_dir, mutant=True)
 
 
+def test_stream_from_prebuilt_tables_of_all_records_equals_its_own(data_dir):
+    """The fast CDE runner builds the stream tables once for all records; a fold's stream
+    from them (rows mapped through data["row"]) is the one it would build itself."""
+    info = ip.read_dataset_info(data_dir)
+    data = ip.resize_apex(ip.load_arrays(data_dir, info, ip.Selection()), 32)
+    data["row"] = np.arange(len(data["label"]))
+    tables = ip.stream_tables(data, 32, augment_data=True)
+    fold = ip.take_rows(data, np.flatnonzero(data["database"] != data["database"][0])[::2])
+    own = ip.dataset_from_arrays(fold, 8, 32, seed=3, balance_by="database_class")
+    shared = ip.dataset_from_arrays(fold, 8, 32, seed=3, balance_by="database_class", tables=tables)
+    for (xa, ya), (xb, yb) in zip(own.take(6), shared.take(6)):
+        np.testing.assert_array_equal(ya, yb)
+        for k in xa:
+            np.testing.assert_array_equal(xa[k], xb[k], err_msg=k)
+    with pytest.raises(ValueError, match="'row'"):
+        ip.dataset_from_arrays({k: v for k, v in fold.items() if k != "row"}, 8, 32, tables=tables)
+
+
 def test_augmentation_changes_images_and_is_a_flag(data_dir):
     raw = next(iter(ip.train_dataset(data_dir, ip.Selection(), 16, augment_data=False, balance=False, seed=1)))
     aug = next(iter(ip.train_dataset(data_dir, ip.Selection(), 16, augment_data=True, balance=False, seed=1)))

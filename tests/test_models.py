@@ -226,6 +226,33 @@ def test_time_mean_divides_by_length():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_time_pool_last_takes_the_last_real_step_whatever_the_padding():
+    """time_pool="last": the second LSTM's output at step flow_len (reference: the stack run
+    unpadded), unchanged by garbage padding, and not the mean."""
+    model = build_model("time_only", time_pool="last", **SMALL)
+    assert "time_mean" not in [layer.name for layer in model.layers]
+    rng = np.random.default_rng(8)
+    n, steps = 5, 12
+    real = rng.normal(size=(1, n, STEP_DIM)).astype(np.float32)
+    lstm1, lstm2 = model.get_layer("lstm1"), model.get_layer("lstm2")
+    reference = keras.layers.LSTM(lstm2.units, return_sequences=True)
+    stack = keras.Sequential([keras.Input((None, STEP_DIM)), lstm1, reference])
+    reference.set_weights(lstm2.get_weights())
+    hidden = keras.ops.convert_to_numpy(stack(real))[0]
+    expected = hidden[-1] / np.linalg.norm(hidden[-1])
+    inputs = make_batch(batch=1, steps=steps, lengths=[n])
+    for fill in (np.zeros, lambda shape: rng.normal(size=shape) * 10):
+        seq = fill((1, steps, STEP_DIM)).astype(np.float32)
+        seq[:, :n] = real
+        inputs["flow_seq"] = seq
+        got = as_numpy(model(inputs, training=False))["time_embedding"][0]
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    mean = hidden.mean(0)
+    assert not np.allclose(got, mean / np.linalg.norm(mean), atol=1e-3)
+    with pytest.raises(ValueError, match="time pool"):
+        build_model("time_only", time_pool="max", **SMALL)
+
+
 def test_small_layers_math():
     x = np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(L2Normalize()(x)), [[0.6, 0.8], [0.0, 0.0]])

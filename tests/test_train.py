@@ -115,6 +115,35 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
     assert [os.path.basename(p) for p in idx] == ["ckpt-4.index"]
 
 
+def test_next_stop_ends_each_call_at_logging_checkpoint_or_scoring_steps():
+    from atn_tf.train_lib import next_stop
+    assert next_stop(0, 300, [25, 300]) == 25
+    assert next_stop(25, 300, [25, 0, 40]) == 40          # a period of 0 is off
+    assert next_stop(290, 300, [25]) == 300                # the end wins
+    assert next_stop(7, 9, []) == 9
+
+
+def test_several_steps_per_call_train_like_one_step_per_call(data_dir, tmp_path):
+    """fit() runs the steps between two logging points in one graph loop; with logging at
+    every step (one step per call) the losses and weights are the same, bit for bit."""
+    from atn_tf import input_pipeline, train_lib
+    from atn_tf.models import set_input_statistics
+    info = input_pipeline.read_dataset_info(data_dir)
+    data = input_pipeline.resize_apex(input_pipeline.load_arrays(data_dir, info, input_pipeline.Selection()), 32)
+    runs = []
+    for log_every in (1, 12):
+        cfg = TrainConfig(data_dir=data_dir, model="atn_flow", train_steps=12, dropout=0.5, augment=True,
+                          **{**TINY, "log_every": log_every})
+        session = train_lib.Session(cfg)
+        set_input_statistics(session.model, data)
+        losses, last = train_lib.fit(session, data)
+        runs.append((losses, last, [w.copy() for w in session.model.get_weights()]))
+    (l1, s1, w1), (l12, s12, w12) = runs
+    assert s1 == s12 == 12 and [s for s, _ in l12] == list(range(1, 13))
+    assert l1 == l12
+    assert all(np.array_equal(a, b) for a, b in zip(w1, w12))
+
+
 def test_mirrored_on_two_virtual_cpus_matches_one_device(data_dir, tmp_path):
     # Same global batch; dropout off (its masks differ per replica) and BatchNorm statistics
     # synchronised across replicas, so the two runs compute the same function.

@@ -74,7 +74,7 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                 sync_batchnorm: bool = False, input_norm: bool = False, embedding_scale: str = "none",
                 apex_backbone: str = "resnet", apex_init: str = "", freeze_apex: bool = False,
                 apex_feature_norm: bool = False, branch_heads: bool = False,
-                embedding_scale_init: float = 8.0) -> keras.Model:
+                embedding_scale_init: float = 8.0, time_pool: str = "mean") -> keras.Model:
     """Builds one of `MODEL_NAMES`.
 
     * `atn`: apex branch + time branch, concatenated -> dropout -> dense -> softmax.
@@ -103,6 +103,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
       features are not centred (a few channels have large means), so without it their
       direction, and so the embedding, is dominated by those channels; a linear probe on
       them standardises first.
+    * `time_pool="last"`: the time branch takes the second LSTM's output at the last real
+      step instead of the mean over the real steps (`backbone.time_branch`).
     * `branch_heads`: a linear classifier on each branch's (scaled) embedding, output as
       `<branch>_logits`, for an auxiliary loss per branch (`TrainConfig.branch_loss`), so a
       branch that fits the training subjects fast (the apex) cannot starve the others.
@@ -140,7 +142,7 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                                                                 input_norm=input_norm)
     if "time" in branches:
         embeddings["time_embedding"] = backbone.time_branch(
-            inputs["flow_seq"], inputs["flow_len"], lstm_units, max_steps, input_norm=input_norm)
+            inputs["flow_seq"], inputs["flow_len"], lstm_units, max_steps, input_norm=input_norm, pool=time_pool)
     if "flow" in branches:
         embeddings["flow_embedding"] = backbone.flow_branch(inputs["flow_image"], width, input_norm=input_norm)
     features = list(embeddings.values())
