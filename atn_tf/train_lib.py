@@ -126,7 +126,7 @@ class Session:
         # Listed in layer order: their names carry process-global counters.
         self.rng_states = [v.value for v in self.model.non_trainable_variables if "seed_generator" in v.path]
         self._initial = [v.numpy() for v in self.model.variables]
-        self._train_loop = self._make_train_step()
+        self._train_loop = self._make_train_loop()
         self._forward = tf.function(lambda x: self.model(x, training=False)["probabilities"],
                                     reduce_retracing=True)
 
@@ -137,7 +137,7 @@ class Session:
             v.assign(tf.zeros_like(v))
         self.step.assign(0)
 
-    def _make_train_step(self):
+    def _make_train_loop(self):
         """`train_loop(iterator, n)`: n training steps -> (losses [n], labels, predictions of
         the n global batches, concatenated)."""
         config, model, optimizer, strategy = self.config, self.model, self.optimizer, self.strategy

@@ -58,7 +58,8 @@ from atn_tf import protocols
 from atn_tf.baselines.classify import macro_f1
 
 PROBES = ("flow_seq", "flow_image", "apex", "apex_flow_seq", "all", "apex_fer", "flow_seq_mean", "flow_seq_first")
-PARTS = {"flow_seq": ("flow_seq",), "flow_seq_mean": ("flow_seq_mean",), "flow_seq_first": ("flow_seq_first",), "flow_image": ("flow_image",), "apex": ("apex",), "apex_fer": ("apex_fer",),
+PARTS = {"flow_seq": ("flow_seq",), "flow_seq_mean": ("flow_seq_mean",), "flow_seq_first": ("flow_seq_first",),
+         "flow_image": ("flow_image",), "apex": ("apex",), "apex_fer": ("apex_fer",),
          "apex_flow_seq": ("apex", "flow_seq"), "all": ("apex", "flow_seq", "flow_image")}
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0)
 APEX_SIZE = 32
