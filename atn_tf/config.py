@@ -37,6 +37,7 @@ class TrainConfig:
     # Size of the network (CPU-sized configs shrink these, never the structure).
     image_size: int = 224
     width: int = 64
+    flow_width: int = 0                     # flow-image CNN channels (0: the apex's width)
     lstm_units: int = 512
     sync_batchnorm: bool = True             # replicas share BN statistics: same curve as one device
     augment: bool = True
@@ -59,6 +60,12 @@ class TrainConfig:
     # > 0: a linear head on each branch embedding adds branch_loss x its cross-entropy
     # (mean over branches) to the fused head's; only the fused head predicts.
     branch_loss: float = 0.0
+    # A linear path on the standardised flow inputs, its logits added to the head's
+    # (networks.linear_path): the first linear_steps steps of flow_seq, the flow image's
+    # pixels; linear_l2 is its kernel's ridge penalty.
+    linear_path: bool = False
+    linear_steps: int = 4
+    linear_l2: float = 0.0
     # Checkpoint selection on an inner validation split of the training subjects (never the
     # held-out part): val_fraction of each database's training subjects, scored every
     # eval_every steps; the step with the best inner-validation UF1 is kept.
@@ -88,6 +95,11 @@ class TrainConfig:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.flow_width < 0:
+            raise ValueError(f"flow_width must be >= 0, got {self.flow_width}")
+        if self.linear_steps < 1 or self.linear_l2 < 0:
+            raise ValueError(f"linear_steps must be >= 1 and linear_l2 >= 0, got {self.linear_steps}, "
+                             f"{self.linear_l2}")
         if self.branch_loss < 0:
             raise ValueError(f"branch_loss must be >= 0, got {self.branch_loss}")
         if not 0 <= self.label_smoothing < 1:
@@ -135,4 +147,6 @@ class TrainConfig:
                     dropout=self.dropout, input_norm=self.input_norm, embedding_scale=self.embedding_scale,
                     apex_backbone=self.apex_backbone, apex_init=self.apex_init, freeze_apex=self.freeze_apex,
                     apex_feature_norm=self.apex_feature_norm, branch_heads=self.branch_loss > 0,
-                    embedding_scale_init=self.embedding_scale_init, time_pool=self.time_pool)
+                    embedding_scale_init=self.embedding_scale_init, time_pool=self.time_pool,
+                    linear=self.linear_path, linear_steps=self.linear_steps, linear_l2=self.linear_l2,
+                    flow_width=self.flow_width)

@@ -25,6 +25,7 @@ HELP = {
     "dropout": "Dropout before the classifier.",
     "image_size": "Apex image side fed to the network (records hold 224).",
     "width": "Channels of the first apex stage (64 = the paper's ResNet).",
+    "flow_width": "Channels of the flow-image CNN's last layer (0: --width, as in atn_flow so far).",
     "lstm_units": "Units of each LSTM of the time branch (512 in the paper).",
     "sync_batchnorm": "Synchronise BatchNorm statistics across replicas.",
     "augment": "Mirror / rotate <= 5 deg / brightness +-10, each p=0.5.",
@@ -45,6 +46,10 @@ HELP = {
     "freeze_apex": "Keep the apex branch fixed (frozen features, BN in inference mode).",
     "apex_feature_norm": "fer_xception: standardise its pooled features with training-fold statistics.",
     "branch_loss": "> 0: weight of an auxiliary cross-entropy on a linear head per branch.",
+    "linear_path": "Add a linear path on the standardised flow_seq / flow_image inputs to the logits "
+                   "(the model then contains the linear probe of those inputs).",
+    "linear_steps": "flow_seq steps the linear path reads (the records' T; padded steps are zero).",
+    "linear_l2": "Ridge penalty l2 * sum(w**2) on the linear path's kernel (0: none).",
     "val_fraction": "Share of each database's training subjects held out as inner validation.",
     "eval_every": "Score the inner validation every this many steps; keep the best step (UF1).",
     "init_checkpoint": "Start from these weights (.keras, .weights.h5 or a TF checkpoint).",

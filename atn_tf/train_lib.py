@@ -159,6 +159,8 @@ class Session:
                     example_loss += config.branch_loss * tf.add_n(
                         [per_example_loss(labels, tf.cast(out[k], tf.float32)) for k in branch_keys]) / len(branch_keys)
                 loss = tf.nn.compute_average_loss(example_loss, global_batch_size=config.batch_size)
+                if model.losses:    # kernel regularisers (the linear path's ridge penalty)
+                    loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
                 scaled = optimizer.scale_loss(loss) if config.mixed_precision else loss
             grads = tape.gradient(scaled, model.trainable_variables)
             optimizer.apply_gradients(zip(grads, model.trainable_variables))

@@ -16,8 +16,8 @@ import keras
 import numpy as np
 import pytest
 
-from atn_tf.models import (CUSTOM_OBJECTS, INPUT_NAMES, MODEL_NAMES, AttentionGate, L2Normalize,
-                           MaskedMean, SequenceMask, build_model)
+from atn_tf.models import (CUSTOM_OBJECTS, INPUT_NAMES, MODEL_NAMES, AttentionGate, FlattenSteps, L2Normalize,
+                           MaskedMean, SequenceMask, build_model, input_statistics, set_input_statistics)
 from atn_tf.models import backbone
 
 SMALL = dict(image_size=64, width=8, lstm_units=16)
@@ -141,6 +141,7 @@ def test_functional_config_round_trip(small_models, name):
 @pytest.mark.parametrize("layer", [
     L2Normalize(axis=1, epsilon=1e-6, name="l2"),
     SequenceMask(max_steps=32, name="mask"),
+    FlattenSteps(4, name="flat"),
     MaskedMean(name="mean"),
     AttentionGate(name="gate"),
 ])
@@ -338,3 +339,56 @@ def test_forward_pass_under_jax_backend():
     assert shapes["atn"]["probabilities"] == [2, 3]
     assert shapes["atn_flow"]["flow_embedding"] == [2, 16]
     assert set(shapes) == set(MODEL_NAMES)
+
+
+def test_flatten_steps_zeroes_padding_and_fixes_the_length():
+    seq = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2) + 1
+    got = keras.ops.convert_to_numpy(FlattenSteps(4)([seq, np.array([3, 1], np.int32)]))
+    np.testing.assert_array_equal(got, [[1, 2, 3, 4, 5, 6, 0, 0], [7, 8, 0, 0, 0, 0, 0, 0]])
+    cut = keras.ops.convert_to_numpy(FlattenSteps(2)([seq, np.array([3, 3], np.int32)]))
+    np.testing.assert_array_equal(cut, seq[:, :2].reshape(2, 4))
+    with pytest.raises(ValueError, match="steps"):
+        FlattenSteps(0)
+
+
+@pytest.mark.parametrize("name", ["time_only", "atn_flow"])
+def test_linear_path_is_the_probe_model_on_standardised_inputs(name, tmp_path):
+    """With the deep head at zero the logits are exactly a linear model of the standardised,
+    flattened flow inputs (training-fold statistics); the ridge penalty reaches model.losses;
+    the model saves and reloads."""
+    model = build_model(name, linear=True, linear_steps=3, linear_l2=0.5, **SMALL)
+    train = make_batch(batch=6, steps=5, lengths=[5, 3, 2, 5, 4, 1], seed=11)
+    set_input_statistics(model, train)
+    head = model.get_layer("head_logits")
+    head.set_weights([np.zeros_like(w) for w in head.get_weights()])
+    batch = make_batch(batch=3, steps=7, lengths=[7, 2, 3], seed=12)
+    stats = input_statistics(train)
+    mean, var = stats["flow_seq_norm"]
+    seq = (batch["flow_seq"] - mean) / np.sqrt(var + 1e-6)
+    seq[np.arange(7)[None, :] >= batch["flow_len"][:, None]] = 0
+    parts = [seq[:, :3].reshape(3, -1)]
+    if name == "atn_flow":
+        mean, var = stats["flow_image_norm"]
+        parts.append(((batch["flow_image"] - mean) / np.sqrt(var + 1e-6)).reshape(3, -1))
+    kernel, bias = model.get_layer("linear_logits").get_weights()
+    expected = np.concatenate(parts, axis=1) @ kernel + bias
+    np.testing.assert_allclose(as_numpy(model(batch, training=False))["logits"], expected, rtol=1e-4, atol=1e-4)
+    penalty = sum(float(keras.ops.convert_to_numpy(x)) for x in model.losses)
+    np.testing.assert_allclose(penalty, 0.5 * np.sum(kernel.astype(np.float64) ** 2), rtol=1e-5)
+    path = tmp_path / "linear.keras"
+    model.save(path)
+    np.testing.assert_allclose(as_numpy(keras.saving.load_model(path)(batch, training=False))["logits"],
+                               as_numpy(model(batch, training=False))["logits"], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="linear_path needs"):
+        build_model("apex_only", linear=True, **SMALL)
+
+
+def test_flow_width_sizes_the_flow_cnn_alone():
+    wide = build_model("atn_flow", flow_width=32, **SMALL)
+    assert [wide.get_layer(f"flow_conv{i}").filters for i in (1, 2, 3)] == [8, 16, 32]
+    assert wide.output["flow_embedding"].shape[-1] == 64
+    narrow = build_model("atn_flow", **SMALL)     # 0: the apex width (8)
+    assert [narrow.get_layer(f"flow_conv{i}").filters for i in (1, 2, 3)] == [2, 4, 8]
+    assert wide.get_layer("conv1").filters == narrow.get_layer("conv1").filters
+    with pytest.raises(ValueError, match="flow_width"):
+        build_model("atn_flow", flow_width=-1, **SMALL)

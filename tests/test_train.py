@@ -144,6 +144,25 @@ def test_several_steps_per_call_train_like_one_step_per_call(data_dir, tmp_path)
     assert all(np.array_equal(a, b) for a, b in zip(w1, w12))
 
 
+def test_linear_path_ridge_penalty_is_part_of_the_training_loss(data_dir):
+    """--linear_l2 reaches the optimised loss: the same run with a large penalty ends with a
+    much smaller linear-path kernel, and its logged loss includes the penalty."""
+    from atn_tf import input_pipeline, train_lib
+    from atn_tf.models import set_input_statistics
+    info = input_pipeline.read_dataset_info(data_dir)
+    data = input_pipeline.resize_apex(input_pipeline.load_arrays(data_dir, info, input_pipeline.Selection()), 32)
+    norms, losses = {}, {}
+    for l2 in (0.0, 10.0):
+        cfg = TrainConfig(data_dir=data_dir, model="time_only", train_steps=20, linear_path=True, linear_l2=l2,
+                          optimizer="adamw", learning_rate=0.01, lr_schedule="cosine", **TINY)
+        session = train_lib.Session(cfg)
+        set_input_statistics(session.model, data)
+        losses[l2], _ = train_lib.fit(session, data)
+        norms[l2] = float(np.linalg.norm(session.model.get_layer("linear_logits").get_weights()[0]))
+    assert norms[10.0] < 0.5 * norms[0.0]
+    assert losses[10.0][0][1] > losses[0.0][0][1]     # step 1: same weights, plus the penalty
+
+
 def test_mirrored_on_two_virtual_cpus_matches_one_device(data_dir, tmp_path):
     # Same global batch; dropout off (its masks differ per replica) and BatchNorm statistics
     # synchronised across replicas, so the two runs compute the same function.

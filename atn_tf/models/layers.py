@@ -72,6 +72,39 @@ class SequenceMask(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class FlattenSteps(keras.layers.Layer):
+    """The first `steps` steps of a right-padded `[B, T, D]` sequence as one `[B, steps * D]`
+    vector, with every padded step (t >= lengths) set to zero: the layout a linear probe on
+    the flattened sequence sees. Shorter sequences are zero-padded, longer ones cut.
+
+    Inputs: `[sequence [B, T, D], lengths [B]]`.
+    """
+
+    def __init__(self, steps: int, **kwargs):
+        super().__init__(**kwargs)
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        self.steps = steps
+
+    def call(self, inputs):
+        sequence, lengths = inputs
+        lengths = ops.cast(ops.reshape(lengths, (-1,)), "int32")
+        real = ops.arange(ops.shape(sequence)[1], dtype="int32")[None, :] < lengths[:, None]
+        x = sequence * ops.cast(real, sequence.dtype)[..., None]
+        pad = ops.repeat(ops.zeros_like(x[:, :1]), self.steps, axis=1)    # [B, steps, D], any T
+        x = ops.concatenate([x, pad], axis=1)[:, :self.steps]
+        return ops.reshape(x, (-1, self.steps * sequence.shape[-1]))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], self.steps * input_shape[0][-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(steps=self.steps)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class MaskedMean(keras.layers.Layer):
     """Mean over the time axis of `[B, T, D]`, counting only the steps where `mask` is true.
 
@@ -201,6 +234,6 @@ class ScaleToUnit(keras.layers.Layer):
 
 CUSTOM_OBJECTS = {
     f"{PACKAGE}>{cls.__name__}": cls
-    for cls in (L2Normalize, SequenceMask, MaskedMean, AttentionGate, Standardize, LearnedScale,
+    for cls in (L2Normalize, SequenceMask, FlattenSteps, MaskedMean, AttentionGate, Standardize, LearnedScale,
                 Subsample2x, ScaleToUnit)
 }

@@ -23,7 +23,7 @@ import numpy as np
 
 from atn_tf import feature_spec
 from atn_tf.models import backbone, fer_xception
-from atn_tf.models.layers import L2Normalize, LearnedScale, Standardize
+from atn_tf.models.layers import FlattenSteps, L2Normalize, LearnedScale, Standardize
 
 # name -> (branches, dropout used, micro-attention in the apex branch)
 _VARIANTS = {
@@ -57,14 +57,47 @@ def model_inputs(image_size: int = feature_spec.IMAGE_SIZE,
     }
 
 
-def classification_head(embedding, num_classes: int, dropout: float):
-    """(dropout) -> dense -> softmax; returns (logits, probabilities)."""
+def classification_head(embedding, num_classes: int, dropout: float, linear_logits=None):
+    """(dropout) -> dense (+ `linear_logits`) -> softmax; returns (logits, probabilities)."""
     x = embedding
     if dropout > 0:
         x = keras.layers.Dropout(dropout, name="dropout")(x)
-    logits = keras.layers.Dense(num_classes, name="logits")(x)
+    if linear_logits is None:
+        logits = keras.layers.Dense(num_classes, name="logits")(x)
+    else:
+        head = keras.layers.Dense(num_classes, name="head_logits")(x)
+        logits = keras.layers.Add(name="logits")([head, linear_logits])
     probabilities = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
     return logits, probabilities
+
+
+LINEAR_PREFIX = "linear_"
+
+
+def linear_path(inputs: dict, branches, num_classes: int, steps: int, l2: float):
+    """Logits of a linear model on the standardised raw inputs of the time and flow
+    branches (`flow_seq`'s first `steps` steps flattened, padded steps zero; the flow image's
+    pixels), the model a linear probe fits, added to the deep head's logits.
+
+    Why: on the MEGC2019 records a logistic regression on `flow_seq` or `flow_image` matches
+    or beats the deep branches that read them (docs/results.md); with this path the network
+    contains that probe, so the deep part only has to add what the linear one misses. Its
+    own `Standardize` layers (`linear_<input>_norm`) take the training fold's statistics.
+    `l2` > 0 adds l2 * sum(w**2) of its kernel to the loss, the probe's ridge penalty.
+    """
+    parts = []
+    if "time" in branches:
+        seq = Standardize((inputs["flow_seq"].shape[-1],), name=f"{LINEAR_PREFIX}flow_seq_norm")(inputs["flow_seq"])
+        parts.append(FlattenSteps(steps, name=f"{LINEAR_PREFIX}flow_seq")([seq, inputs["flow_len"]]))
+    if "flow" in branches:
+        image = Standardize(tuple(inputs["flow_image"].shape[1:]),
+                            name=f"{LINEAR_PREFIX}flow_image_norm")(inputs["flow_image"])
+        parts.append(keras.layers.Flatten(name=f"{LINEAR_PREFIX}flow_image")(image))
+    if not parts:
+        raise ValueError("linear_path needs a time or flow branch (it reads flow_seq / flow_image)")
+    x = parts[0] if len(parts) == 1 else keras.layers.Concatenate(name=f"{LINEAR_PREFIX}inputs")(parts)
+    regularizer = keras.regularizers.L2(l2) if l2 > 0 else None
+    return keras.layers.Dense(num_classes, kernel_regularizer=regularizer, name=f"{LINEAR_PREFIX}logits")(x)
 
 
 def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int = 64,
@@ -74,7 +107,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                 sync_batchnorm: bool = False, input_norm: bool = False, embedding_scale: str = "none",
                 apex_backbone: str = "resnet", apex_init: str = "", freeze_apex: bool = False,
                 apex_feature_norm: bool = False, branch_heads: bool = False,
-                embedding_scale_init: float = 8.0, time_pool: str = "mean") -> keras.Model:
+                embedding_scale_init: float = 8.0, time_pool: str = "mean", linear: bool = False,
+                linear_steps: int = 4, linear_l2: float = 0.0, flow_width: int = 0) -> keras.Model:
     """Builds one of `MODEL_NAMES`.
 
     * `atn`: apex branch + time branch, concatenated -> dropout -> dense -> softmax.
@@ -84,7 +118,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     * `atn_flow`: the ATN plus a shallow CNN on the flow image, three embeddings concatenated.
     * `flow_only`: the flow-image CNN alone (the ablation that isolates `atn_flow`'s third branch).
 
-    `width` scales the apex channels (64 -> 64/128/256/512, embedding 8 x width);
+    `width` scales the apex channels (64 -> 64/128/256/512, embedding 8 x width) and, unless
+    `flow_width` > 0 sets its own, the flow-image CNN's (width/4, width/2, width);
     `lstm_units` sizes both LSTMs (and the time embedding); `max_steps` caps `flow_len`.
     `sync_batchnorm` (TensorFlow backend only) makes every BatchNorm use the statistics of
     the global batch under tf.distribute, so N replicas train like one device.
@@ -105,20 +140,24 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
       them standardises first.
     * `time_pool="last"`: the time branch takes the second LSTM's output at the last real
       step instead of the mean over the real steps (`backbone.time_branch`).
+    * `linear`: a linear path on the standardised flow inputs whose logits are added to the
+      head's (`linear_path`; `linear_steps`, `linear_l2`).
     * `branch_heads`: a linear classifier on each branch's (scaled) embedding, output as
       `<branch>_logits`, for an auxiliary loss per branch (`TrainConfig.branch_loss`), so a
       branch that fits the training subjects fast (the apex) cannot starve the others.
     """
     if name not in _VARIANTS:
         raise ValueError(f"unknown model {name!r}; expected one of {MODEL_NAMES}")
-    if width < 1 or lstm_units < 1 or num_classes < 2 or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"bad model size: width={width} lstm_units={lstm_units} "
+    if width < 1 or flow_width < 0 or lstm_units < 1 or num_classes < 2 or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"bad model size: width={width} flow_width={flow_width} lstm_units={lstm_units} "
                          f"num_classes={num_classes} dropout={dropout}")
     if apex_backbone not in APEX_BACKBONES or apex_init not in APEX_INITS \
             or embedding_scale not in EMBEDDING_SCALES:
         raise ValueError(f"bad recipe: apex_backbone={apex_backbone!r} (one of {APEX_BACKBONES}), "
                          f"apex_init={apex_init!r} (one of {APEX_INITS}), "
                          f"embedding_scale={embedding_scale!r} (one of {EMBEDDING_SCALES})")
+    if linear_steps < 1 or linear_l2 < 0:
+        raise ValueError(f"bad linear path: linear_steps={linear_steps} (>= 1), linear_l2={linear_l2} (>= 0)")
     if not embedding_scale_init > 0:
         raise ValueError(f"embedding_scale_init must be > 0, got {embedding_scale_init}")
     branches, use_dropout, attention = _VARIANTS[name]
@@ -144,12 +183,14 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         embeddings["time_embedding"] = backbone.time_branch(
             inputs["flow_seq"], inputs["flow_len"], lstm_units, max_steps, input_norm=input_norm, pool=time_pool)
     if "flow" in branches:
-        embeddings["flow_embedding"] = backbone.flow_branch(inputs["flow_image"], width, input_norm=input_norm)
+        embeddings["flow_embedding"] = backbone.flow_branch(inputs["flow_image"], flow_width or width,
+                                                              input_norm=input_norm)
     features = list(embeddings.values())
     if embedding_scale == "learned":
         features = [LearnedScale(embedding_scale_init, name=f"{k}_scale")(v) for k, v in embeddings.items()]
     fused = features[0] if len(features) == 1 else keras.layers.Concatenate(name="fusion")(features)
-    logits, probabilities = classification_head(fused, num_classes, dropout if use_dropout else 0.0)
+    linear_logits = linear_path(inputs, branches, num_classes, linear_steps, linear_l2) if linear else None
+    logits, probabilities = classification_head(fused, num_classes, dropout if use_dropout else 0.0, linear_logits)
     outputs = {"probabilities": probabilities, "logits": logits, **embeddings}
     if branch_heads:
         for key, feature in zip(embeddings, features):
@@ -207,9 +248,10 @@ def set_input_statistics(model: keras.Model, data: dict) -> list[str]:
     if any(layer.name == APEX_FEATURE_NORM for layer in layers):
         stats[APEX_FEATURE_NORM] = _apex_feature_statistics(model, data["apex_image"])
     for layer in layers:
-        if layer.name not in stats:
+        key = layer.name.removeprefix(LINEAR_PREFIX)    # the linear path's copy of an input's norm
+        if key not in stats:
             raise ValueError(f"no training statistics for input normalisation layer {layer.name!r}")
-        layer.set_statistics(*stats[layer.name])
+        layer.set_statistics(*stats[key])
     return [layer.name for layer in layers]
 
 
