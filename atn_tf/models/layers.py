@@ -37,6 +37,16 @@ class L2Normalize(keras.layers.Layer):
         return config
 
 
+def real_steps(sequence, lengths, max_steps: int | None = None):
+    """Boolean [B, T]: step t of the right-padded `sequence` [B, T, D] is real when
+    `t < lengths` (lengths clipped to `max_steps` when given); T is read at run time."""
+    lengths = ops.cast(ops.reshape(lengths, (-1,)), "int32")
+    if max_steps is not None:
+        lengths = ops.minimum(lengths, max_steps)
+    steps = ops.arange(ops.shape(sequence)[1], dtype="int32")
+    return ops.expand_dims(steps, 0) < ops.expand_dims(lengths, 1)
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class SequenceMask(keras.layers.Layer):
     """Boolean mask [B, T] of the real steps of a right-padded sequence.
@@ -51,11 +61,7 @@ class SequenceMask(keras.layers.Layer):
 
     def call(self, inputs):
         sequence, lengths = inputs
-        lengths = ops.cast(ops.reshape(lengths, (-1,)), "int32")
-        if self.max_steps is not None:
-            lengths = ops.minimum(lengths, self.max_steps)
-        steps = ops.arange(ops.shape(sequence)[1], dtype="int32")
-        return ops.expand_dims(steps, 0) < ops.expand_dims(lengths, 1)
+        return real_steps(sequence, lengths, self.max_steps)
 
     def compute_output_shape(self, input_shape):
         sequence_shape = input_shape[0]
@@ -88,9 +94,7 @@ class FlattenSteps(keras.layers.Layer):
 
     def call(self, inputs):
         sequence, lengths = inputs
-        lengths = ops.cast(ops.reshape(lengths, (-1,)), "int32")
-        real = ops.arange(ops.shape(sequence)[1], dtype="int32")[None, :] < lengths[:, None]
-        x = sequence * ops.cast(real, sequence.dtype)[..., None]
+        x = sequence * ops.cast(real_steps(sequence, lengths), sequence.dtype)[..., None]
         pad = ops.repeat(ops.zeros_like(x[:, :1]), self.steps, axis=1)    # [B, steps, D], any T
         x = ops.concatenate([x, pad], axis=1)[:, :self.steps]
         return ops.reshape(x, (-1, self.steps * sequence.shape[-1]))
