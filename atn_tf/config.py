@@ -14,7 +14,8 @@ CONFIG_FILE = "config.json"
 # The allowed values of the recipe's string fields.
 CHOICES = {"balance_by": ("class", "database_class"), "optimizer": ("sgd", "adamw"),
            "lr_schedule": ("step", "cosine"), "embedding_scale": ("none", "learned"),
-           "apex_backbone": ("resnet", "fer_xception"), "apex_init": ("", "fer2013"), "time_pool": ("mean", "last")}
+           "apex_backbone": ("resnet", "fer_xception"), "apex_init": ("", "fer2013"), "time_pool": ("mean", "last"),
+           "flow_seq_repr": ("polar", "cartesian")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,7 @@ class TrainConfig:
     embedding_scale: str = "none"           # none | learned (scale on the L2-normalised embeddings)
     embedding_scale_init: float = 8.0       # the learned scale's starting value
     time_pool: str = "mean"                 # mean (the paper's: over the real steps) | last (LSTM's last real step)
+    flow_seq_repr: str = "polar"            # polar (the records' angle, magnitude) | cartesian (m cos a, m sin a)
     apex_backbone: str = "resnet"           # resnet (the paper's) | fer_xception
     apex_init: str = ""                     # "" (from scratch) | fer2013 (fer_xception only)
     freeze_apex: bool = False               # keep the apex branch's weights fixed
@@ -149,4 +151,4 @@ class TrainConfig:
                     apex_feature_norm=self.apex_feature_norm, branch_heads=self.branch_loss > 0,
                     embedding_scale_init=self.embedding_scale_init, time_pool=self.time_pool,
                     linear=self.linear_path, linear_steps=self.linear_steps, linear_l2=self.linear_l2,
-                    flow_width=self.flow_width)
+                    flow_width=self.flow_width, flow_seq_repr=self.flow_seq_repr)

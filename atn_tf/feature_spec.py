@@ -88,6 +88,15 @@ class Sample:
         return self
 
 
+def polar_to_cartesian(seq: np.ndarray) -> np.ndarray:
+    """flow_seq values, (angle rad, magnitude) per block, -> (m cos a, m sin a), same shape
+    (the NumPy twin of the models' `PolarToCartesian` layer)."""
+    seq = np.asarray(seq)
+    pairs = seq.reshape(seq.shape[:-1] + (-1, 2))
+    ang, mag = pairs[..., 0], pairs[..., 1]
+    return np.stack([mag * np.cos(ang), mag * np.sin(ang)], axis=-1).reshape(seq.shape)
+
+
 def _png(array: np.ndarray) -> bytes:
     import cv2  # local: keeps `import atn_tf` light for serving clients
 

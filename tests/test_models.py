@@ -18,6 +18,8 @@ import pytest
 
 from atn_tf.models import (CUSTOM_OBJECTS, INPUT_NAMES, MODEL_NAMES, AttentionGate, FlattenSteps, L2Normalize,
                            MaskedMean, SequenceMask, build_model, input_statistics, set_input_statistics)
+from atn_tf.feature_spec import polar_to_cartesian
+from atn_tf.models.layers import PolarToCartesian
 from atn_tf.models import backbone
 
 SMALL = dict(image_size=64, width=8, lstm_units=16)
@@ -144,6 +146,7 @@ def test_functional_config_round_trip(small_models, name):
     FlattenSteps(4, name="flat"),
     MaskedMean(name="mean"),
     AttentionGate(name="gate"),
+    PolarToCartesian(name="cartesian"),
 ])
 def test_custom_layer_config_round_trip(layer):
     config = layer.get_config()
@@ -392,3 +395,50 @@ def test_flow_width_sizes_the_flow_cnn_alone():
     assert wide.get_layer("conv1").filters == narrow.get_layer("conv1").filters
     with pytest.raises(ValueError, match="flow_width"):
         build_model("atn_flow", flow_width=-1, **SMALL)
+
+
+def test_polar_to_cartesian_math():
+    """(angle, magnitude) pairs -> (m cos a, m sin a), pair by pair; padding stays zero; the
+    NumPy twin used for the training statistics agrees with the layer."""
+    seq = np.zeros((1, 3, 4), np.float32)
+    seq[0, 0] = [0.0, 2.0, np.pi / 2, 1.0]
+    seq[0, 1] = [np.pi, 3.0, -np.pi / 2, 0.5]
+    got = keras.ops.convert_to_numpy(PolarToCartesian()(seq))
+    np.testing.assert_allclose(got[0], [[2, 0, 0, 1], [-3, 0, 0, -0.5], [0, 0, 0, 0]], atol=1e-6)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 5, STEP_DIM)).astype(np.float32)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(PolarToCartesian()(x)), polar_to_cartesian(x),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["time_only", "atn"])
+def test_cartesian_flow_seq_feeds_the_time_branch_and_its_statistics(name, tmp_path):
+    """flow_seq_repr="cartesian": the model converts the records' pairs itself, the input
+    standardisation takes Cartesian training statistics over the real steps, the model
+    equals a polar model fed the converted sequence, and it saves and reloads."""
+    keras.utils.set_random_seed(5)
+    cart = build_model(name, input_norm=True, flow_seq_repr="cartesian", **SMALL)
+    polar = build_model(name, input_norm=True, **SMALL)
+    assert "flow_seq_cartesian" in [layer.name for layer in cart.layers]
+    assert "flow_seq_cartesian" not in [layer.name for layer in polar.layers]
+    polar.set_weights(cart.get_weights())
+    train = make_batch(batch=4, steps=6, lengths=[6, 2, 3, 5], seed=21)
+    set_input_statistics(cart, train)
+    mean, var = cart.get_layer("flow_seq_norm").get_weights()
+    real = polar_to_cartesian(train["flow_seq"])[np.arange(6)[None, :] < train["flow_len"][:, None]]
+    np.testing.assert_allclose(mean, real.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(var, real.var(0), rtol=1e-4, atol=1e-6)
+    polar.get_layer("flow_seq_norm").set_weights([mean, var])
+    for layer in ("apex_norm",):
+        if layer in [x.name for x in cart.layers]:
+            polar.get_layer(layer).set_weights(cart.get_layer(layer).get_weights())
+    batch = make_batch(batch=3, steps=7, lengths=[7, 2, 3], seed=22)
+    converted = dict(batch, flow_seq=polar_to_cartesian(batch["flow_seq"]).astype(np.float32))
+    np.testing.assert_allclose(as_numpy(cart(batch, training=False))["logits"],
+                               as_numpy(polar(converted, training=False))["logits"], rtol=1e-4, atol=1e-5)
+    path = tmp_path / "cartesian.keras"
+    cart.save(path)
+    np.testing.assert_allclose(as_numpy(keras.saving.load_model(path)(batch, training=False))["logits"],
+                               as_numpy(cart(batch, training=False))["logits"], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="flow_seq_repr"):
+        build_model(name, flow_seq_repr="log", **SMALL)

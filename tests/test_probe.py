@@ -52,6 +52,11 @@ def test_inputs_from_records(megc_dir):
     assert inputs.blocks["apex"].shape == (n, 32 * 32)
     assert inputs.features("all").shape == (n, 512 + 2352 + 1024)
     assert inputs.features("apex_flow_seq").shape == (n, 1024 + 512)
+    # the Cartesian block is (m cos a, m sin a) of each block's (angle, magnitude)
+    pairs = inputs.blocks["flow_seq"].reshape(n, -1, 2)
+    uv = inputs.features("flow_seq_cartesian").reshape(n, -1, 2)
+    np.testing.assert_allclose(uv[..., 0], pairs[..., 1] * np.cos(pairs[..., 0]), atol=1e-12)
+    np.testing.assert_allclose(uv[..., 1], pairs[..., 1] * np.sin(pairs[..., 0]), atol=1e-12)
     recs = {r["sample_id"].decode(): r for r in input_pipeline.records(megc_dir).as_numpy_iterator()}
     for i, sid in enumerate(inputs.sample_ids):
         r = recs[sid]

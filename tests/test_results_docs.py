@@ -162,3 +162,13 @@ def test_results_doc_groups_seeds_pairs_probes_and_shows_new_keys(tmp_path):
     again = out.read_text()
     assert again.count(results_doc.BEGIN) == 1 and again.count(results_doc.PROBE_BEGIN) == 1
     assert "2026-12-02" in again and "2026-12-01;" not in again
+
+
+def test_a_cartesian_time_branch_is_read_against_both_flow_seq_probes():
+    from atn_tf import results_doc
+
+    probes = {("cde", "flow_seq"): ("p1", {}), ("cde", "flow_seq_cartesian"): ("p2", {})}
+    assert results_doc.probe_inputs("time_only", "cde", probes, {"flow_seq_repr": "polar"}) == ("flow_seq",)
+    assert results_doc.probe_inputs("time_only", "cde", probes, {"flow_seq_repr": "cartesian"}) == \
+        ("flow_seq", "flow_seq_cartesian")
+    assert results_doc.probe_inputs("time_only", "hde", probes, {"flow_seq_repr": "cartesian"}) == ("flow_seq",)

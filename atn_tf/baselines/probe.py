@@ -15,6 +15,9 @@ The inputs are the deep models' inputs, read from the TFRecords through
 - `flow_seq_mean`, `flow_seq_first`: the 128 features averaged over the real steps, or
   of the first step only (diagnostics of the time branch, which averages its LSTM's
   outputs over the steps).
+- `flow_seq_cartesian`: `flow_seq` with each block's (angle, magnitude) as (m cos a,
+  m sin a), what the time branch reads with `--flow_seq_repr=cartesian`: the floor of
+  those models.
 - `apex_fer`: the 128 pooled features of the FER2013 mini-Xception (the frozen
   `--apex_backbone=fer_xception --apex_init=fer2013` branch) on the apex area-resized to
   64x64: the floor of the models that use that branch frozen.
@@ -56,9 +59,12 @@ from threadpoolctl import threadpool_limits
 
 from atn_tf import protocols
 from atn_tf.baselines.classify import macro_f1
+from atn_tf.feature_spec import polar_to_cartesian
 
-PROBES = ("flow_seq", "flow_image", "apex", "apex_flow_seq", "all", "apex_fer", "flow_seq_mean", "flow_seq_first")
+PROBES = ("flow_seq", "flow_image", "apex", "apex_flow_seq", "all", "apex_fer", "flow_seq_mean", "flow_seq_first",
+          "flow_seq_cartesian")
 PARTS = {"flow_seq": ("flow_seq",), "flow_seq_mean": ("flow_seq_mean",), "flow_seq_first": ("flow_seq_first",),
+         "flow_seq_cartesian": ("flow_seq_cartesian",),
          "flow_image": ("flow_image",), "apex": ("apex",), "apex_fer": ("apex_fer",),
          "apex_flow_seq": ("apex", "flow_seq"), "all": ("apex", "flow_seq", "flow_image")}
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0)
@@ -137,6 +143,7 @@ def load_inputs(data_dir: str, apex_size: int = APEX_SIZE, steps: int | None = N
         s = s[:t]
         flat[i, : s.size] = s.reshape(-1)
     blocks = {"apex": np.asarray(apex, dtype=np.float64), "flow_seq": flat,
+              "flow_seq_cartesian": polar_to_cartesian(flat),
               "flow_seq_mean": np.stack([s.mean(axis=0) for s in seqs]),
               "flow_seq_first": np.stack([s[0] for s in seqs]),
               "flow_image": np.asarray(fimg, dtype=np.float64)}

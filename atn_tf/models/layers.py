@@ -236,8 +236,31 @@ class ScaleToUnit(keras.layers.Layer):
         return inputs / 127.5 - 1.0
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PolarToCartesian(keras.layers.Layer):
+    """Flow features stored as (angle rad, magnitude) pairs -> (u, v) = (m cos a, m sin a).
+
+    Why: a raw angle is a poor number to add or threshold (-pi and pi are the same
+    direction, and a direction with almost no motion weighs like a strong one); the
+    horizontal and vertical components are linear in the motion. On the development split
+    a linear probe on flow_seq scores 0.690 UF1 on the raw pairs and 0.731 on (u, v)
+    (docs/results.md). Zero padding (magnitude 0) stays zero. NumPy twin (for the training
+    statistics and the probes): `feature_spec.polar_to_cartesian`.
+    """
+
+    def call(self, inputs):
+        shape = ops.shape(inputs)
+        pairs = ops.reshape(inputs, (-1, shape[-1] // 2, 2))
+        ang, mag = pairs[..., 0], pairs[..., 1]
+        out = ops.stack([mag * ops.cos(ang), mag * ops.sin(ang)], axis=-1)
+        return ops.reshape(out, shape)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
 CUSTOM_OBJECTS = {
     f"{PACKAGE}>{cls.__name__}": cls
     for cls in (L2Normalize, SequenceMask, FlattenSteps, MaskedMean, AttentionGate, Standardize, LearnedScale,
-                Subsample2x, ScaleToUnit)
+                Subsample2x, ScaleToUnit, PolarToCartesian)
 }

@@ -23,7 +23,7 @@ import numpy as np
 
 from atn_tf import feature_spec
 from atn_tf.models import backbone, fer_xception
-from atn_tf.models.layers import FlattenSteps, L2Normalize, LearnedScale, Standardize
+from atn_tf.models.layers import FlattenSteps, L2Normalize, LearnedScale, PolarToCartesian, Standardize
 
 # name -> (branches, dropout used, micro-attention in the apex branch)
 _VARIANTS = {
@@ -38,6 +38,8 @@ MODEL_NAMES = tuple(_VARIANTS)
 APEX_BACKBONES = ("resnet", "fer_xception")
 APEX_INITS = ("", "fer2013")
 EMBEDDING_SCALES = ("none", "learned")
+FLOW_SEQ_REPRS = ("polar", "cartesian")
+CARTESIAN_LAYER = "flow_seq_cartesian"
 FER_PREFIX = "fer_"
 APEX_FEATURE_NORM = "apex_feature_norm"
 
@@ -74,7 +76,7 @@ def classification_head(embedding, num_classes: int, dropout: float, linear_logi
 LINEAR_PREFIX = "linear_"
 
 
-def linear_path(inputs: dict, branches, num_classes: int, steps: int, l2: float):
+def linear_path(inputs: dict, branches, num_classes: int, steps: int, l2: float, flow_seq=None):
     """Logits of a linear model on the standardised raw inputs of the time and flow
     branches (`flow_seq`'s first `steps` steps flattened, padded steps zero; the flow image's
     pixels), the model a linear probe fits, added to the deep head's logits.
@@ -83,11 +85,13 @@ def linear_path(inputs: dict, branches, num_classes: int, steps: int, l2: float)
     or beats the deep branches that read them (docs/results.md); with this path the network
     contains that probe, so the deep part only has to add what the linear one misses. Its
     own `Standardize` layers (`linear_<input>_norm`) take the training fold's statistics.
+    `flow_seq` replaces `inputs["flow_seq"]` (the time branch's representation of it).
     `l2` > 0 adds l2 * sum(w**2) of its kernel to the loss, the probe's ridge penalty.
     """
     parts = []
     if "time" in branches:
-        seq = Standardize((inputs["flow_seq"].shape[-1],), name=f"{LINEAR_PREFIX}flow_seq_norm")(inputs["flow_seq"])
+        flow_seq = inputs["flow_seq"] if flow_seq is None else flow_seq
+        seq = Standardize((flow_seq.shape[-1],), name=f"{LINEAR_PREFIX}flow_seq_norm")(flow_seq)
         parts.append(FlattenSteps(steps, name=f"{LINEAR_PREFIX}flow_seq")([seq, inputs["flow_len"]]))
     if "flow" in branches:
         image = Standardize(tuple(inputs["flow_image"].shape[1:]),
@@ -108,7 +112,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                 apex_backbone: str = "resnet", apex_init: str = "", freeze_apex: bool = False,
                 apex_feature_norm: bool = False, branch_heads: bool = False,
                 embedding_scale_init: float = 8.0, time_pool: str = "mean", linear: bool = False,
-                linear_steps: int = 4, linear_l2: float = 0.0, flow_width: int = 0) -> keras.Model:
+                linear_steps: int = 4, linear_l2: float = 0.0, flow_width: int = 0,
+                flow_seq_repr: str = "polar") -> keras.Model:
     """Builds one of `MODEL_NAMES`.
 
     * `atn`: apex branch + time branch, concatenated -> dropout -> dense -> softmax.
@@ -138,6 +143,9 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
       features are not centred (a few channels have large means), so without it their
       direction, and so the embedding, is dominated by those channels; a linear probe on
       them standardises first.
+    * `flow_seq_repr="cartesian"`: the time branch (and the linear path) read each block's
+      (angle, magnitude) as (m cos a, m sin a) (`PolarToCartesian`, inside the model, so
+      exports take the records' features unchanged).
     * `time_pool="last"`: the time branch takes the second LSTM's output at the last real
       step instead of the mean over the real steps (`backbone.time_branch`).
     * `linear`: a linear path on the standardised flow inputs whose logits are added to the
@@ -152,10 +160,11 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         raise ValueError(f"bad model size: width={width} flow_width={flow_width} lstm_units={lstm_units} "
                          f"num_classes={num_classes} dropout={dropout}")
     if apex_backbone not in APEX_BACKBONES or apex_init not in APEX_INITS \
-            or embedding_scale not in EMBEDDING_SCALES:
+            or embedding_scale not in EMBEDDING_SCALES or flow_seq_repr not in FLOW_SEQ_REPRS:
         raise ValueError(f"bad recipe: apex_backbone={apex_backbone!r} (one of {APEX_BACKBONES}), "
                          f"apex_init={apex_init!r} (one of {APEX_INITS}), "
-                         f"embedding_scale={embedding_scale!r} (one of {EMBEDDING_SCALES})")
+                         f"embedding_scale={embedding_scale!r} (one of {EMBEDDING_SCALES}), "
+                         f"flow_seq_repr={flow_seq_repr!r} (one of {FLOW_SEQ_REPRS})")
     if linear_steps < 1 or linear_l2 < 0:
         raise ValueError(f"bad linear path: linear_steps={linear_steps} (>= 1), linear_l2={linear_l2} (>= 0)")
     if not embedding_scale_init > 0:
@@ -169,6 +178,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     if apex_init and not fer:
         raise ValueError(f"apex_init={apex_init!r} needs apex_backbone=fer_xception and an apex branch")
     inputs = model_inputs(image_size, flow_image_size)
+    flow_seq = PolarToCartesian(name=CARTESIAN_LAYER)(inputs["flow_seq"]) \
+        if flow_seq_repr == "cartesian" and ("time" in branches) else inputs["flow_seq"]
     embeddings = {}
     if "apex" in branches:
         if fer:
@@ -181,7 +192,7 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                                                                 input_norm=input_norm)
     if "time" in branches:
         embeddings["time_embedding"] = backbone.time_branch(
-            inputs["flow_seq"], inputs["flow_len"], lstm_units, max_steps, input_norm=input_norm, pool=time_pool)
+            flow_seq, inputs["flow_len"], lstm_units, max_steps, input_norm=input_norm, pool=time_pool)
     if "flow" in branches:
         embeddings["flow_embedding"] = backbone.flow_branch(inputs["flow_image"], flow_width or width,
                                                               input_norm=input_norm)
@@ -189,7 +200,7 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     if embedding_scale == "learned":
         features = [LearnedScale(embedding_scale_init, name=f"{k}_scale")(v) for k, v in embeddings.items()]
     fused = features[0] if len(features) == 1 else keras.layers.Concatenate(name="fusion")(features)
-    linear_logits = linear_path(inputs, branches, num_classes, linear_steps, linear_l2) if linear else None
+    linear_logits = linear_path(inputs, branches, num_classes, linear_steps, linear_l2, flow_seq) if linear else None
     logits, probabilities = classification_head(fused, num_classes, dropout if use_dropout else 0.0, linear_logits)
     outputs = {"probabilities": probabilities, "logits": logits, **embeddings}
     if branch_heads:
@@ -218,11 +229,11 @@ def _resnet_layer_names(model: keras.Model) -> list[str]:
     return [layer.name for layer in model.layers if layer.name.startswith(prefixes)]
 
 
-def input_statistics(data: dict) -> dict:
+def input_statistics(data: dict, flow_seq_repr: str = "polar") -> dict:
     """Mean / variance for each `Standardize` layer from training arrays (`apex_image`
     [N,S,S,1] float, `flow_seq` [N,T,128] right-padded, `flow_len` [N], `flow_image`
     [N,28,28,3]): one scalar for the apex pixels, per feature over the real steps of the
-    sequences, per pixel and channel for the flow image."""
+    sequences (in the model's `flow_seq_repr`), per pixel and channel for the flow image."""
     stats = {}
     if "apex_image" in data:
         a = np.asarray(data["apex_image"], np.float64)
@@ -230,7 +241,7 @@ def input_statistics(data: dict) -> dict:
     if "flow_seq" in data and "flow_len" in data:
         seq, lens = np.asarray(data["flow_seq"], np.float64), np.asarray(data["flow_len"])
         real = np.arange(seq.shape[1])[None, :] < lens[:, None]
-        steps = seq[real]
+        steps = feature_spec.polar_to_cartesian(seq[real]) if flow_seq_repr == "cartesian" else seq[real]
         stats["flow_seq_norm"] = (steps.mean(axis=0), steps.var(axis=0))
     if "flow_image" in data:
         f = np.asarray(data["flow_image"], np.float64)
@@ -244,7 +255,8 @@ def set_input_statistics(model: keras.Model, data: dict) -> list[str]:
     layers = [layer for layer in model.layers if isinstance(layer, Standardize)]
     if not layers:
         return []
-    stats = input_statistics(data)
+    names = {layer.name for layer in model.layers}
+    stats = input_statistics(data, "cartesian" if CARTESIAN_LAYER in names else "polar")
     if any(layer.name == APEX_FEATURE_NORM for layer in layers):
         stats[APEX_FEATURE_NORM] = _apex_feature_statistics(model, data["apex_image"])
     for layer in layers:
