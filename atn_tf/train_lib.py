@@ -142,7 +142,8 @@ class Session:
         the n global batches, concatenated)."""
         config, model, optimizer, strategy = self.config, self.model, self.optimizer, self.strategy
         num_classes = model.output["logits"].shape[-1]
-        branch_keys = sorted(k for k in model.output if k.endswith("_logits"))   # branch_heads
+        branch_keys = sorted(k for k in model.output if k.endswith("_logits"))   # branch_heads / late fusion
+        late = config.fusion == "late" and bool(branch_keys)
         if config.label_smoothing:
             smoothed = keras.losses.CategoricalCrossentropy(
                 from_logits=True, label_smoothing=config.label_smoothing, reduction=None)
@@ -154,10 +155,15 @@ class Session:
             with tf.GradientTape() as tape:
                 out = model(inputs, training=True)
                 logits = tf.cast(out["logits"], tf.float32)
-                example_loss = per_example_loss(labels, logits)
                 if branch_keys:
-                    example_loss += config.branch_loss * tf.add_n(
-                        [per_example_loss(labels, tf.cast(out[k], tf.float32)) for k in branch_keys]) / len(branch_keys)
+                    branch_loss = tf.add_n([per_example_loss(labels, tf.cast(out[k], tf.float32))
+                                            for k in branch_keys]) / len(branch_keys)
+                if late:    # each head on its own loss; the averaged logits only predict
+                    example_loss = branch_loss
+                else:
+                    example_loss = per_example_loss(labels, logits)
+                    if branch_keys:
+                        example_loss += config.branch_loss * branch_loss
                 loss = tf.nn.compute_average_loss(example_loss, global_batch_size=config.batch_size)
                 if model.losses:    # kernel regularisers (the linear path's ridge penalty)
                     loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))

@@ -442,3 +442,22 @@ def test_cartesian_flow_seq_feeds_the_time_branch_and_its_statistics(name, tmp_p
                                as_numpy(cart(batch, training=False))["logits"], rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="flow_seq_repr"):
         build_model(name, flow_seq_repr="log", **SMALL)
+
+
+def test_late_fusion_averages_one_head_per_branch(tmp_path):
+    model = build_model("atn_flow", fusion="late", dropout=0.3, **SMALL)
+    out = as_numpy(model(make_batch(batch=3, lengths=[10, 4, 1], seed=31), training=False))
+    heads = [out[f"{b}_logits"] for b in ("apex", "time", "flow")]
+    np.testing.assert_allclose(out["logits"], np.mean(heads, axis=0), rtol=1e-5, atol=1e-6)
+    assert {"apex_dropout", "time_dropout", "flow_dropout"} <= {layer.name for layer in model.layers}
+    assert "fusion" not in [layer.name for layer in model.layers]      # nothing concatenated
+    path = tmp_path / "late.keras"
+    model.save(path)
+    batch = make_batch(batch=2, lengths=[3, 9], seed=32)
+    np.testing.assert_allclose(as_numpy(keras.saving.load_model(path)(batch, training=False))["logits"],
+                               as_numpy(model(batch, training=False))["logits"], rtol=1e-6, atol=1e-6)
+    single = build_model("time_only", fusion="late", **SMALL)      # one branch: the usual head
+    assert set(single.output) == {"probabilities", "logits", "time_embedding"}
+    for bad in (dict(fusion="mean"), dict(fusion="late", branch_heads=True), dict(fusion="late", linear=True)):
+        with pytest.raises(ValueError, match="fusion"):
+            build_model("atn_flow", **bad, **SMALL)

@@ -163,6 +163,33 @@ def test_linear_path_ridge_penalty_is_part_of_the_training_loss(data_dir):
     assert losses[10.0][0][1] > losses[0.0][0][1]     # step 1: same weights, plus the penalty
 
 
+def test_late_fusion_trains_each_branch_on_its_own_loss(data_dir):
+    """--fusion=late: a branch's weights never see another branch's head. Two runs that differ
+    only in the apex head's starting weights end with the same time and flow branches (and
+    different apex heads); the averaged logits predict."""
+    from atn_tf import input_pipeline, train_lib
+    from atn_tf.models import set_input_statistics
+    info = input_pipeline.read_dataset_info(data_dir)
+    data = input_pipeline.resize_apex(input_pipeline.load_arrays(data_dir, info, input_pipeline.Selection()), 32)
+    cfg = TrainConfig(data_dir=data_dir, model="atn_flow", train_steps=8, fusion="late", dropout=0.2,
+                      input_norm=True, optimizer="adamw", learning_rate=0.01, lr_schedule="cosine", **TINY)
+    trained = []
+    for shift in (0.0, 0.5):
+        session = train_lib.Session(cfg)
+        set_input_statistics(session.model, data)
+        head = session.model.get_layer("apex_logits")
+        head.set_weights([w + shift for w in head.get_weights()])
+        train_lib.fit(session, data)
+        trained.append({layer: [w.copy() for w in session.model.get_layer(layer).get_weights()]
+                        for layer in ("lstm1", "time_logits", "flow_conv1", "flow_logits", "apex_logits")})
+    for layer in ("lstm1", "time_logits", "flow_conv1", "flow_logits"):
+        for a, b in zip(trained[0][layer], trained[1][layer]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=layer)
+    assert not np.allclose(trained[0]["apex_logits"][0], trained[1]["apex_logits"][0])
+    with pytest.raises(ValueError, match="fusion=late"):
+        TrainConfig(model="atn_flow", fusion="late", branch_loss=1.0)
+
+
 def test_mirrored_on_two_virtual_cpus_matches_one_device(data_dir, tmp_path):
     # Same global batch; dropout off (its masks differ per replica) and BatchNorm statistics
     # synchronised across replicas, so the two runs compute the same function.

@@ -39,6 +39,7 @@ APEX_BACKBONES = ("resnet", "fer_xception")
 APEX_INITS = ("", "fer2013")
 EMBEDDING_SCALES = ("none", "learned")
 FLOW_SEQ_REPRS = ("polar", "cartesian")
+FUSIONS = ("concat", "late")
 CARTESIAN_LAYER = "flow_seq_cartesian"
 FER_PREFIX = "fer_"
 APEX_FEATURE_NORM = "apex_feature_norm"
@@ -113,7 +114,7 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                 apex_feature_norm: bool = False, branch_heads: bool = False,
                 embedding_scale_init: float = 8.0, time_pool: str = "mean", linear: bool = False,
                 linear_steps: int = 4, linear_l2: float = 0.0, flow_width: int = 0,
-                flow_seq_repr: str = "polar") -> keras.Model:
+                flow_seq_repr: str = "polar", fusion: str = "concat") -> keras.Model:
     """Builds one of `MODEL_NAMES`.
 
     * `atn`: apex branch + time branch, concatenated -> dropout -> dense -> softmax.
@@ -150,6 +151,14 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
       step instead of the mean over the real steps (`backbone.time_branch`).
     * `linear`: a linear path on the standardised flow inputs whose logits are added to the
       head's (`linear_path`; `linear_steps`, `linear_l2`).
+    * `fusion="late"` (models with several branches): each branch has its own dropout and
+      linear classifier (`<branch>_logits`) and the model's logits are their mean; the
+      training loss is then the mean of the branches' own cross-entropies
+      (`train_lib`), so each branch learns as it would alone and the fused prediction is
+      the product of their distributions. Why: on these records the motion branches alone
+      match their probes while the jointly trained `atn_flow` falls below `flow_only`
+      (docs/results.md): the branches that fit the training subjects fastest leave the
+      others under-trained.
     * `branch_heads`: a linear classifier on each branch's (scaled) embedding, output as
       `<branch>_logits`, for an auxiliary loss per branch (`TrainConfig.branch_loss`), so a
       branch that fits the training subjects fast (the apex) cannot starve the others.
@@ -165,6 +174,10 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                          f"apex_init={apex_init!r} (one of {APEX_INITS}), "
                          f"embedding_scale={embedding_scale!r} (one of {EMBEDDING_SCALES}), "
                          f"flow_seq_repr={flow_seq_repr!r} (one of {FLOW_SEQ_REPRS})")
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+    if fusion == "late" and (branch_heads or linear):
+        raise ValueError("fusion='late' has a head per branch already: no branch_heads / linear path")
     if linear_steps < 1 or linear_l2 < 0:
         raise ValueError(f"bad linear path: linear_steps={linear_steps} (>= 1), linear_l2={linear_l2} (>= 0)")
     if not embedding_scale_init > 0:
@@ -199,15 +212,36 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     features = list(embeddings.values())
     if embedding_scale == "learned":
         features = [LearnedScale(embedding_scale_init, name=f"{k}_scale")(v) for k, v in embeddings.items()]
-    fused = features[0] if len(features) == 1 else keras.layers.Concatenate(name="fusion")(features)
-    linear_logits = linear_path(inputs, branches, num_classes, linear_steps, linear_l2, flow_seq) if linear else None
-    logits, probabilities = classification_head(fused, num_classes, dropout if use_dropout else 0.0, linear_logits)
-    outputs = {"probabilities": probabilities, "logits": logits, **embeddings}
-    if branch_heads:
+    rate = dropout if use_dropout else 0.0
+    if fusion == "late" and len(features) > 1:
+        heads = {}
         for key, feature in zip(embeddings, features):
             branch = key.removesuffix("_embedding")
-            outputs[f"{branch}_logits"] = keras.layers.Dense(num_classes, name=f"{branch}_logits")(feature)
-    model = keras.Model(inputs=inputs, outputs=outputs, name=name)
+            heads[f"{branch}_logits"] = late_head(feature, branch, num_classes, rate)
+        logits = keras.layers.Average(name="logits")(list(heads.values()))
+        probabilities = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
+        outputs = {"probabilities": probabilities, "logits": logits, **embeddings, **heads}
+    else:
+        fused = features[0] if len(features) == 1 else keras.layers.Concatenate(name="fusion")(features)
+        linear_logits = linear_path(inputs, branches, num_classes, linear_steps, linear_l2, flow_seq) if linear else None
+        logits, probabilities = classification_head(fused, num_classes, rate, linear_logits)
+        outputs = {"probabilities": probabilities, "logits": logits, **embeddings}
+        if branch_heads:
+            for key, feature in zip(embeddings, features):
+                branch = key.removesuffix("_embedding")
+                outputs[f"{branch}_logits"] = keras.layers.Dense(num_classes, name=f"{branch}_logits")(feature)
+    return _finish(keras.Model(inputs=inputs, outputs=outputs, name=name), sync_batchnorm, apex_init, freeze_apex, fer)
+
+
+def late_head(feature, branch: str, num_classes: int, dropout: float):
+    """One branch's own classifier under late fusion: (dropout) -> dense `<branch>_logits`."""
+    if dropout > 0:
+        feature = keras.layers.Dropout(dropout, name=f"{branch}_dropout")(feature)
+    return keras.layers.Dense(num_classes, name=f"{branch}_logits")(feature)
+
+
+def _finish(model: keras.Model, sync_batchnorm: bool, apex_init: str, freeze_apex: bool, fer: bool) -> keras.Model:
+    """Synchronised BatchNorm, the FER2013 weights and the frozen apex layers, in that order."""
     if sync_batchnorm:
         config = model.get_config()
         for layer in config["layers"]:
