@@ -20,13 +20,13 @@ TINY = dict(image_size=SIZE, width=8, lstm_units=16)
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 
 
-def save_run(run_dir, name="atn", seed=0):
+def save_run(run_dir, name="atn", seed=0, **recipe):
     keras_seed = __import__("keras").utils.set_random_seed
     keras_seed(seed)
-    model = build_model(name, **TINY)
+    model = build_model(name, **TINY, **recipe)
     os.makedirs(run_dir, exist_ok=True)
     model.save(os.path.join(run_dir, "model.keras"))
-    TrainConfig(model=name, model_dir=str(run_dir), **TINY).save(str(run_dir))
+    TrainConfig(model=name, model_dir=str(run_dir), **TINY, **recipe).save(str(run_dir))
     return model
 
 
@@ -259,8 +259,10 @@ def test_committed_models_config_parses():
     assert "demo" in serving_config.entries(path)
 
 
-def test_atn_flow_takes_flow_image(tmp_path):
-    model = save_run(tmp_path / "run", name="atn_flow", seed=1)
+@pytest.mark.parametrize("recipe", [{}, dict(fusion="late", flow_seq_repr="cartesian", input_norm=True)],
+                         ids=["paper", "late_cartesian"])
+def test_atn_flow_takes_flow_image(tmp_path, recipe):
+    model = save_run(tmp_path / "run", name="atn_flow", seed=1, **recipe)
     loaded = tf.saved_model.load(export_lib.export(str(tmp_path / "run"), str(tmp_path / "sm")))
     for sig in export_lib.SIGNATURES:
         assert "flow_image" in loaded.signatures[sig].structured_input_signature[1]

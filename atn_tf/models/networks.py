@@ -12,8 +12,8 @@ pipeline feeds all of them; a model ignores the inputs it does not use):
 
 and a dict of outputs: `probabilities` [B, C] (softmax), `logits` [B, C] and the
 L2-normalised embeddings the model uses (`apex_embedding`, `time_embedding`,
-`flow_embedding`); with `branch_heads`, also `<branch>_logits` [B, C] per branch (training
-only: predictions and exports use the fused head).
+`flow_embedding`); with `branch_heads` or `fusion="late"`, also `<branch>_logits` [B, C]
+per branch (training only: predictions and exports use the fused head).
 """
 
 from __future__ import annotations
