@@ -429,9 +429,8 @@ def test_cartesian_flow_seq_feeds_the_time_branch_and_its_statistics(name, tmp_p
     np.testing.assert_allclose(mean, real.mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(var, real.var(0), rtol=1e-4, atol=1e-6)
     polar.get_layer("flow_seq_norm").set_weights([mean, var])
-    for layer in ("apex_norm",):
-        if layer in [x.name for x in cart.layers]:
-            polar.get_layer(layer).set_weights(cart.get_layer(layer).get_weights())
+    if "apex_norm" in [x.name for x in cart.layers]:
+        polar.get_layer("apex_norm").set_weights(cart.get_layer("apex_norm").get_weights())
     batch = make_batch(batch=3, steps=7, lengths=[7, 2, 3], seed=22)
     converted = dict(batch, flow_seq=polar_to_cartesian(batch["flow_seq"]).astype(np.float32))
     np.testing.assert_allclose(as_numpy(cart(batch, training=False))["logits"],

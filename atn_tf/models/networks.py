@@ -214,10 +214,7 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         features = [LearnedScale(embedding_scale_init, name=f"{k}_scale")(v) for k, v in embeddings.items()]
     rate = dropout if use_dropout else 0.0
     if fusion == "late" and len(features) > 1:
-        heads = {}
-        for key, feature in zip(embeddings, features):
-            branch = key.removesuffix("_embedding")
-            heads[f"{branch}_logits"] = late_head(feature, branch, num_classes, rate)
+        heads = branch_logits(embeddings, features, num_classes, rate)
         logits = keras.layers.Average(name="logits")(list(heads.values()))
         probabilities = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
         outputs = {"probabilities": probabilities, "logits": logits, **embeddings, **heads}
@@ -227,17 +224,21 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         logits, probabilities = classification_head(fused, num_classes, rate, linear_logits)
         outputs = {"probabilities": probabilities, "logits": logits, **embeddings}
         if branch_heads:
-            for key, feature in zip(embeddings, features):
-                branch = key.removesuffix("_embedding")
-                outputs[f"{branch}_logits"] = keras.layers.Dense(num_classes, name=f"{branch}_logits")(feature)
+            outputs.update(branch_logits(embeddings, features, num_classes))
     return _finish(keras.Model(inputs=inputs, outputs=outputs, name=name), sync_batchnorm, apex_init, freeze_apex, fer)
 
 
-def late_head(feature, branch: str, num_classes: int, dropout: float):
-    """One branch's own classifier under late fusion: (dropout) -> dense `<branch>_logits`."""
-    if dropout > 0:
-        feature = keras.layers.Dropout(dropout, name=f"{branch}_dropout")(feature)
-    return keras.layers.Dense(num_classes, name=f"{branch}_logits")(feature)
+def branch_logits(embeddings: dict, features: list, num_classes: int, dropout: float = 0.0) -> dict:
+    """A linear classifier per branch, `<branch>_logits`, on that branch's (scaled)
+    embedding, after its own dropout when `dropout` > 0: the auxiliary heads of
+    `branch_heads` (no dropout) and the heads of late fusion."""
+    heads = {}
+    for key, feature in zip(embeddings, features):
+        branch = key.removesuffix("_embedding")
+        if dropout > 0:
+            feature = keras.layers.Dropout(dropout, name=f"{branch}_dropout")(feature)
+        heads[f"{branch}_logits"] = keras.layers.Dense(num_classes, name=f"{branch}_logits")(feature)
+    return heads
 
 
 def _finish(model: keras.Model, sync_batchnorm: bool, apex_init: str, freeze_apex: bool, fer: bool) -> keras.Model:
