@@ -65,6 +65,12 @@ class TrainConfig:
     # concat (the paper's: one head on the concatenated embeddings) | late: a head per
     # branch, logits averaged, each head trained on its own cross-entropy only.
     fusion: str = "concat"
+    # Test-time mirroring inside the model: at inference, the mean of the logits of the
+    # inputs and of their horizontal mirrors (networks.build_model); training unchanged.
+    mirror_tta: bool = False
+    # Modality dropout (fusion=concat): per training example, one branch's embedding, drawn
+    # at random, is zeroed with this probability before the concatenation.
+    branch_dropout: float = 0.0
     # A linear path on the standardised flow inputs, its logits added to the head's
     # (networks.linear_path): the first linear_steps steps of flow_seq, the flow image's
     # pixels; linear_l2 is its kernel's ridge penalty.
@@ -109,6 +115,8 @@ class TrainConfig:
             raise ValueError(f"branch_loss must be >= 0, got {self.branch_loss}")
         if self.fusion == "late" and (self.branch_loss > 0 or self.linear_path):
             raise ValueError("fusion=late trains a head per branch already: drop branch_loss / linear_path")
+        if not 0.0 <= self.branch_dropout < 1.0 or (self.branch_dropout > 0 and self.fusion == "late"):
+            raise ValueError(f"branch_dropout={self.branch_dropout}: must be in [0, 1), with fusion=concat")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.val_fraction < 1:
@@ -157,4 +165,5 @@ class TrainConfig:
                     embedding_scale_init=self.embedding_scale_init, time_pool=self.time_pool,
                     linear=self.linear_path, linear_steps=self.linear_steps, linear_l2=self.linear_l2,
                     flow_width=self.flow_width, flow_seq_repr=self.flow_seq_repr,
-                    fusion=self.fusion)
+                    fusion=self.fusion, mirror_tta=self.mirror_tta,
+                    branch_dropout=self.branch_dropout)

@@ -49,6 +49,10 @@ HELP = {
     "apex_feature_norm": "fer_xception: standardise its pooled features with training-fold statistics.",
     "fusion": "concat: one head on the concatenated embeddings (the paper's) | late: a head per branch, "
               "logits averaged, each trained on its own cross-entropy.",
+    "branch_dropout": "Modality dropout (fusion=concat): per training example, zero one branch's "
+                      "embedding, drawn at random, with this probability.",
+    "mirror_tta": "Predict with the mean logits of the inputs and of their horizontal mirrors "
+                  "(inside the model, so exports do too; training unchanged).",
     "branch_loss": "> 0: weight of an auxiliary cross-entropy on a linear head per branch.",
     "linear_path": "Add a linear path on the standardised flow_seq / flow_image inputs to the logits "
                    "(the model then contains the linear probe of those inputs).",

@@ -19,7 +19,8 @@ import pytest
 from atn_tf.models import (CUSTOM_OBJECTS, INPUT_NAMES, MODEL_NAMES, AttentionGate, FlattenSteps, L2Normalize,
                            MaskedMean, SequenceMask, build_model, input_statistics, set_input_statistics)
 from atn_tf.feature_spec import polar_to_cartesian
-from atn_tf.models.layers import PolarToCartesian
+from atn_tf import augment
+from atn_tf.models.layers import BranchDropout, MergeViews, MirrorView, PolarToCartesian
 from atn_tf.models import backbone
 
 SMALL = dict(image_size=64, width=8, lstm_units=16)
@@ -147,6 +148,9 @@ def test_functional_config_round_trip(small_models, name):
     MaskedMean(name="mean"),
     AttentionGate(name="gate"),
     PolarToCartesian(name="cartesian"),
+    MirrorView("flow_seq", name="mirror"),
+    MergeViews("first", name="merge"),
+    BranchDropout(0.3, seed=2, name="branch_dropout"),
 ])
 def test_custom_layer_config_round_trip(layer):
     config = layer.get_config()
@@ -460,3 +464,105 @@ def test_late_fusion_averages_one_head_per_branch(tmp_path):
     for bad in (dict(fusion="mean"), dict(fusion="late", branch_heads=True), dict(fusion="late", linear=True)):
         with pytest.raises(ValueError, match="fusion"):
             build_model("atn_flow", **bad, **SMALL)
+
+
+def polar_batch(batch=3, steps=6, lengths=(6, 2, 4), seed=0):
+    """make_batch with real (angle in (-pi, pi], magnitude >= 0) flow pairs and one absent
+    (all-zero) flow image."""
+    x = make_batch(batch=batch, steps=steps, lengths=list(lengths), seed=seed)
+    rng = np.random.default_rng(seed + 100)
+    pairs = x["flow_seq"].reshape(batch, steps, -1, 2)
+    pairs[..., 0] = rng.uniform(-np.pi, np.pi, pairs.shape[:-1])
+    pairs[..., 1] = rng.exponential(1.0, pairs.shape[:-1])
+    x["flow_seq"] = pairs.reshape(batch, steps, STEP_DIM).astype(np.float32)
+    x["flow_seq"][np.arange(steps)[None, :] >= x["flow_len"][:, None]] = 0.0
+    x["flow_image"] = np.round(x["flow_image"])
+    x["flow_image"][-1] = 0.0
+    return x
+
+
+def mirrored(x):
+    """The NumPy mirror of a batch (augment.py's, as the training stream applies it)."""
+    seqs, images = augment.mirror_tables(x["flow_seq"], x["flow_len"], x["flow_image"])
+    return dict(x, apex_image=x["apex_image"][:, :, ::-1].copy(), flow_seq=seqs[1], flow_image=images[1])
+
+
+def test_mirror_view_is_the_training_mirror_and_the_identity_in_training():
+    x = polar_batch(seed=41)
+    want = mirrored(x)
+    for kind, args in (("apex_image", x["apex_image"]), ("flow_image", x["flow_image"]),
+                       ("flow_seq", [x["flow_seq"], x["flow_len"]]), ("repeat", x["flow_len"])):
+        key = "flow_len" if kind == "repeat" else kind
+        got = keras.ops.convert_to_numpy(MirrorView(kind)(args, training=False))
+        assert got.shape[0] == 2 * len(x["flow_len"])
+        np.testing.assert_array_equal(got[:3], x[key])
+        np.testing.assert_allclose(got[3:], want[key], atol=1e-5)
+        same = MirrorView(kind)(args, training=True)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(same[0] if kind == "flow_seq" else same),
+                                      x[key])
+    assert not want["flow_image"][-1].any()     # an absent flow image stays absent
+    halves = np.arange(12, dtype=np.float32).reshape(4, 3)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(MergeViews()(halves)), (halves[:2] + halves[2:]) / 2)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(MergeViews("first")(halves)), halves[:2])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(MergeViews()(halves, training=True)), halves)
+    with pytest.raises(ValueError, match="kind"):
+        MirrorView("apex")
+    with pytest.raises(ValueError, match="mode"):
+        MergeViews("max")
+
+
+@pytest.mark.parametrize("name,recipe", [("atn_flow", dict(fusion="late", flow_seq_repr="cartesian")),
+                                         ("atn", dict(branch_heads=True)), ("time_only", {})])
+def test_mirror_tta_averages_the_logits_of_both_views(name, recipe, tmp_path):
+    """mirror_tta: at inference the logits are the mean of the same network's logits on the
+    inputs and on their mirrors (so a mirrored clip gets the same prediction); in training
+    the model is the plain one; it saves and reloads."""
+    keras.utils.set_random_seed(7)
+    tta = build_model(name, mirror_tta=True, input_norm=True, dropout=0.0, **SMALL, **recipe)
+    plain = build_model(name, input_norm=True, dropout=0.0, **SMALL, **recipe)   # no dropout: same training pass
+    plain.set_weights(tta.get_weights())
+    train = polar_batch(batch=4, lengths=(6, 2, 3, 5), seed=42)
+    set_input_statistics(tta, train)
+    set_input_statistics(plain, train)
+    x = polar_batch(seed=43)
+    a, b = as_numpy(plain(x, training=False)), as_numpy(plain(mirrored(x), training=False))
+    got = as_numpy(tta(x, training=False))
+    assert set(got) == set(a)
+    for key in got:
+        if key.endswith("logits"):
+            np.testing.assert_allclose(got[key], (a[key] + b[key]) / 2, rtol=1e-4, atol=1e-5)
+        elif key.endswith("embedding"):
+            np.testing.assert_allclose(got[key], a[key], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(as_numpy(tta(mirrored(x), training=False))["probabilities"], got["probabilities"],
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(as_numpy(tta(x, training=True))["logits"], as_numpy(plain(x, training=True))["logits"],
+                               rtol=1e-5, atol=1e-5)
+    path = tmp_path / "tta.keras"      # (the training pass moved the BatchNorm statistics)
+    tta.save(path)
+    np.testing.assert_allclose(as_numpy(keras.saving.load_model(path)(x, training=False))["logits"],
+                               as_numpy(tta(x, training=False))["logits"], rtol=1e-6, atol=1e-6)
+
+
+def test_branch_dropout_zeroes_at_most_one_branch_per_example_in_training(tmp_path):
+    x = [np.ones((4000, 3), np.float32), np.full((4000, 2), 2.0, np.float32), np.full((4000, 5), 3.0, np.float32)]
+    out = [keras.ops.convert_to_numpy(o) for o in BranchDropout(0.3, seed=1)(x, training=True)]
+    dropped = np.stack([~o.any(axis=1) for o in out], axis=1)             # [B, branches]
+    assert dropped.sum(axis=1).max() == 1                                   # never two at once
+    assert abs(dropped.any(axis=1).mean() - 0.3) < 0.03
+    assert (np.abs(dropped.mean(axis=0) - 0.1) < 0.02).all()                # each branch alike
+    for o, i in zip(out, x):                                                # kept rows untouched
+        kept = o.any(axis=1)
+        np.testing.assert_array_equal(o[kept], i[kept])
+    for o, i in zip(BranchDropout(0.3, seed=1)(x, training=False), x):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(o), i)
+    model = build_model("atn", branch_dropout=0.5, **SMALL)
+    assert "branch_dropout" in [layer.name for layer in model.layers]
+    batch = make_batch(seed=51)
+    path = tmp_path / "bd.keras"
+    model.save(path)
+    np.testing.assert_allclose(as_numpy(keras.saving.load_model(path)(batch, training=False))["logits"],
+                               as_numpy(model(batch, training=False))["logits"], rtol=1e-6, atol=1e-6)
+    assert "branch_dropout" not in [layer.name for layer in build_model("time_only", branch_dropout=0.5, **SMALL).layers]
+    for bad in (dict(branch_dropout=1.0), dict(branch_dropout=0.2, fusion="late")):
+        with pytest.raises(ValueError, match="branch_dropout"):
+            build_model("atn", **bad, **SMALL)

@@ -189,6 +189,9 @@ def test_late_fusion_trains_each_branch_on_its_own_loss(data_dir):
     assert not np.allclose(trained[0]["apex_logits"][0], trained[1]["apex_logits"][0])
     with pytest.raises(ValueError, match="fusion=late"):
         TrainConfig(model="atn_flow", fusion="late", branch_loss=1.0)
+    for bad in (dict(branch_dropout=0.3, fusion="late"), dict(branch_dropout=-0.1)):
+        with pytest.raises(ValueError, match="branch_dropout"):
+            TrainConfig(model="atn", **bad)
 
 
 def test_mirrored_on_two_virtual_cpus_matches_one_device(data_dir, tmp_path):

@@ -6,8 +6,12 @@ Keras 3 backend, and is registered for `.keras` serialisation under the package 
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import ops
+
+from atn_tf.feature_spec import GRID
 
 PACKAGE = "atn_tf"
 
@@ -259,8 +263,137 @@ class PolarToCartesian(keras.layers.Layer):
         return input_shape
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class BranchDropout(keras.layers.Layer):
+    """Modality dropout on a list of branch embeddings [B, D_i]: in training, each example
+    has one of its branches, drawn at random, zeroed with probability `rate` (never more
+    than one, so the head always sees a branch); the identity at inference.
+
+    Why: with one head on the concatenated embeddings, a branch that fits the training
+    subjects fast (the apex trained from scratch) lets the head ignore the others, which
+    generalise better to new subjects (docs/results.md); dropping it now and then makes the
+    head read every branch.
+    """
+
+    def __init__(self, rate: float, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"BranchDropout rate must be in [0, 1), got {rate}")
+        self.rate, self.seed = float(rate), seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=False):
+        if not training or self.rate == 0.0:
+            return list(inputs)
+        batch = ops.shape(inputs[0])[0]
+        drop = keras.random.uniform((batch,), seed=self.seed_generator) < self.rate
+        which = ops.minimum(ops.cast(keras.random.uniform((batch,), seed=self.seed_generator) * len(inputs),
+                                     "int32"), len(inputs) - 1)
+        return [ops.where(ops.logical_and(drop, ops.equal(which, i))[:, None], ops.zeros_like(x), x)
+                for i, x in enumerate(inputs)]
+
+    def compute_output_shape(self, input_shape):
+        return [tuple(s) for s in input_shape]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(rate=self.rate, seed=self.seed)
+        return config
+
+
+MIRROR_KINDS = ("apex_image", "flow_seq", "flow_image", "repeat")
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MirrorView(keras.layers.Layer):
+    """Test-time mirroring: at inference, a batch of one input -> [inputs; their horizontal
+    mirrors] (2B rows); in training, the identity (the training stream mirrors at random).
+    `MergeViews` averages the two halves of the logits, so the prediction is that of the face
+    and of its mirror image together.
+
+    The mirror is `augment.py`'s (NumPy twins there, pinned equal by the tests):
+    * `apex_image` [B, S, S, 1]: columns reversed;
+    * `flow_image` [B, F, F, 3], raw 0..255 (u, v, strain): columns reversed and u -> 255 - u;
+      an absent (all-zero) image stays zero;
+    * `flow_seq` (inputs [flow_seq [B, T, 128], flow_len [B]]): the 8x8 grid's columns
+      reversed, each block's direction a -> pi - a wrapped to (-pi, pi], magnitudes kept,
+      padded steps zero;
+    * `repeat` (flow_len): the same values twice.
+    """
+
+    def __init__(self, kind: str, **kwargs):
+        super().__init__(**kwargs)
+        if kind not in MIRROR_KINDS:
+            raise ValueError(f"MirrorView kind must be one of {MIRROR_KINDS}, got {kind!r}")
+        self.kind = kind
+
+    def call(self, inputs, training=False):
+        if training:
+            return inputs
+        if self.kind == "flow_seq":
+            seq, lengths = inputs
+            return ops.concatenate([seq, _mirror_flow_seq(seq, lengths)], axis=0)
+        if self.kind == "apex_image":
+            mirrored = ops.flip(inputs, axis=2)
+        elif self.kind == "flow_image":
+            flipped = ops.flip(inputs, axis=2)
+            mirrored = ops.concatenate([255.0 - flipped[..., :1], flipped[..., 1:]], axis=-1)
+            present = ops.any(ops.not_equal(ops.reshape(inputs, (ops.shape(inputs)[0], -1)), 0.0), axis=1)
+            mirrored = ops.where(present[:, None, None, None], mirrored, inputs)
+        else:
+            mirrored = inputs
+        return ops.concatenate([inputs, mirrored], axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[0]) if self.kind == "flow_seq" else tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config["kind"] = self.kind
+        return config
+
+
+def _mirror_flow_seq(seq, lengths):
+    shape = ops.shape(seq)
+    grid = ops.reshape(seq, (shape[0], shape[1], GRID, GRID, 2))[:, :, :, ::-1, :]
+    ang = math.pi - grid[..., 0]
+    ang = ops.where(ang > math.pi, ang - 2 * math.pi, ang)
+    out = ops.reshape(ops.stack([ang, grid[..., 1]], axis=-1), shape)
+    valid = ops.arange(shape[1])[None, :] < ops.cast(lengths, "int32")[:, None]
+    return ops.where(valid[:, :, None], out, ops.zeros_like(out))
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MergeViews(keras.layers.Layer):
+    """The other end of `MirrorView`: at inference, [2B, ...] -> the mean of its two halves
+    (`mode="mean"`, for logits) or the first half (`mode="first"`, the unmirrored rows, for
+    the embeddings); in training, the identity."""
+
+    def __init__(self, mode: str = "mean", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("mean", "first"):
+            raise ValueError(f"MergeViews mode must be 'mean' or 'first', got {mode!r}")
+        self.mode = mode
+
+    def call(self, inputs, training=False):
+        if training:
+            return inputs
+        half = ops.shape(inputs)[0] // 2
+        if self.mode == "first":
+            return inputs[:half]
+        return (inputs[:half] + inputs[half:]) / 2.0
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config["mode"] = self.mode
+        return config
+
+
 CUSTOM_OBJECTS = {
     f"{PACKAGE}>{cls.__name__}": cls
     for cls in (L2Normalize, SequenceMask, FlattenSteps, MaskedMean, AttentionGate, Standardize, LearnedScale,
-                Subsample2x, ScaleToUnit, PolarToCartesian)
+                Subsample2x, ScaleToUnit, PolarToCartesian, MirrorView, MergeViews, BranchDropout)
 }

@@ -23,7 +23,8 @@ import numpy as np
 
 from atn_tf import feature_spec
 from atn_tf.models import backbone, fer_xception
-from atn_tf.models.layers import FlattenSteps, L2Normalize, LearnedScale, PolarToCartesian, Standardize
+from atn_tf.models.layers import (BranchDropout, FlattenSteps, L2Normalize, LearnedScale, MergeViews, MirrorView, PolarToCartesian,
+                                  Standardize)
 
 # name -> (branches, dropout used, micro-attention in the apex branch)
 _VARIANTS = {
@@ -61,7 +62,7 @@ def model_inputs(image_size: int = feature_spec.IMAGE_SIZE,
 
 
 def classification_head(embedding, num_classes: int, dropout: float, linear_logits=None):
-    """(dropout) -> dense (+ `linear_logits`) -> softmax; returns (logits, probabilities)."""
+    """(dropout) -> dense (+ `linear_logits`): the logits."""
     x = embedding
     if dropout > 0:
         x = keras.layers.Dropout(dropout, name="dropout")(x)
@@ -70,8 +71,7 @@ def classification_head(embedding, num_classes: int, dropout: float, linear_logi
     else:
         head = keras.layers.Dense(num_classes, name="head_logits")(x)
         logits = keras.layers.Add(name="logits")([head, linear_logits])
-    probabilities = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
-    return logits, probabilities
+    return logits
 
 
 LINEAR_PREFIX = "linear_"
@@ -114,7 +114,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                 apex_feature_norm: bool = False, branch_heads: bool = False,
                 embedding_scale_init: float = 8.0, time_pool: str = "mean", linear: bool = False,
                 linear_steps: int = 4, linear_l2: float = 0.0, flow_width: int = 0,
-                flow_seq_repr: str = "polar", fusion: str = "concat") -> keras.Model:
+                flow_seq_repr: str = "polar", fusion: str = "concat", mirror_tta: bool = False,
+                branch_dropout: float = 0.0) -> keras.Model:
     """Builds one of `MODEL_NAMES`.
 
     * `atn`: apex branch + time branch, concatenated -> dropout -> dense -> softmax.
@@ -162,6 +163,13 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     * `branch_heads`: a linear classifier on each branch's (scaled) embedding, output as
       `<branch>_logits`, for an auxiliary loss per branch (`TrainConfig.branch_loss`), so a
       branch that fits the training subjects fast (the apex) cannot starve the others.
+    * `branch_dropout` (concatenation of several branches): in training, each example has
+      one branch's embedding, drawn at random, zeroed with this probability before the
+      fusion (`BranchDropout`, modality dropout), so the head cannot rely on one branch.
+    * `mirror_tta`: at inference the model also reads the horizontal mirror of every input
+      (`MirrorView`) and averages the two views' logits (`MergeViews`; embeddings: the
+      unmirrored view's); training is unchanged. Inside the model, so evaluation, `predict`
+      and exports all predict the same way.
     """
     if name not in _VARIANTS:
         raise ValueError(f"unknown model {name!r}; expected one of {MODEL_NAMES}")
@@ -178,6 +186,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
     if fusion == "late" and (branch_heads or linear):
         raise ValueError("fusion='late' has a head per branch already: no branch_heads / linear path")
+    if not 0.0 <= branch_dropout < 1.0 or (branch_dropout > 0 and fusion == "late"):
+        raise ValueError(f"branch_dropout={branch_dropout}: must be in [0, 1), with fusion='concat'")
     if linear_steps < 1 or linear_l2 < 0:
         raise ValueError(f"bad linear path: linear_steps={linear_steps} (>= 1), linear_l2={linear_l2} (>= 0)")
     if not embedding_scale_init > 0:
@@ -190,7 +200,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         raise ValueError("apex_feature_norm needs apex_backbone=fer_xception and an apex branch")
     if apex_init and not fer:
         raise ValueError(f"apex_init={apex_init!r} needs apex_backbone=fer_xception and an apex branch")
-    inputs = model_inputs(image_size, flow_image_size)
+    model_in = model_inputs(image_size, flow_image_size)
+    inputs = mirror_views(model_in) if mirror_tta else model_in
     flow_seq = PolarToCartesian(name=CARTESIAN_LAYER)(inputs["flow_seq"]) \
         if flow_seq_repr == "cartesian" and ("time" in branches) else inputs["flow_seq"]
     embeddings = {}
@@ -213,19 +224,32 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     if embedding_scale == "learned":
         features = [LearnedScale(embedding_scale_init, name=f"{k}_scale")(v) for k, v in embeddings.items()]
     rate = dropout if use_dropout else 0.0
+
+    def merge(outputs: dict, mode: str = "mean") -> dict:
+        return {k: MergeViews(mode, name=f"merged_{k}")(v) for k, v in outputs.items()} if mirror_tta else outputs
+
     if fusion == "late" and len(features) > 1:
-        heads = branch_logits(embeddings, features, num_classes, rate)
+        heads = merge(branch_logits(embeddings, features, num_classes, rate))
         logits = keras.layers.Average(name="logits")(list(heads.values()))
-        probabilities = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
-        outputs = {"probabilities": probabilities, "logits": logits, **embeddings, **heads}
     else:
+        if branch_dropout > 0 and len(features) > 1:
+            features = BranchDropout(branch_dropout, name="branch_dropout")(features)
         fused = features[0] if len(features) == 1 else keras.layers.Concatenate(name="fusion")(features)
         linear_logits = linear_path(inputs, branches, num_classes, linear_steps, linear_l2, flow_seq) if linear else None
-        logits, probabilities = classification_head(fused, num_classes, rate, linear_logits)
-        outputs = {"probabilities": probabilities, "logits": logits, **embeddings}
-        if branch_heads:
-            outputs.update(branch_logits(embeddings, features, num_classes))
-    return _finish(keras.Model(inputs=inputs, outputs=outputs, name=name), sync_batchnorm, apex_init, freeze_apex, fer)
+        logits = merge({"logits": classification_head(fused, num_classes, rate, linear_logits)})["logits"]
+        heads = merge(branch_logits(embeddings, features, num_classes)) if branch_heads else {}
+    probabilities = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
+    outputs = {"probabilities": probabilities, "logits": logits, **merge(embeddings, "first"), **heads}
+    return _finish(keras.Model(inputs=model_in, outputs=outputs, name=name), sync_batchnorm, apex_init, freeze_apex, fer)
+
+
+def mirror_views(inputs: dict) -> dict:
+    """The model inputs with their horizontal mirrors appended along the batch at inference
+    (`MirrorView`; the identity in training)."""
+    return {"apex_image": MirrorView("apex_image", name="mirror_apex_image")(inputs["apex_image"]),
+            "flow_seq": MirrorView("flow_seq", name="mirror_flow_seq")([inputs["flow_seq"], inputs["flow_len"]]),
+            "flow_len": MirrorView("repeat", name="mirror_flow_len")(inputs["flow_len"]),
+            "flow_image": MirrorView("flow_image", name="mirror_flow_image")(inputs["flow_image"])}
 
 
 def branch_logits(embeddings: dict, features: list, num_classes: int, dropout: float = 0.0) -> dict:
