@@ -104,7 +104,10 @@ def table(reports: list[dict]) -> str:
         name, base = base_recipe(cfg)
         final, best = r["final"], r["best"]
         dbs = " / ".join(f"{final['per_database_uf1'].get(db, float('nan')):.3f}" for db in ("casme2", "samm", "smic"))
-        lines.append(f"| {k} | {r['experiment']} | {cfg['model']} | {inner_split(r)} | {name}: {changes(cfg, base)} | "
+        # The seed is not a recipe choice, but it draws the rotating partition and the
+        # initialisation, so a run repeated with another seed must read as such.
+        seed = f" (--seed={cfg['seed']})" if cfg.get("seed", 0) else ""
+        lines.append(f"| {k} | {r['experiment']} | {cfg['model']} | {inner_split(r)} | {name}: {changes(cfg, base)}{seed} | "
                      f"{cfg['train_steps']} | "
                      f"{final['uf1']:.3f} | {best['uf1']:.3f} ({best['step']}) | {dbs} |")
     return "\n".join(lines) + "\n"
@@ -154,7 +157,8 @@ def update(dev_dir: str, output: str) -> str:
             f"pooled predictions cover only 188 clips of 27 subjects; *rotating* (`--inner_split=rotating`, the "
             f"default since): fold i validates on part i of a database-stratified partition of all subjects "
             f"into {len(r0['folds'])} parts, so the pooled predictions cover every clip but those of the folds' "
-            f"own test subjects. Rows of different splits are not comparable. Command of each row: "
+            f"own test subjects. Rows of different splits are not comparable; nor are rows of different "
+            f"`--seed`, which also draws the rotating partition. Command of each row: "
             f"`python -m atn_tf.evaluate --flagfile=<experiment>.cfg --protocol=cde --develop=8 --val_fraction=0.2 "
             f"--eval_every=50 --fold_workers=2 <changes>` (exact command in each JSON).\n\n" + table(reports))
     if probes:

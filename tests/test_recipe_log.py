@@ -27,18 +27,20 @@ def test_log_lists_every_recipe_in_run_order_with_its_changes(tmp_path):
     dev.mkdir()
     (dev / "b.json").write_text(json.dumps(_dev("second", "2026-12-01T02:00:00", input_norm=True)))
     (dev / "a.json").write_text(json.dumps(_dev("first", "2026-12-01T01:00:00")))
+    (dev / "c.json").write_text(json.dumps(_dev("again", "2026-12-01T03:00:00", input_norm=True, seed=1)))
     out = tmp_path / "results.md"
     out.write_text("# Results\n\nkept\n")
     body = recipe_log.update(str(dev), str(out))
-    rows = [line for line in body.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
+    rows = [line for line in body.splitlines() if line.startswith(("| 1 ", "| 2 ", "| 3 "))]
     assert "first" in rows[0] and "(the base recipe)" in rows[0]
     assert "second" in rows[1] and "--input_norm" in rows[1] and "0.400 / 0.500 / 0.600" in rows[1]
+    assert "--seed" not in rows[1] and "again" in rows[2] and "--input_norm (--seed=1)" in rows[2]
     text = out.read_text()
     assert "kept" in text and text.count(recipe_log.BEGIN) == 1
     recipe_log.update(str(dev), str(out))                 # idempotent
     assert out.read_text() == text.replace(text, out.read_text()) and out.read_text().count(recipe_log.BEGIN) == 1
-    (dev / "c.json").write_text("{}")
-    with pytest.raises(ValueError, match="c.json: not a development report"):
+    (dev / "d.json").write_text("{}")
+    with pytest.raises(ValueError, match="d.json: not a development report"):
         recipe_log.load(str(dev))
 
 
