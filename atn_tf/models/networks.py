@@ -23,8 +23,8 @@ import numpy as np
 
 from atn_tf import feature_spec
 from atn_tf.models import backbone, fer_xception
-from atn_tf.models.layers import (BranchDropout, FlattenSteps, L2Normalize, LearnedScale, MergeViews, MirrorView, PolarToCartesian,
-                                  Standardize)
+from atn_tf.models.layers import (BranchDropout, FlattenSteps, L2Normalize, LearnedScale, MergeViews, MirrorView,
+                                  PolarToCartesian, Standardize)
 
 # name -> (branches, dropout used, micro-attention in the apex branch)
 _VARIANTS = {
@@ -328,7 +328,8 @@ def set_input_statistics(model: keras.Model, data: dict) -> list[str]:
 
 def _apex_feature_statistics(model: keras.Model, apex, batch_size: int = 64) -> tuple:
     """Mean / variance of the pooled FER features of the training apexes, through the
-    model's current apex weights (inference mode)."""
+    model's current apex weights (inference mode; with `mirror_tta`, of the apexes and their
+    mirrors, the two views the layer then standardises)."""
     norm = model.get_layer(APEX_FEATURE_NORM)
     features = keras.Model(model.input["apex_image"], norm.input)
     apex = np.asarray(apex, np.float32)
