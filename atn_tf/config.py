@@ -71,6 +71,10 @@ class TrainConfig:
     # Modality dropout (fusion=concat): per training example, one branch's embedding, drawn
     # at random, is zeroed with this probability before the concatenation.
     branch_dropout: float = 0.0
+    # > 0: keep an exponential moving average of the trainable weights (this decay, warmed up
+    # as min(decay, (1 + step) / (10 + step))); inner-validation scoring and the finished
+    # model use the averaged weights.
+    ema_decay: float = 0.0
     # A linear path on the standardised flow inputs, its logits added to the head's
     # (networks.linear_path): the first linear_steps steps of flow_seq, the flow image's
     # pixels; linear_l2 is its kernel's ridge penalty.
@@ -117,6 +121,8 @@ class TrainConfig:
             raise ValueError("fusion=late trains a head per branch already: drop branch_loss / linear_path")
         if not 0.0 <= self.branch_dropout < 1.0 or (self.branch_dropout > 0 and self.fusion == "late"):
             raise ValueError(f"branch_dropout={self.branch_dropout}: must be in [0, 1), with fusion=concat")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.val_fraction < 1:

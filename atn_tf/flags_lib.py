@@ -53,6 +53,8 @@ HELP = {
                       "embedding, drawn at random, with this probability.",
     "mirror_tta": "Predict with the mean logits of the inputs and of their horizontal mirrors "
                   "(inside the model, so exports do too; training unchanged).",
+    "ema_decay": "> 0: score and keep an exponential moving average of the weights with this decay "
+                 "(0: the last weights).",
     "branch_loss": "> 0: weight of an auxiliary cross-entropy on a linear head per branch.",
     "linear_path": "Add a linear path on the standardised flow_seq / flow_image inputs to the logits "
                    "(the model then contains the linear probe of those inputs).",

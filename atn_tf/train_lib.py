@@ -7,6 +7,7 @@ without overwriting the last good checkpoint, and the global batch is split over
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -121,6 +122,9 @@ class Session:
             self.optimizer = build_optimizer(config)
             self.optimizer.build(self.model.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+            # The moving average of the trainable weights (--ema_decay), beside the model.
+            self.ema = [tf.Variable(v.value, trainable=False, name="ema")
+                        for v in self.model.trainable_variables] if config.ema_decay > 0 else []
         # Keras seed generators (dropout masks) are not tracked by tf.train.Checkpoint; without
         # them a resumed run would draw other masks than an uninterrupted one.
         # Listed in layer order: their names carry process-global counters.
@@ -136,6 +140,32 @@ class Session:
         for v in self.optimizer.variables:
             v.assign(tf.zeros_like(v))
         self.step.assign(0)
+        self.restart_average()
+
+    def restart_average(self) -> None:
+        """Start the moving average at the current weights (after a reset or loaded init weights)."""
+        for a, v in zip(self.ema, self.model.trainable_variables):
+            a.assign(v)
+
+    @contextlib.contextmanager
+    def averaged_weights(self):
+        """Inside: the model holds the moving-average weights (no-op without --ema_decay)."""
+        if not self.ema:
+            yield
+            return
+        current = [v.numpy() for v in self.model.trainable_variables]
+        for a, v in zip(self.ema, self.model.trainable_variables):
+            v.assign(a)
+        try:
+            yield
+        finally:
+            for value, v in zip(current, self.model.trainable_variables):
+                v.assign(value)
+
+    def adopt_average(self) -> None:
+        """The finished model keeps the moving-average weights (as Keras' `use_ema` does)."""
+        for a, v in zip(self.ema, self.model.trainable_variables):
+            v.assign(a)
 
     def _make_train_loop(self):
         """`train_loop(iterator, n)`: n training steps -> (losses [n], labels, predictions of
@@ -179,6 +209,11 @@ class Session:
             loss, labels, preds = strategy.run(replica_fn, args=(inputs, labels))
             loss = strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
             self.step.assign_add(1)
+            if self.ema:    # TF's ExponentialMovingAverage warm-up: early weights fade fast
+                t = tf.cast(self.step, tf.float32)
+                decay = tf.minimum(config.ema_decay, (1.0 + t) / (10.0 + t))
+                for a, v in zip(self.ema, model.trainable_variables):
+                    a.assign(decay * a + (1.0 - decay) * v.value)
             return loss, strategy.gather(labels, axis=0), strategy.gather(preds, axis=0)
 
         # Several steps per call, in one graph loop (as TF Model Garden's Orbit does): on the
@@ -330,8 +365,9 @@ def fit(session: Session, train_data: dict, val_data: Optional[dict] = None, *, 
                          m["accuracy"], m["uf1"])
             win_loss, win_labels, win_preds = [], [], []
         if scoring and (current % config.eval_every == 0 or current == config.train_steps):
-            uf1, vloss, probs = _val_score(session, val_data)
-            improved = selector.update(current, uf1, vloss, session.model, probs)
+            with session.averaged_weights():   # the selector keeps the weights it scored
+                uf1, vloss, probs = _val_score(session, val_data)
+                improved = selector.update(current, uf1, vloss, session.model, probs)
             with writer.as_default(step=current):
                 tf.summary.scalar("inner_val_uf1", uf1)
                 tf.summary.scalar("inner_val_loss", vloss)
@@ -339,6 +375,8 @@ def fit(session: Session, train_data: dict, val_data: Optional[dict] = None, *, 
                 on_best(selector)
         if manager and (current % config.checkpoint_every == 0 or current == config.train_steps):
             manager.save(checkpoint_number=current)
+    if current == config.train_steps:
+        session.adopt_average()
     return losses, current
 
 
@@ -366,7 +404,7 @@ def train(config: TrainConfig, progress: bool = True, stop_after: Optional[int] 
         config.save()
 
     ckpt = tf.train.Checkpoint(model=model, optimizer=session.optimizer, step=session.step,
-                               rng=session.rng_states)
+                               rng=session.rng_states, **({"ema": session.ema} if session.ema else {}))
     ckpt_dir = os.path.join(config.model_dir, CHECKPOINT_DIR)
     if not chief:   # every worker takes part in saving; only the chief's copy is kept
         ckpt_dir = tempfile.mkdtemp(prefix="atn_worker_ckpt_")
@@ -380,6 +418,7 @@ def train(config: TrainConfig, progress: bool = True, stop_after: Optional[int] 
     else:   # a fresh run: input statistics of this training part (after any init weights)
         if config.init_checkpoint:
             _load_init_checkpoint(model, config.init_checkpoint)
+            session.restart_average()
         set_input_statistics(model, train_data)
     resumed_from = int(session.step.numpy())
 

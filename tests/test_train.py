@@ -194,6 +194,51 @@ def test_late_fusion_trains_each_branch_on_its_own_loss(data_dir):
             TrainConfig(model="atn", **bad)
 
 
+def test_ema_keeps_the_moving_average_of_the_weights_and_scores_it(data_dir):
+    """--ema_decay: the finished model holds the warmed-up exponential moving average of the
+    weights after every step (recomputed here from a one-step-per-call run), the selector
+    scores and keeps averaged weights, and reset() restarts the average."""
+    from atn_tf import input_pipeline, train_lib
+    from atn_tf.models import set_input_statistics
+    info = input_pipeline.read_dataset_info(data_dir)
+    data = input_pipeline.resize_apex(input_pipeline.load_arrays(data_dir, info, input_pipeline.Selection()), 32)
+    cfg = TrainConfig(data_dir=data_dir, model="time_only", train_steps=6, ema_decay=0.6, optimizer="adamw",
+                      learning_rate=0.05, lr_schedule="cosine", **{**TINY, "log_every": 1})
+    session = train_lib.Session(cfg)
+    set_input_statistics(session.model, data)
+    variables = session.model.trainable_variables
+    average = [v.numpy().astype(np.float64) for v in variables]
+    it = iter(session.dataset(data))
+    for step in range(1, 7):
+        session._train_loop(it, 1)
+        decay = min(0.6, (1 + step) / (10 + step))
+        average = [decay * a + (1 - decay) * v.numpy() for a, v in zip(average, variables)]
+    last = [v.numpy() for v in variables]
+    with session.averaged_weights():
+        for a, v in zip(average, variables):
+            np.testing.assert_allclose(v.numpy(), a, rtol=1e-4, atol=1e-6)
+    assert all(np.array_equal(v.numpy(), w) for v, w in zip(variables, last))   # swapped back
+    assert not all(np.allclose(a, w) for a, w in zip(average, last))
+
+    session.reset()
+    set_input_statistics(session.model, data)
+    start = [v.numpy() for v in variables]
+    with session.averaged_weights():
+        assert all(np.array_equal(v.numpy(), w) for v, w in zip(variables, start))
+
+    scored = train_lib.Session(cfg.replace(val_fraction=0.3, eval_every=3))
+    train_data, val_data = train_lib.split_by_subjects(data, ["casme2/s01", "samm/s01", "smic/s01"])
+    set_input_statistics(scored.model, train_data)
+    selector = train_lib.Selector()
+    train_lib.fit(scored, train_data, val_data, selector=selector)
+    # fit() ended by adopting the average: the model now holds the weights scored at step 6.
+    for a, v in zip(scored.ema, scored.model.trainable_variables):
+        np.testing.assert_array_equal(a.numpy(), v.numpy())
+    assert selector.history[-1][:2] == [6, train_lib._val_score(scored, val_data)[0]]
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)
+
+
 def test_mirrored_on_two_virtual_cpus_matches_one_device(data_dir, tmp_path):
     # Same global batch; dropout off (its masks differ per replica) and BatchNorm statistics
     # synchronised across replicas, so the two runs compute the same function.
