@@ -38,13 +38,16 @@ def _splitmix64(z):
     return tf.bitwise.bitwise_xor(z, tf.bitwise.right_shift(z, tf.constant(31, tf.uint64)))
 
 
-def draws(seed: int, index):
+def draws(seed: int, index, salt: int = 0):
     """[B, NUM_DRAWS] uniforms in [0, 1) for the elements with stream indices `index` [B]:
     a counter-based hash of (seed, index, draw), vectorised, so an element is augmented the
-    same whatever batch it lands in (a resumed run, or the global batch split over replicas)."""
+    same whatever batch it lands in (a resumed run, or the global batch split over replicas).
+    A non-zero `salt` gives an independent set of draws (later augmentations take their own,
+    so the draws of the earlier ones, and the streams of earlier runs, stay as they were)."""
     counter = tf.cast(tf.cast(index, tf.int64)[:, None] * NUM_DRAWS + tf.range(NUM_DRAWS, dtype=tf.int64)[None, :],
                       tf.uint64)
-    key = _splitmix64(tf.cast(tf.convert_to_tensor(seed, tf.int64), tf.uint64))
+    key = _splitmix64(tf.bitwise.bitwise_xor(tf.cast(tf.convert_to_tensor(seed, tf.int64), tf.uint64),
+                                             tf.constant(salt, tf.uint64)))
     bits = _splitmix64(tf.bitwise.bitwise_xor(counter, key))
     return tf.cast(tf.bitwise.right_shift(bits, tf.constant(40, tf.uint64)), tf.float32) * (1.0 / 2 ** 24)
 
@@ -127,3 +130,23 @@ def augment_images(apex_table, flow_image_table, rows, u):
     apex = tf.clip_by_value(tf.cast(apex, tf.float32) + shift[:, None, None, None], 0.0, 255.0)
     flow_image = tf.gather_nd(flow_image_table, tf.stack([tf.cast(flip, tf.int32), rows], axis=1))
     return apex, tf.cast(flow_image, tf.float32)
+
+
+SHIFT_SALT = 0x51F7   # the flow-image translation's own draws
+
+
+@tf.function(jit_compile=True)
+def shift_images(images, u, max_shift: int):
+    """Translate each image of [B, h, w, c] by whole pixels: with p = 0.5 by (dy, dx) drawn
+    uniformly from -max_shift..max_shift (draws `u` [B, >= 3]), else not at all; the edge
+    rows and columns are repeated into the gap. It mimics the face alignment's jitter, which
+    moves every motion in the onset->apex flow image by a pixel or two."""
+    h, w = images.shape[1], images.shape[2]
+    n = 2 * max_shift + 1
+    on = u[:, 0] < 0.5
+    dy = tf.where(on, tf.minimum(tf.cast(u[:, 1] * n, tf.int32), n - 1) - max_shift, 0)
+    dx = tf.where(on, tf.minimum(tf.cast(u[:, 2] * n, tf.int32), n - 1) - max_shift, 0)
+    rows = tf.clip_by_value(tf.range(h)[None, :] - dy[:, None], 0, h - 1)      # out[y] = in[y - dy]
+    cols = tf.clip_by_value(tf.range(w)[None, :] - dx[:, None], 0, w - 1)
+    images = tf.gather(images, rows, axis=1, batch_dims=1)
+    return tf.gather(images, cols, axis=2, batch_dims=1)

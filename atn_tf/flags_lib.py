@@ -29,6 +29,8 @@ HELP = {
     "lstm_units": "Units of each LSTM of the time branch (512 in the paper).",
     "sync_batchnorm": "Synchronise BatchNorm statistics across replicas.",
     "augment": "Mirror / rotate <= 5 deg / brightness +-10, each p=0.5.",
+    "flow_shift": "Augmentation: with p=0.5 translate the flow image by up to this many pixels in x and y "
+                  "(edges repeated; 0: off).",
     "balance": "Class-balanced sampling of the training stream.",
     "balance_by": "class: equal weight per class; database_class: per (database, class) pair, so no "
                   "database can be learnt as one class.",

@@ -197,6 +197,50 @@ def test_draws_are_per_element_uniform_and_seeded():
     assert not np.allclose(augment.draws(1, tf.range(4, dtype=tf.int64)).numpy(), u[:4])
 
 
+def test_shift_images_translates_with_repeated_edges_or_not_at_all():
+    """shift_images: (dy, dx) whole pixels from the draws, edges repeated, zero images stay
+    zero; a draw >= 0.5 leaves the image as it is; the shifts cover -s..s."""
+    img = np.arange(2 * 6 * 5 * 3, dtype=np.float32).reshape(2, 6, 5, 3)
+    img[1] = 0.0
+    s = 2
+    # u = (on?, dy draw, dx draw): dy = floor(u1 * 5) - 2 = +1, dx = floor(u2 * 5) - 2 = -2.
+    u = tf.constant([[0.1, 0.7, 0.1] + [0.0] * (augment.NUM_DRAWS - 3)] * 2, tf.float32)
+    out = augment.shift_images(tf.constant(img), u, s).numpy()
+    rows = np.clip(np.arange(6) - 1, 0, 5)
+    cols = np.clip(np.arange(5) + 2, 0, 4)
+    np.testing.assert_array_equal(out[0], img[0][rows][:, cols])
+    assert not out[1].any()
+    off = tf.constant([[0.6, 0.7, 0.1] + [0.0] * (augment.NUM_DRAWS - 3)], tf.float32)
+    np.testing.assert_array_equal(augment.shift_images(tf.constant(img[:1]), off, s).numpy(), img[:1])
+    # Over many draws: about half shifted, and every offset in -2..2 on both axes.
+    u = augment.draws(5, tf.range(4000, dtype=tf.int64), salt=augment.SHIFT_SALT)
+    probe = np.zeros((4000, 9, 9, 1), np.float32)
+    probe[:, 4, 4] = 1.0
+    peak = augment.shift_images(tf.constant(probe), u, s).numpy()[..., 0].reshape(4000, -1).argmax(axis=1)
+    dy, dx = peak // 9 - 4, peak % 9 - 4
+    assert abs(np.mean((dy == 0) & (dx == 0)) - (0.5 + 0.5 / 25)) < 0.03    # off, or a drawn (0, 0)
+    assert set(dy.tolist()) == set(dx.tolist()) == set(range(-2, 3))
+    # The salted draws are not the augmentation's own.
+    assert not np.allclose(u.numpy()[:4], augment.draws(5, tf.range(4, dtype=tf.int64)).numpy())
+
+
+def test_flow_shift_moves_only_the_flow_image_of_the_same_stream(data_dir):
+    info = ip.read_dataset_info(data_dir)
+    data = ip.resize_apex(ip.load_arrays(data_dir, info, ip.Selection()), 32)
+    plain = ip.dataset_from_arrays(data, 8, 32, seed=3)
+    shifted = ip.dataset_from_arrays(data, 8, 32, seed=3, flow_shift=2)
+    moved = 0
+    for (xa, ya), (xb, yb) in zip(plain.take(4), shifted.take(4)):
+        np.testing.assert_array_equal(ya, yb)
+        for k in ("apex_image", "flow_seq", "flow_len"):
+            np.testing.assert_array_equal(xa[k], xb[k], err_msg=k)
+        moved += sum(not np.array_equal(a, b) for a, b in zip(xa["flow_image"], xb["flow_image"]))
+    assert 6 <= moved <= 30        # p = 0.5 (less the draws of a zero shift) of 32 images
+    for bad in (dict(flow_shift=-1), dict(flow_shift=1, augment_data=False)):
+        with pytest.raises(ValueError, match="flow_shift"):
+            ip.dataset_from_arrays(data, 8, 32, **bad)
+
+
 def test_mirror_tables_keep_padding_and_absent_images():
     seq = np.ones((2, 3, 128), np.float32)
     seq[1, 2] = 0.0                                               # padding of a 2-step sequence
