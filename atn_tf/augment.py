@@ -133,6 +133,7 @@ def augment_images(apex_table, flow_image_table, rows, u):
 
 
 SHIFT_SALT = 0x51F7   # the flow-image translation's own draws
+APEX_SHIFT_SALT = 0xA9E5   # the apex translation's
 
 
 @tf.function(jit_compile=True)
@@ -140,7 +141,8 @@ def shift_images(images, u, max_shift: int):
     """Translate each image of [B, h, w, c] by whole pixels: with p = 0.5 by (dy, dx) drawn
     uniformly from -max_shift..max_shift (draws `u` [B, >= 3]), else not at all; the edge
     rows and columns are repeated into the gap. It mimics the face alignment's jitter, which
-    moves every motion in the onset->apex flow image by a pixel or two."""
+    moves the face in the apex crop, and every motion in the onset->apex flow image, by a
+    pixel or two."""
     h, w = images.shape[1], images.shape[2]
     n = 2 * max_shift + 1
     on = u[:, 0] < 0.5

@@ -44,6 +44,7 @@ class TrainConfig:
     augment: bool = True
     balance: bool = True                    # class-balanced sampling of the training stream
     flow_shift: int = 0                     # augment: translate the flow image by <= this many pixels
+    apex_shift: int = 0                     # augment: translate the apex (at image_size) likewise
     # Recipe options (docs/results.md, "Why the deep models lost to linear probes"); the
     # defaults are the seed recipe.
     balance_by: str = "class"               # class | database_class (equal weight per pair)
@@ -122,8 +123,9 @@ class TrainConfig:
             raise ValueError("fusion=late trains a head per branch already: drop branch_loss / linear_path")
         if not 0.0 <= self.branch_dropout < 1.0 or (self.branch_dropout > 0 and self.fusion == "late"):
             raise ValueError(f"branch_dropout={self.branch_dropout}: must be in [0, 1), with fusion=concat")
-        if self.flow_shift < 0 or (self.flow_shift and not self.augment):
-            raise ValueError(f"flow_shift={self.flow_shift}: must be >= 0, and > 0 only with augment")
+        for name in ("flow_shift", "apex_shift"):
+            if getattr(self, name) < 0 or (getattr(self, name) and not self.augment):
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 0, and > 0 only with augment")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0 <= self.label_smoothing < 1:

@@ -31,6 +31,8 @@ HELP = {
     "augment": "Mirror / rotate <= 5 deg / brightness +-10, each p=0.5.",
     "flow_shift": "Augmentation: with p=0.5 translate the flow image by up to this many pixels in x and y "
                   "(edges repeated; 0: off).",
+    "apex_shift": "Augmentation: with p=0.5 translate the apex (at --image_size) by up to this many pixels "
+                  "in x and y (edges repeated; 0: off).",
     "balance": "Class-balanced sampling of the training stream.",
     "balance_by": "class: equal weight per class; database_class: per (database, class) pair, so no "
                   "database can be learnt as one class.",

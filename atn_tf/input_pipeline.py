@@ -327,7 +327,8 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
                         augment_data: bool = True, balance: bool = True, seed: int = 0,
                         input_context: Optional[tf.distribute.InputContext] = None,
                         skip_batches: int = 0, balance_by: str = "class",
-                        tables: Optional[dict] = None, flow_shift: int = 0) -> tf.data.Dataset:
+                        tables: Optional[dict] = None, flow_shift: int = 0,
+                        apex_shift: int = 0) -> tf.data.Dataset:
     """An endless stream of (inputs, label) batches from training arrays (`load_arrays`).
 
     The stream is a pure function of `seed`; `skip_batches` global batches are skipped
@@ -346,11 +347,13 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
     them. The stream is the same either way; building the tables once per evaluation spares
     each fold the rotations and a recompilation of the augmentation for a new table size.
 
-    `flow_shift` > 0 (with `augment_data`) also translates the flow image by up to that many
-    pixels (`augment.shift_images`); the other inputs' augmentation is unchanged.
+    `flow_shift` / `apex_shift` > 0 (with `augment_data`) also translate the flow image / the
+    apex by up to that many pixels (`augment.shift_images`, each with its own draws); the
+    other augmentation is unchanged.
     """
-    if flow_shift < 0 or (flow_shift and not augment_data):
-        raise ValueError(f"flow_shift={flow_shift}: must be >= 0, and > 0 only with augmentation")
+    for name, shift in (("flow_shift", flow_shift), ("apex_shift", apex_shift)):
+        if shift < 0 or (shift and not augment_data):
+            raise ValueError(f"{name}={shift}: must be >= 0, and > 0 only with augmentation")
     labels = np.asarray(data["label"])
     if labels.size == 0:
         raise DataError("no training records to stream")
@@ -397,6 +400,9 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
             if flow_shift:
                 flow_image = augment.shift_images(
                     flow_image, augment.draws(seed, stream_offset + index, salt=augment.SHIFT_SALT), flow_shift)
+            if apex_shift:
+                apex = augment.shift_images(
+                    apex, augment.draws(seed, stream_offset + index, salt=augment.APEX_SHIFT_SALT), apex_shift)
             mirrored = tf.stack([tf.cast(augment.decisions(u)[0], tf.int64), rows], axis=1)
             x = {"apex_image": apex, "flow_seq": tf.gather_nd(table["flow_seq"], mirrored)[:, :t],
                  "flow_image": flow_image}

@@ -240,7 +240,8 @@ class Session:
             lambda ctx: input_pipeline.dataset_from_arrays(
                 data, config.batch_size, config.image_size, augment_data=config.augment,
                 balance=config.balance, seed=config.seed, input_context=ctx, skip_batches=skip_batches,
-                balance_by=config.balance_by, tables=tables, flow_shift=config.flow_shift))
+                balance_by=config.balance_by, tables=tables, flow_shift=config.flow_shift,
+                apex_shift=config.apex_shift))
 
     def predict(self, data: dict, batch_size: int = 64) -> np.ndarray:
         """Class probabilities [N, C] of the arrays `data` (float64)."""

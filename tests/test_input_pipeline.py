@@ -224,20 +224,21 @@ def test_shift_images_translates_with_repeated_edges_or_not_at_all():
     assert not np.allclose(u.numpy()[:4], augment.draws(5, tf.range(4, dtype=tf.int64)).numpy())
 
 
-def test_flow_shift_moves_only_the_flow_image_of_the_same_stream(data_dir):
+@pytest.mark.parametrize("flag, key", [("flow_shift", "flow_image"), ("apex_shift", "apex_image")])
+def test_a_shift_moves_only_its_own_input_of_the_same_stream(data_dir, flag, key):
     info = ip.read_dataset_info(data_dir)
     data = ip.resize_apex(ip.load_arrays(data_dir, info, ip.Selection()), 32)
     plain = ip.dataset_from_arrays(data, 8, 32, seed=3)
-    shifted = ip.dataset_from_arrays(data, 8, 32, seed=3, flow_shift=2)
+    shifted = ip.dataset_from_arrays(data, 8, 32, seed=3, **{flag: 2})
     moved = 0
     for (xa, ya), (xb, yb) in zip(plain.take(4), shifted.take(4)):
         np.testing.assert_array_equal(ya, yb)
-        for k in ("apex_image", "flow_seq", "flow_len"):
+        for k in {"apex_image", "flow_seq", "flow_len", "flow_image"} - {key}:
             np.testing.assert_array_equal(xa[k], xb[k], err_msg=k)
-        moved += sum(not np.array_equal(a, b) for a, b in zip(xa["flow_image"], xb["flow_image"]))
+        moved += sum(not np.array_equal(a, b) for a, b in zip(xa[key], xb[key]))
     assert 6 <= moved <= 30        # p = 0.5 (less the draws of a zero shift) of 32 images
-    for bad in (dict(flow_shift=-1), dict(flow_shift=1, augment_data=False)):
-        with pytest.raises(ValueError, match="flow_shift"):
+    for bad in ({flag: -1}, {flag: 1, "augment_data": False}):
+        with pytest.raises(ValueError, match=flag):
             ip.dataset_from_arrays(data, 8, 32, **bad)
 
 

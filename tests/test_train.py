@@ -237,8 +237,9 @@ def test_ema_keeps_the_moving_average_of_the_weights_and_scores_it(data_dir):
     assert selector.history[-1][:2] == [6, train_lib._val_score(scored, val_data)[0]]
     with pytest.raises(ValueError, match="ema_decay"):
         TrainConfig(ema_decay=1.0)
-    with pytest.raises(ValueError, match="flow_shift"):
-        TrainConfig(flow_shift=2, augment=False)
+    for name in ("flow_shift", "apex_shift"):
+        with pytest.raises(ValueError, match=name):
+            TrainConfig(**{name: 2, "augment": False})
 
 
 def test_mirrored_on_two_virtual_cpus_matches_one_device(data_dir, tmp_path):
