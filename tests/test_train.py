@@ -244,8 +244,10 @@ def test_ema_keeps_the_moving_average_of_the_weights_and_scores_it(data_dir):
 
 def test_mirrored_on_two_virtual_cpus_matches_one_device(data_dir, tmp_path):
     # Same global batch; dropout off (its masks differ per replica) and BatchNorm statistics
-    # synchronised across replicas, so the two runs compute the same function.
-    base = dict(data_dir=data_dir, train_steps=8, checkpoint_every=100, dropout=0.0, sync_batchnorm=True, **TINY)
+    # synchronised across replicas, so the two runs compute the same function. With a
+    # moving average of the weights, so its cross-replica update is checked too.
+    base = dict(data_dir=data_dir, train_steps=8, checkpoint_every=100, dropout=0.0, sync_batchnorm=True,
+                ema_decay=0.5, **TINY)
     one = _run_worker(TrainConfig(model_dir=str(tmp_path / "one"), strategy="default", **base), tmp_path, name="a.json")
     two = _run_worker(TrainConfig(model_dir=str(tmp_path / "two"), strategy="mirrored", cpu_devices=2, **base),
                       tmp_path, name="b.json")
@@ -253,6 +255,10 @@ def test_mirrored_on_two_virtual_cpus_matches_one_device(data_dir, tmp_path):
     assert a["replicas"] == 1 and b["replicas"] == 2
     # Tolerance: float32 reductions in a different order (per-replica sums, all-reduce).
     np.testing.assert_allclose([l for _, l in a["losses"]], [l for _, l in b["losses"]], rtol=2e-3, atol=2e-4)
+    from atn_tf import train_lib
+    (model_a, _), (model_b, _) = (train_lib.load_trained(str(tmp_path / d)) for d in ("one", "two"))
+    for wa, wb in zip(model_a.get_weights(), model_b.get_weights()):
+        np.testing.assert_allclose(wa, wb, rtol=2e-3, atol=2e-4)
 
 
 def _free_port():
