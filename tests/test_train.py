@@ -237,9 +237,21 @@ def test_ema_keeps_the_moving_average_of_the_weights_and_scores_it(data_dir):
     assert selector.history[-1][:2] == [6, train_lib._val_score(scored, val_data)[0]]
     with pytest.raises(ValueError, match="ema_decay"):
         TrainConfig(ema_decay=1.0)
+
+
+def test_translation_flags_need_augmentation_and_reach_the_stream(data_dir):
+    from atn_tf import input_pipeline, train_lib
     for name in ("flow_shift", "apex_shift"):
-        with pytest.raises(ValueError, match=name):
-            TrainConfig(**{name: 2, "augment": False})
+        for bad in ({name: 2, "augment": False}, {name: -1}):
+            with pytest.raises(ValueError, match=name):
+                TrainConfig(**bad)
+    info = input_pipeline.read_dataset_info(data_dir)
+    data = input_pipeline.resize_apex(input_pipeline.load_arrays(data_dir, info, input_pipeline.Selection()), 32)
+    batches = {}
+    for shift in (0, 2):
+        session = train_lib.Session(TrainConfig(data_dir=data_dir, model="flow_only", flow_shift=shift, **TINY))
+        batches[shift] = next(iter(session.dataset(data)))[0]["flow_image"].numpy()
+    assert not np.array_equal(batches[0], batches[2])
 
 
 def test_mirrored_on_two_virtual_cpus_matches_one_device(data_dir, tmp_path):
