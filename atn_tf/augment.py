@@ -145,10 +145,9 @@ def shift_images(images, u, max_shift: int):
     pixel or two."""
     h, w = images.shape[1], images.shape[2]
     n = 2 * max_shift + 1
-    on = u[:, 0] < 0.5
-    dy = tf.where(on, tf.minimum(tf.cast(u[:, 1] * n, tf.int32), n - 1) - max_shift, 0)
-    dx = tf.where(on, tf.minimum(tf.cast(u[:, 2] * n, tf.int32), n - 1) - max_shift, 0)
-    rows = tf.clip_by_value(tf.range(h)[None, :] - dy[:, None], 0, h - 1)      # out[y] = in[y - dy]
-    cols = tf.clip_by_value(tf.range(w)[None, :] - dx[:, None], 0, w - 1)
+    offset = tf.minimum(tf.cast(u[:, 1:3] * n, tf.int32), n - 1) - max_shift      # [B, (dy, dx)]
+    offset = tf.where(u[:, :1] < 0.5, offset, 0)
+    rows = tf.clip_by_value(tf.range(h)[None, :] - offset[:, :1], 0, h - 1)      # out[y] = in[y - dy]
+    cols = tf.clip_by_value(tf.range(w)[None, :] - offset[:, 1:], 0, w - 1)
     images = tf.gather(images, rows, axis=1, batch_dims=1)
     return tf.gather(images, cols, axis=2, batch_dims=1)

@@ -154,8 +154,7 @@ class Session:
             yield
             return
         current = [v.numpy() for v in self.model.trainable_variables]
-        for a, v in zip(self.ema, self.model.trainable_variables):
-            v.assign(a)
+        self.adopt_average()
         try:
             yield
         finally:
