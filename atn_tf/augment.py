@@ -151,3 +151,38 @@ def shift_images(images, u, max_shift: int):
     cols = tf.clip_by_value(tf.range(w)[None, :] - offset[:, 1:], 0, w - 1)
     images = tf.gather(images, rows, axis=1, batch_dims=1)
     return tf.gather(images, cols, axis=2, batch_dims=1)
+
+
+# ------------------------------------------------------------------ mixup (in the train step)
+
+def mixup_weights(alpha: float, size, seed):
+    """[size] mixing weights lambda ~ Beta(alpha, alpha), folded to >= 0.5 so that each
+    mixed example's first label stays the larger part; stateless in `seed` ([2] int), so a
+    resumed run draws what an uninterrupted one would. Beta from two gammas."""
+    g = tf.random.stateless_gamma([2, size], seed=seed, alpha=alpha)
+    lam = g[0] / tf.maximum(g[0] + g[1], 1e-12)
+    return tf.maximum(lam, 1.0 - lam)
+
+
+def mixup(inputs: dict, lam):
+    """Mix every example of a batch with the batch's reverse (the batch is already a random
+    draw, so the reverse is a random partner): out = lam x + (1 - lam) x_reversed, on every
+    input. The flow sequence's (angle, magnitude) pairs are mixed as motion vectors, (u, v),
+    and converted back, so the mixed step holds the mixed motion rather than a mixed angle;
+    a mixed clip has as many valid steps as the longer of its two (its own at lam = 1)."""
+    def mix(x):
+        w = tf.reshape(tf.cast(lam, x.dtype), [-1] + [1] * (len(x.shape) - 1))
+        return w * x + (1.0 - w) * tf.reverse(x, [0])
+
+    out = dict(inputs)
+    for key in ("apex_image", "flow_image"):
+        out[key] = mix(inputs[key])
+    seq = inputs["flow_seq"]
+    pairs = tf.reshape(seq, tf.concat([tf.shape(seq)[:-1], [-1, 2]], 0))
+    ang, mag = pairs[..., 0], pairs[..., 1]
+    u, v = mix(mag * tf.cos(ang)), mix(mag * tf.sin(ang))
+    mixed = tf.stack([tf.atan2(v, u), tf.sqrt(u * u + v * v)], axis=-1)
+    out["flow_seq"] = tf.reshape(mixed, tf.shape(seq))
+    length = inputs["flow_len"]
+    out["flow_len"] = tf.where(lam < 1.0, tf.maximum(length, tf.reverse(length, [0])), length)
+    return out

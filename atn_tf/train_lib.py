@@ -21,9 +21,10 @@ import tensorflow as tf
 import keras
 from absl import logging
 
-from atn_tf import atomic_io, distribute, input_pipeline, protocols, provenance
+from atn_tf import atomic_io, augment, distribute, input_pipeline, protocols, provenance
 from atn_tf.config import TrainConfig
 from atn_tf.models import build_model, set_input_statistics
+from atn_tf.models.networks import DISTILL_OUTPUT, fer_teacher
 
 CHECKPOINT_DIR = "checkpoints"
 FINAL_MODEL = "model.keras"
@@ -125,6 +126,8 @@ class Session:
             # The moving average of the trainable weights (--ema_decay), beside the model.
             self.ema = [tf.Variable(v.value, trainable=False, name="ema")
                         for v in self.model.trainable_variables] if config.ema_decay > 0 else []
+            # The frozen FER2013 network the ResNet apex is distilled from (--apex_distill).
+            self.teacher = fer_teacher(config.image_size) if config.apex_distill > 0 else None
         # Keras seed generators (dropout masks) are not tracked by tf.train.Checkpoint; without
         # them a resumed run would draw other masks than an uninterrupted one.
         # Listed in layer order: their names carry process-global counters.
@@ -133,6 +136,17 @@ class Session:
         self._train_loop = self._make_train_loop()
         self._forward = tf.function(lambda x: self.model(x, training=False)["probabilities"],
                                     reduce_retracing=True)
+
+    def set_statistics(self, data: dict) -> None:
+        """The training part's statistics: the model's input normalisation and the teacher's
+        feature standardisation."""
+        set_input_statistics(self.model, data)
+        self.set_teacher_statistics(data)
+
+    def set_teacher_statistics(self, data: dict) -> None:
+        """(Not checkpointed: its weights are the file's, so a resumed run recomputes them.)"""
+        if self.teacher is not None:
+            set_input_statistics(self.teacher, data)
 
     def reset(self) -> None:
         for v, value in zip(self.model.variables, self._initial):
@@ -181,18 +195,31 @@ class Session:
             per_example_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
 
         def replica_step(inputs, labels):
+            target_loss = per_example_loss
+            if config.mixup > 0:    # draws keyed by (seed, step, replica): resumable
+                replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+                seed = tf.stack([tf.constant(config.seed, tf.int64),
+                                 self.step * strategy.num_replicas_in_sync + tf.cast(replica, tf.int64)])
+                lam = augment.mixup_weights(config.mixup, tf.shape(labels)[0], seed)
+                inputs, partner = augment.mixup(inputs, lam), tf.reverse(labels, [0])
+                target_loss = lambda y, lg: (lam * per_example_loss(y, lg)  # noqa: E731
+                                             + (1.0 - lam) * per_example_loss(partner, lg))
             with tf.GradientTape() as tape:
                 out = model(inputs, training=True)
                 logits = tf.cast(out["logits"], tf.float32)
                 if branch_keys:
-                    branch_loss = tf.add_n([per_example_loss(labels, tf.cast(out[k], tf.float32))
+                    branch_loss = tf.add_n([target_loss(labels, tf.cast(out[k], tf.float32))
                                             for k in branch_keys]) / len(branch_keys)
                 if late:    # each head on its own loss; the averaged logits only predict
                     example_loss = branch_loss
                 else:
-                    example_loss = per_example_loss(labels, logits)
+                    example_loss = target_loss(labels, logits)
                     if branch_keys:
                         example_loss += config.branch_loss * branch_loss
+                if self.teacher is not None:
+                    target = tf.cast(self.teacher({"apex_image": inputs["apex_image"]}, training=False), tf.float32)
+                    example_loss += config.apex_distill * tf.reduce_mean(
+                        tf.square(tf.cast(out[DISTILL_OUTPUT], tf.float32) - target), axis=-1)
                 loss = tf.nn.compute_average_loss(example_loss, global_batch_size=config.batch_size)
                 if model.losses:    # kernel regularisers (the linear path's ridge penalty)
                     loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
@@ -420,6 +447,7 @@ def train(config: TrainConfig, progress: bool = True, stop_after: Optional[int] 
             _load_init_checkpoint(model, config.init_checkpoint)
             session.restart_average()
         set_input_statistics(model, train_data)
+    session.set_teacher_statistics(train_data)
     resumed_from = int(session.step.numpy())
 
     def on_best(sel: Selector):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from atn_tf import augment
+from atn_tf import augment, feature_spec
 from atn_tf import input_pipeline as ip
 from tests import determinism
 from tests.fakes import build_megc_records
@@ -268,3 +268,40 @@ def test_clear_errors_for_bad_data_dirs(tmp_path, data_dir):
     (bad / "dataset_info.json").write_text(json.dumps(info))
     with pytest.raises(ip.DataError, match="shard listed in dataset_info.json is missing"):
         ip.read_dataset_info(str(bad))
+
+
+def test_mixup_weights_are_folded_seeded_beta_draws():
+    lam = augment.mixup_weights(0.4, 4000, tf.constant([3, 7], tf.int64)).numpy()
+    assert lam.min() >= 0.5 and lam.max() <= 1.0
+    # Beta(0.4, 0.4) folded to [0.5, 1]: E[max(l, 1 - l)] = 0.840 (numpy's beta, 2e6 draws).
+    assert abs(lam.mean() - 0.840) < 0.01
+    np.testing.assert_array_equal(lam, augment.mixup_weights(0.4, 4000, tf.constant([3, 7], tf.int64)).numpy())
+    assert not np.allclose(lam[:8], augment.mixup_weights(0.4, 8, tf.constant([3, 8], tf.int64)).numpy())
+
+
+def test_mixup_mixes_images_linearly_and_flow_steps_as_motion_vectors():
+    """Each example is mixed with the batch's reverse; two unit motions at right angles
+    mixed half and half give the diagonal at magnitude sqrt(1/2); padding stays zero and a
+    mixed clip is as long as the longer of its two."""
+    seq = np.zeros((2, 3, feature_spec.STEP_DIM), np.float32)
+    seq[0, :2, 0::2], seq[0, :2, 1::2] = 0.0, 1.0             # 2 steps, every block moving right
+    seq[1, :1, 0::2], seq[1, :1, 1::2] = np.pi / 2, 1.0       # 1 step, every block moving down
+    inputs = {"apex_image": tf.constant([[[[10.0]]], [[[30.0]]]]),
+              "flow_image": tf.constant(np.stack([np.full((2, 2, 3), 0.0), np.full((2, 2, 3), 100.0)]),
+                                        tf.float32),
+              "flow_seq": tf.constant(seq), "flow_len": tf.constant([2, 1], tf.int32)}
+    out = augment.mixup(inputs, tf.constant([0.5, 0.75]))
+    np.testing.assert_allclose(out["apex_image"].numpy().ravel(), [20.0, 25.0])
+    np.testing.assert_allclose(out["flow_image"].numpy()[:, 0, 0, 0], [50.0, 75.0])
+    np.testing.assert_array_equal(out["flow_len"].numpy(), [2, 2])
+    mixed = out["flow_seq"].numpy()
+    np.testing.assert_allclose(mixed[0, 0, 0::2], np.pi / 4, atol=1e-6)
+    np.testing.assert_allclose(mixed[0, 0, 1::2], np.sqrt(0.5), atol=1e-6)
+    # Step 2: only example 0 moves (right, magnitude 1): mixed at 0.5 -> right, magnitude 0.5.
+    np.testing.assert_allclose(mixed[0, 1, 0::2], 0.0, atol=1e-6)
+    np.testing.assert_allclose(mixed[0, 1, 1::2], 0.5, atol=1e-6)
+    assert not mixed[:, 2].any()
+    # lam = 1 leaves every input as it was.
+    same = augment.mixup(inputs, tf.constant([1.0, 1.0]))
+    for k in inputs:
+        np.testing.assert_allclose(same[k].numpy(), inputs[k].numpy(), atol=1e-6, err_msg=k)

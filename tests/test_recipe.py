@@ -261,3 +261,49 @@ def test_embedding_scale_starts_where_configured():
                                             .get_layer("time_embedding_scale").scale)) == 8.0
     with pytest.raises(ValueError, match="embedding_scale_init"):
         build_model("time_only", embedding_scale="learned", embedding_scale_init=0.0, **SMALL)
+
+
+def test_apex_distill_fits_the_resnet_read_out_to_the_fer2013_features(tmp_path):
+    """--apex_distill: the teacher is the FER2013 mini-Xception with its pooled features
+    standardised on the training part; training lowers the read-out's error against it and
+    leaves the teacher as loaded; the trained model saves, loads and exports like any other."""
+    from atn_tf.models.networks import DISTILL_OUTPUT
+    data_dir = build_megc_records(tmp_path / "rec")
+    info = input_pipeline.read_dataset_info(data_dir)
+    data = input_pipeline.resize_apex(input_pipeline.load_arrays(data_dir, info, input_pipeline.Selection()), 64)
+    cfg = TrainConfig(data_dir=data_dir, model_dir=str(tmp_path / "m"), model="atn", apex_distill=1.0,
+                      batch_size=8, train_steps=120, checkpoint_every=120, log_every=120, optimizer="adamw",
+                      learning_rate=1e-2, lr_schedule="cosine", input_norm=True, augment=False, **SMALL)
+    session = train_lib.Session(cfg)
+    session.set_statistics(data)
+    target = keras.ops.convert_to_numpy(session.teacher({"apex_image": data["apex_image"]}))
+    np.testing.assert_allclose(target.mean(axis=0), 0, atol=1e-4)
+    np.testing.assert_allclose(target.std(axis=0), 1, atol=1e-3)
+    teacher_weights = [w.copy() for w in session.teacher.get_weights()]
+    assert not session.teacher.trainable_weights
+
+    def error():
+        x = {k: data[k].astype("float32") if k != "flow_len" else data[k] for k in
+             ("apex_image", "flow_seq", "flow_len", "flow_image")}
+        return float(np.mean((keras.ops.convert_to_numpy(session.model(x)[DISTILL_OUTPUT]) - target) ** 2))
+
+    before = error()
+    train_lib.fit(session, data)
+    assert error() < 0.8 * before
+    assert all(np.array_equal(a, b) for a, b in zip(teacher_weights, session.teacher.get_weights()))
+    result = train_lib.train(cfg.replace(train_steps=2, checkpoint_every=2, log_every=2), progress=False)
+    loaded, _ = train_lib.load_trained(cfg.model_dir)
+    x = _inputs(n=2)
+    want = keras.ops.convert_to_numpy(result.model(x)["probabilities"])
+    np.testing.assert_allclose(loaded(x)["probabilities"], want, atol=1e-6)
+    import tensorflow as tf
+    from atn_tf import export_lib
+    fn = tf.saved_model.load(export_lib.export(cfg.model_dir, str(tmp_path / "sm"))).signatures["serving_default"]
+    names = fn.structured_input_signature[1]
+    np.testing.assert_allclose(fn(**{k: tf.constant(v) for k, v in x.items() if k in names})["probabilities"],
+                               want, atol=1e-5)
+    for bad in (dict(apex_distill=-1.0), dict(apex_distill=1.0, apex_backbone="fer_xception")):
+        with pytest.raises(ValueError, match="apex_distill"):
+            TrainConfig(model="atn", **bad)
+    with pytest.raises(ValueError, match="apex_distill needs"):
+        build_model("time_only", apex_distill=True, **SMALL)

