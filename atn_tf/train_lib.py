@@ -194,39 +194,49 @@ class Session:
         else:
             per_example_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
 
+        def mixed(inputs, labels):
+            """--mixup: the mixed batch and its loss lam CE(y) + (1 - lam) CE(y'), with draws
+            keyed by (seed, step, replica), so a resumed run draws the same."""
+            if config.mixup <= 0:
+                return inputs, per_example_loss
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            seed = tf.stack([tf.constant(config.seed, tf.int64),
+                             self.step * strategy.num_replicas_in_sync + tf.cast(replica, tf.int64)])
+            lam = augment.mixup_weights(config.mixup, tf.shape(labels)[0], seed)
+            partner = tf.reverse(labels, [0])
+            return augment.mixup(inputs, lam), lambda y, lg: (
+                lam * per_example_loss(y, lg) + (1.0 - lam) * per_example_loss(partner, lg))
+
+        def example_loss(inputs, labels, out, target_loss):
+            """The fused head's loss (with --branch_loss, plus the branch heads'; with late
+            fusion, the branch heads' only), plus --apex_distill's term."""
+            if branch_keys:
+                branch_loss = tf.add_n([target_loss(labels, tf.cast(out[k], tf.float32))
+                                        for k in branch_keys]) / len(branch_keys)
+            if late:    # each head on its own loss; the averaged logits only predict
+                loss = branch_loss
+            else:
+                loss = target_loss(labels, tf.cast(out["logits"], tf.float32))
+                if branch_keys:
+                    loss += config.branch_loss * branch_loss
+            if self.teacher is not None:
+                target = tf.cast(self.teacher({"apex_image": inputs["apex_image"]}, training=False), tf.float32)
+                loss += config.apex_distill * tf.reduce_mean(
+                    tf.square(tf.cast(out[DISTILL_OUTPUT], tf.float32) - target), axis=-1)
+            return loss
+
         def replica_step(inputs, labels):
-            target_loss = per_example_loss
-            if config.mixup > 0:    # draws keyed by (seed, step, replica): resumable
-                replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-                seed = tf.stack([tf.constant(config.seed, tf.int64),
-                                 self.step * strategy.num_replicas_in_sync + tf.cast(replica, tf.int64)])
-                lam = augment.mixup_weights(config.mixup, tf.shape(labels)[0], seed)
-                inputs, partner = augment.mixup(inputs, lam), tf.reverse(labels, [0])
-                target_loss = lambda y, lg: (lam * per_example_loss(y, lg)  # noqa: E731
-                                             + (1.0 - lam) * per_example_loss(partner, lg))
+            inputs, target_loss = mixed(inputs, labels)
             with tf.GradientTape() as tape:
                 out = model(inputs, training=True)
-                logits = tf.cast(out["logits"], tf.float32)
-                if branch_keys:
-                    branch_loss = tf.add_n([target_loss(labels, tf.cast(out[k], tf.float32))
-                                            for k in branch_keys]) / len(branch_keys)
-                if late:    # each head on its own loss; the averaged logits only predict
-                    example_loss = branch_loss
-                else:
-                    example_loss = target_loss(labels, logits)
-                    if branch_keys:
-                        example_loss += config.branch_loss * branch_loss
-                if self.teacher is not None:
-                    target = tf.cast(self.teacher({"apex_image": inputs["apex_image"]}, training=False), tf.float32)
-                    example_loss += config.apex_distill * tf.reduce_mean(
-                        tf.square(tf.cast(out[DISTILL_OUTPUT], tf.float32) - target), axis=-1)
-                loss = tf.nn.compute_average_loss(example_loss, global_batch_size=config.batch_size)
+                loss = tf.nn.compute_average_loss(example_loss(inputs, labels, out, target_loss),
+                                                  global_batch_size=config.batch_size)
                 if model.losses:    # kernel regularisers (the linear path's ridge penalty)
                     loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
                 scaled = optimizer.scale_loss(loss) if config.mixed_precision else loss
             grads = tape.gradient(scaled, model.trainable_variables)
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
-            return loss, labels, tf.argmax(logits, axis=-1, output_type=tf.int32)
+            return loss, labels, tf.argmax(out["logits"], axis=-1, output_type=tf.int32)
 
         replica_fn = tf.function(replica_step, jit_compile=True) if config.jit_compile else replica_step
 
