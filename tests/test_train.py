@@ -278,9 +278,10 @@ def test_mixup_is_keyed_by_step_and_changes_the_training_loss(data_dir):
 def test_mirrored_on_two_virtual_cpus_matches_one_device(data_dir, tmp_path):
     # Same global batch; dropout off (its masks differ per replica) and BatchNorm statistics
     # synchronised across replicas, so the two runs compute the same function. With a
-    # moving average of the weights, so its cross-replica update is checked too.
+    # moving average of the weights, so its cross-replica update is checked too, and with the
+    # FER2013 teacher of --apex_distill called in each replica.
     base = dict(data_dir=data_dir, train_steps=8, checkpoint_every=100, dropout=0.0, sync_batchnorm=True,
-                ema_decay=0.5, **TINY)
+                ema_decay=0.5, apex_distill=1.0, **TINY)
     one = _run_worker(TrainConfig(model_dir=str(tmp_path / "one"), strategy="default", **base), tmp_path, name="a.json")
     two = _run_worker(TrainConfig(model_dir=str(tmp_path / "two"), strategy="mirrored", cpu_devices=2, **base),
                       tmp_path, name="b.json")
