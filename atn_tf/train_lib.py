@@ -425,39 +425,13 @@ def train(config: TrainConfig, progress: bool = True, stop_after: Optional[int] 
     t_start = time.time()
     # Virtual CPU devices can only be made before TensorFlow starts, so the strategy first.
     strategy = distribute.make_strategy(config.strategy, config.cpu_devices)
-    info = input_pipeline.read_dataset_info(config.data_dir)
-    selection = input_pipeline.Selection(config.test_subjects, config.test_databases)
-    input_pipeline.validate_selection(info, selection, config.data_dir)
-    config = provenance.check_training_config(config, info)   # one encoding per input; kept in config.json
-    data = input_pipeline.load_arrays(config.data_dir, info, selection)
-    if data["label"].size == 0:
-        raise input_pipeline.DataError(f"{config.data_dir}: no training records left after holding out "
-                                       f"{selection}")
-    data = input_pipeline.resize_apex(data, config.image_size)   # once: statistics, stream and scoring
-    train_data, val_data = split_inner_validation(data, config)
+    config, train_data, val_data = _training_data(config)
     session = Session(config, strategy)
     chief, model = session.chief, session.model
     if chief:
         config.save()
-
-    ckpt = tf.train.Checkpoint(model=model, optimizer=session.optimizer, step=session.step,
-                               rng=session.rng_states, **({"ema": session.ema} if session.ema else {}))
-    ckpt_dir = os.path.join(config.model_dir, CHECKPOINT_DIR)
-    if not chief:   # every worker takes part in saving; only the chief's copy is kept
-        ckpt_dir = tempfile.mkdtemp(prefix="atn_worker_ckpt_")
-    manager = tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=3)
     selector = Selector() if val_data is not None else None
-    if manager.latest_checkpoint:
-        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("resumed from %s at step %d", manager.latest_checkpoint, int(session.step.numpy()))
-        if selector is not None:
-            _restore_selector(selector, config.model_dir, model)
-    else:   # a fresh run: input statistics of this training part (after any init weights)
-        if config.init_checkpoint:
-            _load_init_checkpoint(model, config.init_checkpoint)
-            session.restart_average()
-        set_input_statistics(model, train_data)
-    session.set_teacher_statistics(train_data)
+    manager, ckpt_dir = _restore_or_start(session, train_data, selector)
     resumed_from = int(session.step.numpy())
 
     def on_best(sel: Selector):
@@ -497,6 +471,47 @@ def train(config: TrainConfig, progress: bool = True, stop_after: Optional[int] 
     if chief and current == config.train_steps:
         save_final(model, config, result)
     return result
+
+
+def _training_data(config: TrainConfig) -> tuple[TrainConfig, dict, Optional[dict]]:
+    """The records of `config` minus its held-out subjects/databases, apexes resized once
+    (statistics, stream and scoring), split into the training part and the inner validation
+    (None without --val_fraction); the config comes back with its input encodings checked."""
+    info = input_pipeline.read_dataset_info(config.data_dir)
+    selection = input_pipeline.Selection(config.test_subjects, config.test_databases)
+    input_pipeline.validate_selection(info, selection, config.data_dir)
+    config = provenance.check_training_config(config, info)   # one encoding per input; kept in config.json
+    data = input_pipeline.load_arrays(config.data_dir, info, selection)
+    if data["label"].size == 0:
+        raise input_pipeline.DataError(f"{config.data_dir}: no training records left after holding out "
+                                       f"{selection}")
+    data = input_pipeline.resize_apex(data, config.image_size)
+    return (config, *split_inner_validation(data, config))
+
+
+def _restore_or_start(session: Session, train_data: dict, selector: Optional[Selector]):
+    """The checkpoint manager of the run: resumed from its newest checkpoint (and selector
+    state), or a fresh start with any init weights and this training part's input
+    statistics. -> (manager, checkpoint folder; a worker's is temporary)."""
+    config, model = session.config, session.model
+    ckpt = tf.train.Checkpoint(model=model, optimizer=session.optimizer, step=session.step,
+                               rng=session.rng_states, **({"ema": session.ema} if session.ema else {}))
+    ckpt_dir = os.path.join(config.model_dir, CHECKPOINT_DIR)
+    if not session.chief:   # every worker takes part in saving; only the chief's copy is kept
+        ckpt_dir = tempfile.mkdtemp(prefix="atn_worker_ckpt_")
+    manager = tf.train.CheckpointManager(ckpt, ckpt_dir, max_to_keep=3)
+    if manager.latest_checkpoint:
+        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        logging.info("resumed from %s at step %d", manager.latest_checkpoint, int(session.step.numpy()))
+        if selector is not None:
+            _restore_selector(selector, config.model_dir, model)
+    else:   # a fresh run: input statistics of this training part (after any init weights)
+        if config.init_checkpoint:
+            _load_init_checkpoint(model, config.init_checkpoint)
+            session.restart_average()
+        set_input_statistics(model, train_data)
+    session.set_teacher_statistics(train_data)
+    return manager, ckpt_dir
 
 
 SELECTION_FILE = "selection.json"
