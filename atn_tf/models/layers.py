@@ -301,6 +301,35 @@ class BranchDropout(keras.layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class GradientScale(keras.layers.Layer):
+    """The identity forward; backward, the gradient is multiplied by `scale` (0: none passes).
+
+    `scale * x + (1 - scale) * stop_gradient(x)`: the value is `x`, the gradient `scale`.
+    Used on the ResNet apex embedding before fusion (`apex_label_grad`), so the label loss
+    trains the apex branch less, or not at all, while the distillation loss still does.
+    """
+
+    def __init__(self, scale: float, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= scale <= 1.0:
+            raise ValueError(f"GradientScale scale must be in [0, 1], got {scale}")
+        self.scale = float(scale)
+
+    def call(self, inputs):
+        if self.scale == 1.0:
+            return inputs
+        return self.scale * inputs + (1.0 - self.scale) * ops.stop_gradient(inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(scale=self.scale)
+        return config
+
+
 MIRROR_KINDS = ("apex_image", "flow_seq", "flow_image", "repeat")
 
 
@@ -395,5 +424,6 @@ class MergeViews(keras.layers.Layer):
 CUSTOM_OBJECTS = {
     f"{PACKAGE}>{cls.__name__}": cls
     for cls in (L2Normalize, SequenceMask, FlattenSteps, MaskedMean, AttentionGate, Standardize, LearnedScale,
-                Subsample2x, ScaleToUnit, PolarToCartesian, MirrorView, MergeViews, BranchDropout)
+                Subsample2x, ScaleToUnit, PolarToCartesian, MirrorView, MergeViews, BranchDropout,
+                GradientScale)
 }

@@ -23,8 +23,8 @@ import numpy as np
 
 from atn_tf import feature_spec
 from atn_tf.models import backbone, fer_xception
-from atn_tf.models.layers import (BranchDropout, FlattenSteps, L2Normalize, LearnedScale, MergeViews, MirrorView,
-                                  PolarToCartesian, Standardize)
+from atn_tf.models.layers import (BranchDropout, FlattenSteps, GradientScale, L2Normalize, LearnedScale,
+                                  MergeViews, MirrorView, PolarToCartesian, Standardize)
 
 # name -> (branches, dropout used, micro-attention in the apex branch)
 _VARIANTS = {
@@ -116,7 +116,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                 embedding_scale_init: float = 8.0, time_pool: str = "mean", linear: bool = False,
                 linear_steps: int = 4, linear_l2: float = 0.0, flow_width: int = 0,
                 flow_seq_repr: str = "polar", fusion: str = "concat", mirror_tta: bool = False,
-                branch_dropout: float = 0.0, apex_distill: bool = False) -> keras.Model:
+                branch_dropout: float = 0.0, apex_distill: bool = False,
+                apex_label_grad: float = 1.0) -> keras.Model:
     """Builds one of `MODEL_NAMES`.
 
     * `atn`: apex branch + time branch, concatenated -> dropout -> dense -> softmax.
@@ -176,6 +177,9 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
       standardised features of the same apex (`fer_teacher`, `TrainConfig.apex_distill`):
       the paper fine-tuned its ResNet from a facial-expression model; this distils the
       public one into it while it trains.
+    * `apex_label_grad` (ResNet apex branch): the share of the label loss's gradient that
+      reaches the apex branch (`GradientScale` on its embedding before the heads); 0 with
+      `apex_distill` trains the branch on the teacher's features alone.
     """
     if name not in _VARIANTS:
         raise ValueError(f"unknown model {name!r}; expected one of {MODEL_NAMES}")
@@ -206,6 +210,9 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         raise ValueError("apex_feature_norm needs apex_backbone=fer_xception and an apex branch")
     if apex_distill and ("apex" not in branches or fer):
         raise ValueError("apex_distill needs an apex branch with apex_backbone=resnet")
+    if apex_label_grad != 1.0 and ("apex" not in branches or fer or not 0.0 <= apex_label_grad <= 1.0):
+        raise ValueError(f"apex_label_grad={apex_label_grad}: needs an apex branch with apex_backbone=resnet, "
+                         "and a value in [0, 1]")
     if apex_init and not fer:
         raise ValueError(f"apex_init={apex_init!r} needs apex_backbone=fer_xception and an apex branch")
     model_in = model_inputs(image_size, flow_image_size)
@@ -226,9 +233,14 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     if "flow" in branches:
         embeddings["flow_embedding"] = backbone.flow_branch(inputs["flow_image"], flow_width or width,
                                                               input_norm=input_norm)
-    features = list(embeddings.values())
+    # What the heads read: the embeddings, the apex's with its label gradient scaled.
+    head_inputs = dict(embeddings)
+    if apex_label_grad != 1.0:
+        head_inputs["apex_embedding"] = GradientScale(apex_label_grad, name="apex_label_grad")(
+            embeddings["apex_embedding"])
+    features = list(head_inputs.values())
     if embedding_scale == "learned":
-        features = [LearnedScale(embedding_scale_init, name=f"{k}_scale")(v) for k, v in embeddings.items()]
+        features = [LearnedScale(embedding_scale_init, name=f"{k}_scale")(v) for k, v in head_inputs.items()]
     rate = dropout if use_dropout else 0.0
 
     def merge(outputs: dict, mode: str = "mean") -> dict:
