@@ -592,7 +592,7 @@ def test_apex_label_grad_scales_only_the_label_gradient_into_the_resnet_apex(tmp
         time = sum(float(tf.reduce_sum(tf.abs(v))) for k, v in g.items() if k.startswith("lstm"))
         return model, out, apex, time
 
-    full, out1, apex1, time1 = grads(1.0, "logits")
+    _, out1, apex1, time1 = grads(1.0, "logits")
     quarter, out4, apex4, time4 = grads(0.25, "logits")
     _, out0, apex0, time0 = grads(0.0, "logits")
     assert apex1 > 0 and time1 > 0
