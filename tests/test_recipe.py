@@ -311,3 +311,22 @@ def test_apex_distill_fits_the_resnet_read_out_to_the_fer2013_features(tmp_path)
                 dict(apex_label_grad=0.0, apex_backbone="fer_xception")):
         with pytest.raises(ValueError, match="apex_label_grad"):
             TrainConfig(model="atn", **bad)
+
+
+def test_every_experiment_file_gives_a_valid_config():
+    """Each shipped experiments/*.cfg parses as `--flagfile` would and passes TrainConfig's
+    checks, and each has its own model_dir (two experiments never train into one folder)."""
+    import glob
+
+    from atn_tf.flags_lib import config_from_flagfile
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+    paths = sorted(glob.glob(os.path.join(root, "*.cfg")))
+    assert len(paths) >= 10
+    model_dirs = {}
+    for path in paths:
+        cfg = config_from_flagfile(path)
+        model_dirs.setdefault(cfg.model_dir, []).append(os.path.basename(path))
+    shared = {d: names for d, names in model_dirs.items() if len(names) > 1}
+    assert not shared, f"experiment files sharing a model_dir: {shared}"
+    v6 = config_from_flagfile(os.path.join(root, "atn_resnet_cde_v6.cfg"))
+    assert (v6.apex_backbone, v6.apex_distill, v6.apex_label_grad) == ("resnet", 1.0, 0.0)
