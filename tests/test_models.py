@@ -614,9 +614,9 @@ def test_apex_label_grad_scales_only_the_label_gradient_into_the_resnet_apex(tmp
 
 def test_apex_head_input_distill_heads_read_the_readout(tmp_path):
     """--apex_head_input=distill: the heads read the L2-normalised distillation read-out (the
-    `apex_embedding` output is that unit vector, and a function of `apex_distill` alone), the
-    read-out gets the label gradient only through that path (none at apex_label_grad=0), and
-    the model saves and loads. The default is the paper's: the heads read the embedding."""
+    `apex_embedding` output is that unit vector), no label gradient reaches the read-out at
+    apex_label_grad=0, and the model saves and loads. The default is the paper's: the heads
+    read the ResNet embedding."""
     import tensorflow as tf
     batch = make_batch(seed=53)
     keras.utils.set_random_seed(4)

@@ -243,7 +243,7 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     readout = None
     if apex_distill and apex_head_input == "distill":
         # The heads read the student's FER2013 features: the read-out, L2-normalised as the
-        # FER apex's features are (created here, before the heads; else after them, below).
+        # FER apex's features are. Built before the heads here, as they read it.
         readout = _distill_readout(embeddings["apex_embedding"])
         embeddings["apex_embedding"] = L2Normalize(name="apex_distill_embedding")(readout)
     # What the heads read: the embeddings, the apex's with its label gradient scaled.
@@ -272,7 +272,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     probabilities = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
     outputs = {"probabilities": probabilities, "logits": logits, **merge(embeddings, "first"), **heads}
     if apex_distill:
-        # Created after the heads (the seeded initial weights follow the layers' order).
+        # Otherwise built after the heads: seeded initial weights follow the layers' order,
+        # so recipes up to v7 start from the weights they were run with.
         readout = _distill_readout(embeddings["apex_embedding"]) if readout is None else readout
         outputs[DISTILL_OUTPUT] = merge({DISTILL_OUTPUT: readout}, "first")[DISTILL_OUTPUT]
     return _finish(keras.Model(inputs=model_in, outputs=outputs, name=name), sync_batchnorm, apex_init, freeze_apex, fer)
