@@ -139,23 +139,24 @@ def paired_permutation_test(report_a: dict, report_b: dict, n: int = 10000, seed
 
 
 def compare_text(loaded: Sequence[tuple[str, dict]], n_boot: int = 2000, n_perm: int = 10000, seed: int = 0) -> str:
-    """Markdown for `atn_tf.evaluate --compare`: each report's UF1 with its subject-bootstrap
-    95 % interval, then a paired permutation test for every pair of reports on the same samples."""
+    """Markdown for `atn_tf.evaluate --compare`: each report's UF1, overall and per database,
+    with its subject-bootstrap 95 % interval, then a paired permutation test for every pair of
+    reports on the same samples."""
     # Per-database intervals too: the paper's targets are per-database columns, each with far
     # fewer subjects (16-28) than the pooled score.
     dbs = sorted({p["database"] for _, r in loaded for p in r.get("predictions") or []})
     fmt = lambda ci: f"{ci['uf1']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"  # noqa: E731
+    row = lambda cells: "| " + " | ".join(cells) + " |"  # noqa: E731
+    header = ["experiment", "UF1 [95 % CI]", "subjects", *dbs]
     lines = ["UF1 with its 95 % subject-bootstrap interval, overall and per database (subjects resampled "
-             f"within each database, {n_boot} replicates):", "",
-             "| experiment | UF1 [95 % CI] | subjects | " + " | ".join(dbs) + " |",
-             "|---|---|---|" + "---|" * len(dbs)]
+             f"within each database, {n_boot} replicates):", "", row(header), "|" + "---|" * len(header)]
     for name, r in loaded:
         if not r.get("predictions"):
-            lines.append(f"| {name} | no per-sample predictions | |" + " |" * len(dbs))
+            lines.append(row([name, "no per-sample predictions", ""] + [""] * len(dbs)))
             continue
         ci = bootstrap_uf1_ci(r["predictions"], n=n_boot, seed=seed)
-        per_db = [fmt(ci["per_database"][db]) if db in ci["per_database"] else "" for db in dbs]
-        lines.append(f"| {name} | {fmt(ci['overall'])} | {ci['overall']['n_subjects']} | " + " | ".join(per_db) + " |")
+        lines.append(row([name, fmt(ci["overall"]), str(ci["overall"]["n_subjects"])]
+                         + [fmt(ci["per_database"][db]) if db in ci["per_database"] else "" for db in dbs]))
     lines += ["", f"Paired permutation tests (predictions swapped per subject, {n_perm} permutations, "
                   "two-sided p of the UF1 difference):", "",
               "| A | B | UF1 A − B | p |", "|---|---|---|---|"]
