@@ -126,12 +126,13 @@ def test_compare_cli_prints_intervals_and_tests(tmp_path):
     assert text in r.stdout + "\n" or text.strip() in r.stdout
     lines = text.splitlines()
     row = next(l for l in lines if l.startswith("| good.json | ") and "[" in l)
-    uf1, low, high = (float(v) for v in row.split("|")[2].replace("[", " ").replace("]", " ").replace(",", " ").split())
+    interval = lambda cell: (float(v) for v in cell.replace("[", " ").replace("]", " ").replace(",", " ").split())  # noqa: E731
+    uf1, low, high = interval(row.split("|")[2])
     assert low <= uf1 <= high
     header = next(l for l in lines if l.startswith("| experiment | UF1 [95 % CI] |"))
     assert header.split("|")[4:7] == [" casme2 ", " samm ", " smic "]
     for cell in row.split("|")[4:7]:      # each database's interval brackets its own UF1
-        u, lo, hi = (float(v) for v in cell.replace("[", " ").replace("]", " ").replace(",", " ").split())
+        u, lo, hi = interval(cell)
         assert lo <= u <= hi and hi - lo > 0
     test_row = next(l for l in lines if l.startswith("| good.json | poor.json |"))
     assert float(test_row.split("|")[4]) < 0.01

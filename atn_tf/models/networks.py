@@ -241,7 +241,7 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         embeddings["flow_embedding"] = backbone.flow_branch(inputs["flow_image"], flow_width or width,
                                                               input_norm=input_norm)
     readout = None
-    if apex_distill and apex_head_input == "distill":
+    if apex_head_input == "distill":     # (checked above: only with apex_distill)
         # The heads read the student's FER2013 features: the read-out, L2-normalised as the
         # FER apex's features are. Built before the heads here, as they read it.
         readout = _distill_readout(embeddings["apex_embedding"])
