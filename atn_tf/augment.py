@@ -95,11 +95,12 @@ def mirror_flow_seq(seq: np.ndarray) -> np.ndarray:
 
 
 def mirror_flow_image(img: np.ndarray) -> np.ndarray:
-    """Mirror the (u, v, strain) flow image ([H,W,3] or a batch, uint8 or float); u is stored
-    normalised to 0..255, so the mirrored horizontal flow is 255 - u (exact for the symmetric
-    normalisation, and exact in uint8)."""
+    """Mirror the flow image ([H,W,3] or a batch, uint8 or float, channels in the record order
+    `feature_spec.FLOW_IMAGE_CHANNELS`): columns reversed, and u, stored min-max normalised
+    to 0..255, becomes 255 - u (the min-max normalisation of -u; exact in uint8); v and the
+    strain only move with the columns."""
     out = np.asarray(img)[..., ::-1, :].copy()
-    out[..., 0] = 255 - out[..., 0]
+    out[..., feature_spec.FLOW_U] = 255 - out[..., feature_spec.FLOW_U]
     return out
 
 

@@ -19,6 +19,11 @@ MAX_STEPS = 64            # longest temporal input (64 flow fields around the ap
 STEP_DIM = 128            # 8x8 blocks x (mean direction, mean magnitude)
 GRID = 8
 FLOW_IMAGE_SIZE = 28      # onset->apex flow image (u, v, strain), STSTNet style
+# Its channels in array (record) order: the MEGC2019 `flow_uvs` files as OpenCV reads them
+# (BGR), worked out from the files in tfrecords_builder/flow_image.py. Code that touches a
+# channel (the mirror flips the sign of u) takes its index from here.
+FLOW_IMAGE_CHANNELS = ("strain", "v", "u")
+FLOW_U = FLOW_IMAGE_CHANNELS.index("u")
 UNKNOWN_INDEX = -1        # onset/apex/offset when the source does not give them
 
 # name -> (kind, dtype, description). `describe()` puts this in dataset_info.json.
@@ -31,7 +36,7 @@ FEATURES = {
     "apex_image": ("scalar", "string", f"PNG, gray uint8 {IMAGE_SIZE}x{IMAGE_SIZE}"),
     "flow_seq": ("varlen", "float32", f"flow_len x {STEP_DIM} row-major: per block (angle rad, magnitude)"),
     "flow_len": ("scalar", "int64", f"number of real time steps, 1..{MAX_STEPS}"),
-    "flow_image": ("scalar", "string", f"PNG uint8 {FLOW_IMAGE_SIZE}x{FLOW_IMAGE_SIZE}x3, empty if absent"),
+    "flow_image": ("scalar", "string", f"PNG uint8 {FLOW_IMAGE_SIZE}x{FLOW_IMAGE_SIZE}x3 ({', '.join(FLOW_IMAGE_CHANNELS)}), empty if absent"),
     "has_flow_image": ("scalar", "int64", "1 when flow_image is present"),
     "onset": ("scalar", "int64", "onset frame index, -1 if unknown"),
     "apex": ("scalar", "int64", "apex frame index, -1 if unknown"),

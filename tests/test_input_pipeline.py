@@ -144,6 +144,26 @@ def test_mirror_is_consistent_and_an_involution():
     np.testing.assert_allclose(augment.mirror_flow_image(augment.mirror_flow_image(img)), img, atol=1e-4)
 
 
+def test_flow_image_mirror_is_the_encoding_of_the_mirrored_flow():
+    """Mirroring a face turns the flow field (u, v) at column x into (-u, v) at column W-1-x.
+    The flow image is that field encoded as the records hold it (`flow_image.encode`:
+    record channel order, per-channel min-max), so the mirror of the encoded image must be
+    the encoding of the mirrored field: u reversed and negated, v and the strain only
+    reversed. (Until 2026-12-05 the mirror negated channel 0, the strain, and kept u.)"""
+    from tfrecords_builder import flow_image
+    y, x = np.mgrid[0:28, 0:28].astype(np.float64)
+    u = np.exp(-((x - 6) ** 2 + (y - 20) ** 2) / 8.0) - 0.5 * np.exp(-((x - 22) ** 2 + (y - 8) ** 2) / 6.0)
+    v = 0.8 * np.exp(-((x - 17) ** 2 + (y - 4) ** 2) / 10.0)
+    encoded = flow_image.encode(flow_image.flow_fields(u, v))
+    mirrored_field = flow_image.encode(flow_image.flow_fields(-u[:, ::-1], v[:, ::-1]))
+    got = augment.mirror_flow_image(encoded)
+    assert np.abs(got.astype(int) - mirrored_field.astype(int)).max() <= 1      # rounding at .5
+    assert feature_spec.FLOW_IMAGE_CHANNELS[feature_spec.FLOW_U] == "u" == flow_image.CHANNELS[flow_image.U]
+    # The strain is a magnitude (mostly near 0): the mirror must not invert it.
+    strain = feature_spec.FLOW_IMAGE_CHANNELS.index("strain")
+    np.testing.assert_array_equal(got[..., strain], encoded[:, ::-1, strain])
+
+
 def test_rotation_keeps_centre_bounds_and_direction():
     img = np.tile(np.arange(32, dtype=np.float32), (32, 1))[..., None]
     assert np.array_equal(augment.rotate(img, 0.0), img)
@@ -252,7 +272,9 @@ def test_mirror_tables_keep_padding_and_absent_images():
     np.testing.assert_array_equal(imgs[0], img)
     np.testing.assert_array_equal(seqs[1, 0, 0], augment.mirror_flow_seq(np.ones(128, np.float32)))
     assert not seqs[1, 1, 2].any() and not imgs[1, 1].any()
-    assert imgs.dtype == np.uint8 and imgs[1, 0, 0, 0, 0] == 248 and imgs[1, 0, 0, 0, 1] == 7
+    u = feature_spec.FLOW_U                                      # 255 - 7 in u, v and strain kept
+    assert imgs.dtype == np.uint8 and imgs[1, 0, 0, 0, u] == 248
+    assert all(imgs[1, 0, 0, 0, c] == 7 for c in range(3) if c != u)
 
 
 def test_clear_errors_for_bad_data_dirs(tmp_path, data_dir):

@@ -40,11 +40,11 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from atn_tf.feature_spec import FLOW_IMAGE_SIZE
+from atn_tf.feature_spec import FLOW_IMAGE_CHANNELS, FLOW_IMAGE_SIZE
 
-# Record array order (= the MEGC2019 files read by OpenCV).
-CHANNELS = ("strain", "v", "u")
-STRAIN, V, U = 0, 1, 2
+# Record array order (= the MEGC2019 files read by OpenCV), owned by the feature spec.
+CHANNELS = FLOW_IMAGE_CHANNELS
+STRAIN, V, U = (CHANNELS.index(c) for c in ("strain", "v", "u"))
 # Below these ranges a channel is flow noise, not motion (Farneback gives up to 0.09 px
 # between two identical 128x128 crops); u, v in pixels of the flow crop, strain per pixel
 # of the 28x28 field.

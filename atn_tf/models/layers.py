@@ -11,7 +11,7 @@ import math
 import keras
 from keras import ops
 
-from atn_tf.feature_spec import GRID
+from atn_tf.feature_spec import FLOW_IMAGE_CHANNELS, GRID
 
 PACKAGE = "atn_tf"
 
@@ -342,7 +342,8 @@ class MirrorView(keras.layers.Layer):
 
     The mirror is `augment.py`'s (NumPy twins there, pinned equal by the tests):
     * `apex_image` [B, S, S, 1]: columns reversed;
-    * `flow_image` [B, F, F, 3], raw 0..255 (u, v, strain): columns reversed and u -> 255 - u;
+    * `flow_image` [B, F, F, 3], raw 0..255 (record order `FLOW_IMAGE_CHANNELS`): columns
+      reversed and u -> 255 - u;
       an absent (all-zero) image stays zero;
     * `flow_seq` (inputs [flow_seq [B, T, 128], flow_len [B]]): the 8x8 grid's columns
       reversed, each block's direction a -> pi - a wrapped to (-pi, pi], magnitudes kept,
@@ -366,7 +367,8 @@ class MirrorView(keras.layers.Layer):
             mirrored = ops.flip(inputs, axis=2)
         elif self.kind == "flow_image":
             flipped = ops.flip(inputs, axis=2)
-            mirrored = ops.concatenate([255.0 - flipped[..., :1], flipped[..., 1:]], axis=-1)
+            is_u = ops.convert_to_tensor([float(c == "u") for c in FLOW_IMAGE_CHANNELS], dtype=flipped.dtype)
+            mirrored = flipped + is_u * (255.0 - 2.0 * flipped)
             present = ops.any(ops.not_equal(ops.reshape(inputs, (ops.shape(inputs)[0], -1)), 0.0), axis=1)
             mirrored = ops.where(present[:, None, None, None], mirrored, inputs)
         else:
