@@ -84,13 +84,23 @@ def rotation_table(apex: np.ndarray) -> np.ndarray:
     return out
 
 
-def mirror_flow_seq(seq: np.ndarray) -> np.ndarray:
+FLOW_SEQ_MIRRORS = feature_spec.FLOW_SEQ_MIRRORS
+
+
+def mirror_flow_seq(seq: np.ndarray, mode: str = "reflect") -> np.ndarray:
     """Horizontal mirror of [..., 128] block features: columns of the 8x8 grid reversed,
-    directions reflected (theta -> pi - theta, wrapped to (-pi, pi]), magnitudes kept."""
+    magnitudes kept, and with `mode="reflect"` directions reflected (theta -> pi - theta,
+    wrapped to (-pi, pi]), the mirror of true flow directions. `mode="columns"` keeps the
+    angles: the MEGC2019 phase maps' hue-derived angles lie in 0..110 degrees and match
+    across the face's midline unreflected (docs/results.md), so reflecting them makes
+    sequences no record holds."""
+    if mode not in FLOW_SEQ_MIRRORS:
+        raise ValueError(f"flow_seq mirror must be one of {FLOW_SEQ_MIRRORS}, got {mode!r}")
     seq = np.asarray(seq, np.float32)
     grid = seq.reshape(seq.shape[:-1] + (feature_spec.GRID, feature_spec.GRID, 2))[..., ::-1, :].copy()
-    ang = np.float32(np.pi) - grid[..., 0]
-    grid[..., 0] = np.where(ang > np.pi, ang - np.float32(2 * np.pi), ang)
+    if mode == "reflect":
+        ang = np.float32(np.pi) - grid[..., 0]
+        grid[..., 0] = np.where(ang > np.pi, ang - np.float32(2 * np.pi), ang)
     return grid.reshape(seq.shape)
 
 
@@ -104,11 +114,13 @@ def mirror_flow_image(img: np.ndarray) -> np.ndarray:
     return out
 
 
-def mirror_tables(flow_seq: np.ndarray, flow_len: np.ndarray, flow_image: np.ndarray):
+def mirror_tables(flow_seq: np.ndarray, flow_len: np.ndarray, flow_image: np.ndarray,
+                  flow_seq_mirror: str = "reflect"):
     """Stack each flow input with its mirror: ([2, N, T, 128], [2, N, h, w, 3]); index 1 is
-    mirrored. Padding steps and absent (all-zero) flow images stay zero."""
+    mirrored (`mirror_flow_seq(.., flow_seq_mirror)`). Padding steps and absent (all-zero)
+    flow images stay zero."""
     seq = np.asarray(flow_seq, np.float32)
-    mirrored = mirror_flow_seq(seq)
+    mirrored = mirror_flow_seq(seq, flow_seq_mirror)
     valid = np.arange(seq.shape[1])[None, :] < np.asarray(flow_len)[:, None]
     mirrored[~valid] = 0.0
     present = np.asarray(flow_image).reshape(len(flow_image), -1).any(axis=1)

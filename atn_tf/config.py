@@ -8,7 +8,7 @@ import json
 import os
 from typing import Optional
 
-from atn_tf import atomic_io
+from atn_tf import atomic_io, feature_spec
 
 CONFIG_FILE = "config.json"
 # The allowed values of the recipe's string fields.
@@ -16,7 +16,7 @@ CHOICES = {"balance_by": ("class", "database_class"), "optimizer": ("sgd", "adam
            "lr_schedule": ("step", "cosine"), "embedding_scale": ("none", "learned"),
            "apex_backbone": ("resnet", "fer_xception"), "apex_init": ("", "fer2013"), "time_pool": ("mean", "last"),
            "flow_seq_repr": ("polar", "cartesian"), "fusion": ("concat", "late"),
-           "apex_head_input": ("embedding", "distill")}
+           "apex_head_input": ("embedding", "distill"), "flow_seq_mirror": feature_spec.FLOW_SEQ_MIRRORS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +46,7 @@ class TrainConfig:
     balance: bool = True                    # class-balanced sampling of the training stream
     flow_shift: int = 0                     # augment: translate the flow image by <= this many pixels
     apex_shift: int = 0                     # augment: translate the apex (at image_size) likewise
+    flow_seq_mirror: str = "reflect"        # mirror of flow_seq: reflect (angles a -> pi - a) | columns (angles kept)
     mixup: float = 0.0                      # > 0: mixup in the train step, lambda ~ Beta(mixup, mixup)
     # Recipe options (docs/results.md, "Why the deep models lost to linear probes"); the
     # defaults are the seed recipe.
@@ -203,5 +204,5 @@ class TrainConfig:
                     embedding_scale_init=self.embedding_scale_init, time_pool=self.time_pool,
                     linear=self.linear_path, linear_steps=self.linear_steps, linear_l2=self.linear_l2,
                     flow_width=self.flow_width, flow_seq_repr=self.flow_seq_repr,
-                    fusion=self.fusion, mirror_tta=self.mirror_tta,
+                    fusion=self.fusion, mirror_tta=self.mirror_tta, flow_seq_mirror=self.flow_seq_mirror,
                     branch_dropout=self.branch_dropout)

@@ -24,6 +24,9 @@ FLOW_IMAGE_SIZE = 28      # onset->apex flow image (u, v, strain), STSTNet style
 # channel (the mirror flips the sign of u) takes its index from here.
 FLOW_IMAGE_CHANNELS = ("strain", "v", "u")
 FLOW_U = FLOW_IMAGE_CHANNELS.index("u")
+# How a horizontal mirror treats flow_seq's block angles (augment.mirror_flow_seq):
+# "reflect" (a -> pi - a, true flow directions) or "columns" (angles kept).
+FLOW_SEQ_MIRRORS = ("reflect", "columns")
 UNKNOWN_INDEX = -1        # onset/apex/offset when the source does not give them
 
 # name -> (kind, dtype, description). `describe()` puts this in dataset_info.json.

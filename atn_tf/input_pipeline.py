@@ -311,15 +311,16 @@ def train_dataset(data_dir: str, selection: Selection, batch_size: int, image_si
                                balance_by=balance_by)
 
 
-def stream_tables(data: dict, image_size: int = IMAGE_SIZE, augment_data: bool = True) -> dict:
+def stream_tables(data: dict, image_size: int = IMAGE_SIZE, augment_data: bool = True,
+                  flow_seq_mirror: str = "reflect") -> dict:
     """What a training stream gathers from, as constants: the arrays at `image_size`, with
     (when augmenting) every rotation of each apex and every flow input with its mirror
-    (see atn_tf.augment)."""
+    (see atn_tf.augment; `flow_seq_mirror`: `augment.mirror_flow_seq`'s mode)."""
     data = resize_apex({k: data[k] for k in ARRAY_KEYS}, image_size)   # once, not per batch
     if augment_data:
         data["apex_image"] = augment.rotation_table(data["apex_image"])
         data["flow_seq"], data["flow_image"] = augment.mirror_tables(
-            data["flow_seq"], data["flow_len"], data["flow_image"])
+            data["flow_seq"], data["flow_len"], data["flow_image"], flow_seq_mirror)
     return {k: tf.constant(v) for k, v in data.items()}
 
 
@@ -328,7 +329,7 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
                         input_context: Optional[tf.distribute.InputContext] = None,
                         skip_batches: int = 0, balance_by: str = "class",
                         tables: Optional[dict] = None, flow_shift: int = 0,
-                        apex_shift: int = 0) -> tf.data.Dataset:
+                        apex_shift: int = 0, flow_seq_mirror: str = "reflect") -> tf.data.Dataset:
     """An endless stream of (inputs, label) batches from training arrays (`load_arrays`).
 
     The stream is a pure function of `seed`; `skip_batches` global batches are skipped
@@ -380,7 +381,7 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
     ids = ids.batch(per_replica * GROUP, drop_remainder=True)
 
     if tables is None:
-        table, row_ids = stream_tables(data, image_size, augment_data), None
+        table, row_ids = stream_tables(data, image_size, augment_data, flow_seq_mirror), None
     else:   # rows of a larger set whose tables were built once (the fast CDE runner)
         if "row" not in data:
             raise ValueError("prebuilt stream tables need the arrays' 'row' (their row in the tables)")

@@ -118,6 +118,26 @@ def test_stream_from_prebuilt_tables_of_all_records_equals_its_own(data_dir):
         ip.dataset_from_arrays({k: v for k, v in fold.items() if k != "row"}, 8, 32, tables=tables)
 
 
+def test_stream_mirrors_flow_seq_in_the_configured_mode(data_dir):
+    """`flow_seq_mirror` reaches the stream: with "columns" every streamed sequence is a
+    record's own or its column reversal, and the stream (same seed) differs from "reflect"'s
+    only in the mirrored rows' angles."""
+    info = ip.read_dataset_info(data_dir)
+    data = ip.resize_apex(ip.load_arrays(data_dir, info, ip.Selection()), 32)
+    own = {data["flow_seq"][i].tobytes() for i in range(len(data["label"]))}
+    cols = {augment.mirror_flow_seq(data["flow_seq"][i], "columns").tobytes() for i in range(len(data["label"]))}
+    x_cols, _ = next(iter(ip.dataset_from_arrays(data, 16, 32, seed=5, flow_seq_mirror="columns")))
+    x_refl, _ = next(iter(ip.dataset_from_arrays(data, 16, 32, seed=5)))
+    seqs = [np.asarray(s, np.float32) for s in x_cols["flow_seq"].numpy()]
+    flipped = [s.tobytes() not in own for s in seqs]
+    assert all(s.tobytes() in own | cols for s in seqs) and any(flipped)
+    refl = x_refl["flow_seq"].numpy()
+    for s, r, f in zip(seqs, refl, flipped):
+        steps = s.reshape(len(s), 64, 2)
+        np.testing.assert_array_equal(steps[..., 1], r.reshape(len(r), 64, 2)[..., 1])
+        assert np.array_equal(s, r) != f
+
+
 def test_augmentation_changes_images_and_is_a_flag(data_dir):
     raw = next(iter(ip.train_dataset(data_dir, ip.Selection(), 16, augment_data=False, balance=False, seed=1)))
     aug = next(iter(ip.train_dataset(data_dir, ip.Selection(), 16, augment_data=True, balance=False, seed=1)))
@@ -142,6 +162,22 @@ def test_mirror_is_consistent_and_an_involution():
     assert abs(abs(m[0, 2, 7, 0]) - np.pi) < 1e-5 and m[0, 2, 7, 1] == pytest.approx(1.5)
     img = rng.uniform(0, 255, (28, 28, 3)).astype(np.float32)
     np.testing.assert_allclose(augment.mirror_flow_image(augment.mirror_flow_image(img)), img, atol=1e-4)
+
+
+def test_flow_seq_mirror_columns_keeps_the_angles():
+    rng = np.random.default_rng(1)
+    seq = np.stack([rng.uniform(0, 2, (2, 64)), rng.uniform(0, 2, (2, 64))], -1).reshape(2, 128).astype(np.float32)
+    cols = augment.mirror_flow_seq(seq, "columns")
+    grid, got = seq.reshape(2, 8, 8, 2), cols.reshape(2, 8, 8, 2)
+    np.testing.assert_array_equal(got, grid[:, :, ::-1])                 # columns reversed, nothing else
+    np.testing.assert_array_equal(augment.mirror_flow_seq(cols, "columns"), seq)
+    reflected = augment.mirror_flow_seq(seq).reshape(2, 8, 8, 2)
+    np.testing.assert_array_equal(reflected[..., 1], got[..., 1])       # the modes differ in the angle only
+    assert not np.allclose(reflected[..., 0], got[..., 0])
+    seqs, _ = augment.mirror_tables(seq[:, None], np.array([1, 1]), np.zeros((2, 28, 28, 3), np.uint8), "columns")
+    np.testing.assert_array_equal(seqs[1, :, 0], cols)
+    with pytest.raises(ValueError, match="flow_seq mirror"):
+        augment.mirror_flow_seq(seq, "flip")
 
 
 def test_flow_image_mirror_is_the_encoding_of_the_mirrored_flow():

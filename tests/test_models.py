@@ -482,9 +482,9 @@ def polar_batch(batch=3, steps=6, lengths=(6, 2, 4), seed=0):
     return x
 
 
-def mirrored(x):
+def mirrored(x, flow_seq_mirror="reflect"):
     """The NumPy mirror of a batch (augment.py's, as the training stream applies it)."""
-    seqs, images = augment.mirror_tables(x["flow_seq"], x["flow_len"], x["flow_image"])
+    seqs, images = augment.mirror_tables(x["flow_seq"], x["flow_len"], x["flow_image"], flow_seq_mirror)
     return dict(x, apex_image=x["apex_image"][:, :, ::-1].copy(), flow_seq=seqs[1], flow_image=images[1])
 
 
@@ -510,6 +510,19 @@ def test_mirror_view_is_the_training_mirror_and_the_identity_in_training():
         MirrorView("apex")
     with pytest.raises(ValueError, match="mode"):
         MergeViews("max")
+
+
+def test_mirror_view_keeps_the_angles_with_flow_seq_mirror_columns():
+    """`flow_seq_mirror="columns"`: the layer mirrors as the training stream does with that
+    mode (columns reversed, angles kept), and the option survives get_config."""
+    x = polar_batch(seed=43)
+    layer = MirrorView("flow_seq", flow_seq_mirror="columns")
+    got = keras.ops.convert_to_numpy(layer([x["flow_seq"], x["flow_len"]], training=False))[3:]
+    np.testing.assert_allclose(got, mirrored(x, "columns")["flow_seq"], atol=1e-6)
+    assert not np.allclose(got, mirrored(x)["flow_seq"], atol=1e-3)
+    assert MirrorView.from_config(layer.get_config()).flow_seq_mirror == "columns"
+    with pytest.raises(ValueError, match="flow_seq_mirror"):
+        MirrorView("flow_seq", flow_seq_mirror="flip")
 
 
 @pytest.mark.parametrize("name,recipe", [("atn_flow", dict(fusion="late", flow_seq_repr="cartesian")),

@@ -13,8 +13,8 @@ from atn_tf.config import TrainConfig
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _dev(name, date, **cfg):
-    config = dataclasses.asdict(TrainConfig(model="time_only", train_steps=300, lr_decay_steps=100, image_size=64,
+def _dev(name, date, model="time_only", **cfg):
+    config = dataclasses.asdict(TrainConfig(model=model, train_steps=300, lr_decay_steps=100, image_size=64,
                                             width=16, lstm_units=128, val_fraction=0.2, eval_every=100, **cfg))
     curve = [{"step": 100, "uf1": 0.3, "uar": 0.4, "per_database_uf1": {"casme2": 0.1, "samm": 0.2, "smic": 0.3}},
              {"step": 200, "uf1": 0.5, "uar": 0.5, "per_database_uf1": {"casme2": 0.4, "samm": 0.5, "smic": 0.6}}]
@@ -42,6 +42,22 @@ def test_log_lists_every_recipe_in_run_order_with_its_changes(tmp_path):
     (dev / "d.json").write_text("{}")
     with pytest.raises(ValueError, match="d.json: not a development report"):
         recipe_log.load(str(dev))
+
+
+def test_flow_image_rows_from_before_the_mirror_fix_are_marked(tmp_path):
+    """Same flags, different mirror: a flow-image model's row run before the fix says so."""
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    flow = dict(model="flow_only", augment=True)
+    (dev / "a.json").write_text(json.dumps(_dev("flow_old", "2026-12-04T01:00:00+00:00", **flow)))
+    (dev / "b.json").write_text(json.dumps(_dev("flow_new", "2026-12-05T02:00:00+00:00", **flow)))
+    (dev / "c.json").write_text(json.dumps(_dev("time_old", "2026-12-04T02:00:00+00:00", augment=True)))
+    (dev / "d.json").write_text(json.dumps(_dev("flow_noaug", "2026-12-04T03:00:00+00:00", model="flow_only",
+                                                augment=False)))
+    rows = recipe_log.table(recipe_log.load(str(dev))).splitlines()[2:]
+    mark = recipe_log.OLD_MIRROR_MARK
+    assert [mark in r for r in rows] == [True, False, False, False]     # date order: old, time, noaug, new
+    assert "flow_old" + mark in rows[0] and "flow_new" in rows[3]
 
 
 def test_committed_log_matches_the_committed_reports():

@@ -11,7 +11,7 @@ import math
 import keras
 from keras import ops
 
-from atn_tf.feature_spec import FLOW_IMAGE_CHANNELS, GRID
+from atn_tf.feature_spec import FLOW_IMAGE_CHANNELS, FLOW_SEQ_MIRRORS, GRID
 
 PACKAGE = "atn_tf"
 
@@ -346,23 +346,26 @@ class MirrorView(keras.layers.Layer):
       reversed and u -> 255 - u;
       an absent (all-zero) image stays zero;
     * `flow_seq` (inputs [flow_seq [B, T, 128], flow_len [B]]): the 8x8 grid's columns
-      reversed, each block's direction a -> pi - a wrapped to (-pi, pi], magnitudes kept,
-      padded steps zero;
+      reversed, magnitudes kept, padded steps zero, and with `flow_seq_mirror="reflect"`
+      each block's direction a -> pi - a wrapped to (-pi, pi] (`"columns"`: angles kept);
     * `repeat` (flow_len): the same values twice.
     """
 
-    def __init__(self, kind: str, **kwargs):
+    def __init__(self, kind: str, flow_seq_mirror: str = "reflect", **kwargs):
         super().__init__(**kwargs)
         if kind not in MIRROR_KINDS:
             raise ValueError(f"MirrorView kind must be one of {MIRROR_KINDS}, got {kind!r}")
+        if flow_seq_mirror not in FLOW_SEQ_MIRRORS:
+            raise ValueError(f"flow_seq_mirror must be one of {FLOW_SEQ_MIRRORS}, got {flow_seq_mirror!r}")
         self.kind = kind
+        self.flow_seq_mirror = flow_seq_mirror
 
     def call(self, inputs, training=False):
         if training:
             return inputs
         if self.kind == "flow_seq":
             seq, lengths = inputs
-            return ops.concatenate([seq, _mirror_flow_seq(seq, lengths)], axis=0)
+            return ops.concatenate([seq, _mirror_flow_seq(seq, lengths, self.flow_seq_mirror == "reflect")], axis=0)
         if self.kind == "apex_image":
             mirrored = ops.flip(inputs, axis=2)
         elif self.kind == "flow_image":
@@ -380,15 +383,17 @@ class MirrorView(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config["kind"] = self.kind
+        config.update(kind=self.kind, flow_seq_mirror=self.flow_seq_mirror)
         return config
 
 
-def _mirror_flow_seq(seq, lengths):
+def _mirror_flow_seq(seq, lengths, reflect: bool = True):
     shape = ops.shape(seq)
     grid = ops.reshape(seq, (shape[0], shape[1], GRID, GRID, 2))[:, :, :, ::-1, :]
-    ang = math.pi - grid[..., 0]
-    ang = ops.where(ang > math.pi, ang - 2 * math.pi, ang)
+    ang = grid[..., 0]
+    if reflect:
+        ang = math.pi - ang
+        ang = ops.where(ang > math.pi, ang - 2 * math.pi, ang)
     out = ops.reshape(ops.stack([ang, grid[..., 1]], axis=-1), shape)
     valid = ops.arange(shape[1])[None, :] < ops.cast(lengths, "int32")[:, None]
     return ops.where(valid[:, :, None], out, ops.zeros_like(out))

