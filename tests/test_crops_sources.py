@@ -133,3 +133,39 @@ def test_seed_flow_text_errors(tmp_path):
     p.write_text("1 2 3\n")
     with pytest.raises(BuildError, match="line 1: numbers before"):
         parse_flow_text(str(p))
+
+
+def _midline_correlation(left: np.ndarray, right_mirrored: np.ndarray) -> float:
+    return float(np.corrcoef(left.ravel(), right_mirrored.ravel())[0, 1])
+
+
+def test_real_megc2019_inputs_say_how_to_mirror_them(reference_dir):
+    """What the mirror augmentation does to each flow input rests on the real inputs' left-right
+    symmetry (faces act roughly symmetrically): across the midline a signed horizontal
+    component changes sign, the rest keep theirs.
+
+    * `flow_uvs`: after the per-image offset of the min-max normalisation is removed, only
+      channel FLOW_U (u) is anti-correlated with its mirror image; v and the strain are
+      correlated -- so the mirror negates u alone (augment.mirror_flow_image).
+    * `flow_phases`: the hue-derived block angles lie in about 0..110 degrees (almost no
+      leftward component) and match across the midline unreflected far better than reflected
+      (a -> pi - a) -- they are not signed directions, hence `--flow_seq_mirror=columns`."""
+    from atn_tf import feature_spec
+    src = Megc2019CropsSource(str(reference_dir / "megc2019"))
+    specs, errors = src.plan()
+    assert not errors
+    samples = [src.load(s) for s in specs]
+    fi = np.stack([s.flow_image for s in samples]).astype(np.float64)
+    fi -= np.median(fi, axis=(1, 2), keepdims=True)
+    half = fi.shape[2] // 2
+    corr = {name: _midline_correlation(fi[:, :, :half, c], fi[:, :, ::-1, c][:, :, :half])
+            for c, name in enumerate(feature_spec.FLOW_IMAGE_CHANNELS)}
+    assert corr["u"] < -0.05 and corr["v"] > 0.3 and corr["strain"] > 0.3, corr
+    seq = np.concatenate([s.flow_seq for s in samples]).reshape(-1, feature_spec.GRID, feature_spec.GRID, 2)
+    ang, mag = seq[..., 0], seq[..., 1]
+    assert (mag * (np.cos(ang) < 0)).sum() / mag.sum() < 0.15       # few leftward "directions"
+    g = feature_spec.GRID // 2
+    a_l, a_r = ang[..., :g], ang[..., ::-1][..., :g]
+    w = np.sqrt(mag[..., :g] * mag[..., ::-1][..., :g])
+    mismatch = lambda d: float((w * np.abs(np.angle(np.exp(1j * d)))).sum() / w.sum())  # noqa: E731
+    assert mismatch(a_l - a_r) < 0.3 < 1.0 < mismatch(a_l - (np.pi - a_r))
