@@ -46,6 +46,7 @@ class TrainConfig:
     balance: bool = True                    # class-balanced sampling of the training stream
     flow_shift: int = 0                     # augment: translate the flow image by <= this many pixels
     apex_shift: int = 0                     # augment: translate the apex (at image_size) likewise
+    flow_u_flip: float = 0.0                # augment: negate the flow inputs' horizontal motion with this p
     flow_seq_mirror: str = "reflect"        # mirror of flow_seq: reflect (angles a -> pi - a) | columns (angles kept)
     mixup: float = 0.0                      # > 0: mixup in the train step, lambda ~ Beta(mixup, mixup)
     # Recipe options (docs/results.md, "Why the deep models lost to linear probes"); the
@@ -143,6 +144,8 @@ class TrainConfig:
         for name in ("flow_shift", "apex_shift"):
             if getattr(self, name) < 0 or (getattr(self, name) and not self.augment):
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 0, and > 0 only with augment")
+        if not 0 <= self.flow_u_flip <= 1 or (self.flow_u_flip and not self.augment):
+            raise ValueError(f"flow_u_flip={self.flow_u_flip}: must be in [0, 1], and > 0 only with augment")
         if self.apex_distill < 0 or (self.apex_distill > 0 and self.apex_backbone != "resnet"):
             raise ValueError(f"apex_distill={self.apex_distill}: must be >= 0, and > 0 only with apex_backbone=resnet")
         if not 0 <= self.apex_label_grad <= 1 or (self.apex_label_grad < 1 and self.apex_backbone != "resnet"):

@@ -29,6 +29,8 @@ HELP = {
     "lstm_units": "Units of each LSTM of the time branch (512 in the paper).",
     "sync_batchnorm": "Synchronise BatchNorm statistics across replicas.",
     "augment": "Mirror / rotate <= 5 deg / brightness +-10, each p=0.5.",
+    "flow_u_flip": "Augmentation: with this probability negate the horizontal motion of the flow inputs where "
+                   "it stands (flow image u -> 255 - u, flow_seq directions a -> pi - a); 0 = off.",
     "flow_seq_mirror": "How the mirror (augmentation, --mirror_tta) treats flow_seq: 'reflect' reverses the 8x8 "
                        "grid's columns and reflects each block's direction (a -> pi - a), the mirror of true flow "
                        "directions (records built from raw clips); 'columns' only reverses the columns, for "

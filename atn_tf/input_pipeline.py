@@ -329,7 +329,8 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
                         input_context: Optional[tf.distribute.InputContext] = None,
                         skip_batches: int = 0, balance_by: str = "class",
                         tables: Optional[dict] = None, flow_shift: int = 0,
-                        apex_shift: int = 0, flow_seq_mirror: str = "reflect") -> tf.data.Dataset:
+                        apex_shift: int = 0, flow_seq_mirror: str = "reflect",
+                        flow_u_flip: float = 0.0) -> tf.data.Dataset:
     """An endless stream of (inputs, label) batches from training arrays (`load_arrays`).
 
     The stream is a pure function of `seed`; `skip_batches` global batches are skipped
@@ -350,11 +351,14 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
 
     `flow_shift` / `apex_shift` > 0 (with `augment_data`) also translate the flow image / the
     apex by up to that many pixels (`augment.shift_images`, each with its own draws); the
-    other augmentation is unchanged.
+    other augmentation is unchanged. `flow_u_flip` = p > 0 negates the horizontal motion of
+    both flow inputs where it stands with probability p (`augment.flip_u`, its own draws).
     """
     for name, shift in (("flow_shift", flow_shift), ("apex_shift", apex_shift)):
         if shift < 0 or (shift and not augment_data):
             raise ValueError(f"{name}={shift}: must be >= 0, and > 0 only with augmentation")
+    if not 0.0 <= flow_u_flip <= 1.0 or (flow_u_flip and not augment_data):
+        raise ValueError(f"flow_u_flip={flow_u_flip}: must be in [0, 1], and > 0 only with augmentation")
     labels = np.asarray(data["label"])
     if labels.size == 0:
         raise DataError("no training records to stream")
@@ -407,6 +411,9 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
             mirrored = tf.stack([tf.cast(augment.decisions(u)[0], tf.int64), rows], axis=1)
             x = {"apex_image": apex, "flow_seq": tf.gather_nd(table["flow_seq"], mirrored)[:, :t],
                  "flow_image": flow_image}
+            if flow_u_flip:
+                flip = augment.draws(seed, stream_offset + index, salt=augment.U_FLIP_SALT)[:, 0] < flow_u_flip
+                x["flow_image"], x["flow_seq"] = augment.flip_u(x["flow_image"], x["flow_seq"], flow_len, flip)
         else:
             x = {"apex_image": tf.cast(tf.gather(table["apex_image"], rows), tf.float32),
                  "flow_seq": tf.gather(table["flow_seq"], rows)[:, :t],

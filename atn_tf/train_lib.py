@@ -277,7 +277,7 @@ class Session:
                 data, config.batch_size, config.image_size, augment_data=config.augment,
                 balance=config.balance, seed=config.seed, input_context=ctx, skip_batches=skip_batches,
                 balance_by=config.balance_by, tables=tables, flow_shift=config.flow_shift,
-                flow_seq_mirror=config.flow_seq_mirror,
+                flow_seq_mirror=config.flow_seq_mirror, flow_u_flip=config.flow_u_flip,
                 apex_shift=config.apex_shift))
 
     def predict(self, data: dict, batch_size: int = 64) -> np.ndarray:

@@ -138,6 +138,48 @@ def test_stream_mirrors_flow_seq_in_the_configured_mode(data_dir):
         assert np.array_equal(s, r) != f
 
 
+def test_flip_u_negates_the_horizontal_motion_where_it_stands():
+    rng = np.random.default_rng(3)
+    img = rng.integers(1, 255, (3, 28, 28, 3)).astype(np.float32)
+    img[2] = 0.0                                                  # absent flow image
+    seq = np.stack([rng.uniform(-np.pi, np.pi, (3, 4, 64)), rng.uniform(0, 2, (3, 4, 64))], -1).reshape(3, 4, 128)
+    seq = seq.astype(np.float32)
+    seq[1, 3] = 0.0                                               # padding of a 3-step sequence
+    lens = np.array([4, 3, 4])
+    flip = np.array([True, True, False])
+    out_img, out_seq = (t.numpy() for t in augment.flip_u(tf.constant(img), tf.constant(seq), tf.constant(lens),
+                                                            tf.constant(flip)))
+    u = feature_spec.FLOW_U
+    others = [c for c in range(3) if c != u]
+    np.testing.assert_array_equal(out_img[:2, ..., u], 255.0 - img[:2, ..., u])       # nothing moves
+    np.testing.assert_array_equal(out_img[:2][..., others], img[:2][..., others])
+    np.testing.assert_array_equal(out_img[2], img[2])             # not drawn / absent: unchanged
+    reflected = augment.mirror_flow_seq(seq).reshape(3, 4, 8, 8, 2)[:, :, :, ::-1]      # mirror, columns back
+    np.testing.assert_allclose(out_seq[0], reflected[0].reshape(4, 128), atol=1e-6)
+    np.testing.assert_allclose(out_seq[1, :3], reflected[1, :3].reshape(3, 128), atol=1e-6)
+    assert not out_seq[1, 3].any()                                # padding stays zero
+    np.testing.assert_array_equal(out_seq[2], seq[2])
+
+
+def test_stream_flow_u_flip_touches_only_the_horizontal_motion(data_dir):
+    """`flow_u_flip=1`: the same stream as without it (same seed: same examples, mirrors,
+    rotations), with u negated in every flow image and every direction reflected."""
+    info = ip.read_dataset_info(data_dir)
+    data = ip.resize_apex(ip.load_arrays(data_dir, info, ip.Selection()), 32)
+    (x0, y0), = ip.dataset_from_arrays(data, 8, 32, seed=2).take(1)
+    (x1, y1), = ip.dataset_from_arrays(data, 8, 32, seed=2, flow_u_flip=1.0).take(1)
+    np.testing.assert_array_equal(y0, y1)
+    np.testing.assert_array_equal(x0["apex_image"], x1["apex_image"])
+    want_img, want_seq = augment.flip_u(x0["flow_image"], x0["flow_seq"], x0["flow_len"], tf.ones([8], tf.bool))
+    np.testing.assert_array_equal(x1["flow_image"], want_img)
+    np.testing.assert_allclose(x1["flow_seq"], want_seq, atol=1e-6)
+    assert not np.array_equal(x0["flow_image"], x1["flow_image"])
+    with pytest.raises(ValueError, match="flow_u_flip"):
+        ip.dataset_from_arrays(data, 8, 32, flow_u_flip=1.5)
+    with pytest.raises(ValueError, match="flow_u_flip"):
+        ip.dataset_from_arrays(data, 8, 32, augment_data=False, flow_u_flip=0.5)
+
+
 def test_augmentation_changes_images_and_is_a_flag(data_dir):
     raw = next(iter(ip.train_dataset(data_dir, ip.Selection(), 16, augment_data=False, balance=False, seed=1)))
     aug = next(iter(ip.train_dataset(data_dir, ip.Selection(), 16, augment_data=True, balance=False, seed=1)))

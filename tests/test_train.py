@@ -239,19 +239,21 @@ def test_ema_keeps_the_moving_average_of_the_weights_and_scores_it(data_dir):
         TrainConfig(ema_decay=1.0)
 
 
-def test_translation_flags_need_augmentation_and_reach_the_stream(data_dir):
+def test_flow_augmentation_flags_need_augmentation_and_reach_the_stream(data_dir):
     from atn_tf import input_pipeline, train_lib
-    for name in ("flow_shift", "apex_shift"):
-        for bad in ({name: 2, "augment": False}, {name: -1}):
+    for name, value, out_of_range in (("flow_shift", 2, -1), ("apex_shift", 2, -1), ("flow_u_flip", 0.5, 1.5)):
+        for bad in ({name: value, "augment": False}, {name: out_of_range}):
             with pytest.raises(ValueError, match=name):
                 TrainConfig(**bad)
     info = input_pipeline.read_dataset_info(data_dir)
     data = input_pipeline.resize_apex(input_pipeline.load_arrays(data_dir, info, input_pipeline.Selection()), 32)
     batches = {}
-    for shift in (0, 2):
-        session = train_lib.Session(TrainConfig(data_dir=data_dir, model="flow_only", flow_shift=shift, **TINY))
-        batches[shift] = next(iter(session.dataset(data)))[0]["flow_image"].numpy()
-    assert not np.array_equal(batches[0], batches[2])
+    for change in ({}, {"flow_shift": 2}, {"flow_u_flip": 1.0}, {"flow_seq_mirror": "columns"}):
+        session = train_lib.Session(TrainConfig(data_dir=data_dir, model="atn_flow", **change, **TINY))
+        x = next(iter(session.dataset(data)))[0]
+        batches[str(change)] = np.concatenate([x["flow_image"].numpy().ravel(), x["flow_seq"].numpy().ravel()])
+    base = batches.pop("{}")
+    assert all(not np.array_equal(base, b) for b in batches.values())
 
 
 def test_mixup_is_keyed_by_step_and_changes_the_training_loss(data_dir):
