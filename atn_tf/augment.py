@@ -91,9 +91,10 @@ def mirror_flow_seq(seq: np.ndarray, mode: str = "reflect") -> np.ndarray:
     """Horizontal mirror of [..., 128] block features: columns of the 8x8 grid reversed,
     magnitudes kept, and with `mode="reflect"` directions reflected (theta -> pi - theta,
     wrapped to (-pi, pi]), the mirror of true flow directions. `mode="columns"` keeps the
-    angles: the MEGC2019 phase maps' hue-derived angles lie in 0..110 degrees and match
-    across the face's midline unreflected (docs/results.md), so reflecting them makes
-    sequences no record holds."""
+    angles. The MEGC2019 phase maps' hue-derived angles lie in about 0..110 degrees and match
+    across the face's midline unreflected (tests/test_crops_sources.py), as signed
+    directions would not, which suggests "columns" for them; yet the models train better
+    with "reflect" (development split, docs/results.md: 0.04-0.05 UF1), the default."""
     if mode not in FLOW_SEQ_MIRRORS:
         raise ValueError(f"flow_seq mirror must be one of {FLOW_SEQ_MIRRORS}, got {mode!r}")
     seq = np.asarray(seq, np.float32)
@@ -157,11 +158,10 @@ def flip_u(flow_image, flow_seq, flow_len, flip):
     step's block directions (a -> pi - a, wrapped to (-pi, pi]); nothing moves, and absent
     (all-zero) flow images and padding steps stay zero.
 
-    Why: the mirror that reflected the phase maps' directions without their being signed
-    directions -- a mirror plus this flip -- beat the plain mirror by 0.05 UF1 for the time
-    branch, and the flow-image mirror that kept u's sign beat the one that negates it
-    (docs/results.md, eleventh round): what way a motion points sideways is, on ~440 clips,
-    detail the models fit rather than use. This makes that invariance its own draw."""
+    The hypothesis it tests: that which way a motion points sideways is detail the models
+    fit rather than use. On the development split it is not (docs/results.md, eleventh
+    round): with p = 0.5, flow_only, time_only and atn_flow all score 0.01-0.05 UF1 lower;
+    no recipe uses it."""
     b = tf.shape(flow_image)[0]
     present = tf.reduce_any(tf.not_equal(tf.reshape(flow_image, [b, -1]), 0.0), axis=1)
     is_u = tf.one_hot(feature_spec.FLOW_U, len(feature_spec.FLOW_IMAGE_CHANNELS), on_value=True, off_value=False)

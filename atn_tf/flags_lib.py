@@ -34,7 +34,8 @@ HELP = {
     "flow_seq_mirror": "How the mirror (augmentation, --mirror_tta) treats flow_seq: 'reflect' reverses the 8x8 "
                        "grid's columns and reflects each block's direction (a -> pi - a), the mirror of true flow "
                        "directions (records built from raw clips); 'columns' only reverses the columns, for "
-                       "encodings whose angle is not a signed direction (the MEGC2019 phase maps: docs/results.md).",
+                       "encodings whose angle is not a signed direction (on the MEGC2019 phase maps it trained "
+                       "worse than 'reflect': docs/results.md).",
     "flow_shift": "Augmentation: with p=0.5 translate the flow image by up to this many pixels in x and y "
                   "(edges repeated; 0: off).",
     "apex_shift": "Augmentation: with p=0.5 translate the apex (at --image_size) by up to this many pixels "

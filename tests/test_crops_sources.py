@@ -149,7 +149,9 @@ def test_real_megc2019_inputs_say_how_to_mirror_them(reference_dir):
       correlated -- so the mirror negates u alone (augment.mirror_flow_image).
     * `flow_phases`: the hue-derived block angles lie in about 0..110 degrees (almost no
       leftward component) and match across the midline unreflected far better than reflected
-      (a -> pi - a) -- they are not signed directions, hence `--flow_seq_mirror=columns`."""
+      (a -> pi - a): they are not plain signed directions, which is what
+      `--flow_seq_mirror=columns` is for (on these maps the default "reflect" still trains
+      better: docs/results.md)."""
     from atn_tf import feature_spec
     src = Megc2019CropsSource(str(reference_dir / "megc2019"))
     specs, errors = src.plan()
