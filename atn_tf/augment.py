@@ -149,6 +149,29 @@ def augment_images(apex_table, flow_image_table, rows, u):
 SHIFT_SALT = 0x51F7   # the flow-image translation's own draws
 APEX_SHIFT_SALT = 0xA9E5   # the apex translation's
 U_FLIP_SALT = 0x3C1D   # the horizontal-motion sign flip's
+ERASE_SALT = 0x7E11   # the flow-image patch erasure's
+
+
+@tf.function(jit_compile=True)
+def erase_patches(images, u, side: int):
+    """With p = 0.5 (draws `u` [B, >= 3]), set a side x side square of each image [B, h, w, c],
+    at a uniformly drawn position inside it, to the image's per-channel median, elsewhere
+    its value; absent (all-zero) images stay zero.
+
+    For the flow image the median is the still face (most of it does not move), in the
+    image's own min-max normalisation, whose zero is unknown: the square shows no motion
+    where there was some, as if that part of the face were occluded or had not acted
+    (random erasing; it makes the CNN use more than one facial region)."""
+    b, h, w = tf.shape(images)[0], images.shape[1], images.shape[2]
+    y0 = tf.minimum(tf.cast(u[:, 1] * (h - side + 1), tf.int32), h - side)
+    x0 = tf.minimum(tf.cast(u[:, 2] * (w - side + 1), tf.int32), w - side)
+    ys, xs = tf.range(h)[None, :], tf.range(w)[None, :]
+    in_y = (ys >= y0[:, None]) & (ys < y0[:, None] + side)
+    in_x = (xs >= x0[:, None]) & (xs < x0[:, None] + side)
+    present = tf.reduce_any(tf.not_equal(tf.reshape(images, [b, -1]), 0.0), axis=1)
+    mask = in_y[:, :, None] & in_x[:, None, :] & ((u[:, 0] < 0.5) & present)[:, None, None]
+    median = tf.sort(tf.reshape(images, [b, h * w, -1]), axis=1)[:, (h * w) // 2, :]
+    return tf.where(mask[..., None], median[:, None, None, :], images)
 
 
 @tf.function(jit_compile=True)

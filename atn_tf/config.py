@@ -46,6 +46,7 @@ class TrainConfig:
     balance: bool = True                    # class-balanced sampling of the training stream
     flow_shift: int = 0                     # augment: translate the flow image by <= this many pixels
     apex_shift: int = 0                     # augment: translate the apex (at image_size) likewise
+    flow_erase: int = 0                     # augment: p = 0.5, an s x s square of the flow image -> its median
     flow_u_flip: float = 0.0                # augment: negate the flow inputs' horizontal motion with this p
     flow_seq_mirror: str = "reflect"        # mirror of flow_seq: reflect (angles a -> pi - a) | columns (angles kept)
     mixup: float = 0.0                      # > 0: mixup in the train step, lambda ~ Beta(mixup, mixup)
@@ -141,9 +142,11 @@ class TrainConfig:
             raise ValueError("fusion=late trains a head per branch already: drop branch_loss / linear_path")
         if not 0.0 <= self.branch_dropout < 1.0 or (self.branch_dropout > 0 and self.fusion == "late"):
             raise ValueError(f"branch_dropout={self.branch_dropout}: must be in [0, 1), with fusion=concat")
-        for name in ("flow_shift", "apex_shift"):
+        for name in ("flow_shift", "apex_shift", "flow_erase"):
             if getattr(self, name) < 0 or (getattr(self, name) and not self.augment):
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 0, and > 0 only with augment")
+        if self.flow_erase > feature_spec.FLOW_IMAGE_SIZE:
+            raise ValueError(f"flow_erase={self.flow_erase}: the flow image is {feature_spec.FLOW_IMAGE_SIZE} pixels a side")
         if not 0 <= self.flow_u_flip <= 1 or (self.flow_u_flip and not self.augment):
             raise ValueError(f"flow_u_flip={self.flow_u_flip}: must be in [0, 1], and > 0 only with augment")
         if self.apex_distill < 0 or (self.apex_distill > 0 and self.apex_backbone != "resnet"):

@@ -29,6 +29,8 @@ HELP = {
     "lstm_units": "Units of each LSTM of the time branch (512 in the paper).",
     "sync_batchnorm": "Synchronise BatchNorm statistics across replicas.",
     "augment": "Mirror / rotate <= 5 deg / brightness +-10, each p=0.5.",
+    "flow_erase": "Augmentation: with p=0.5 set a square of this many pixels a side (at 28x28), at a random "
+                  "place, of the flow image to the image's per-channel median (no motion there); 0 = off.",
     "flow_u_flip": "Augmentation: with this probability negate the horizontal motion of the flow inputs where "
                    "it stands (flow image u -> 255 - u, flow_seq directions a -> pi - a); 0 = off.",
     "flow_seq_mirror": "How the mirror (augmentation, --mirror_tta) treats flow_seq: 'reflect' reverses the 8x8 "

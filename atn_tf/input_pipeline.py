@@ -330,7 +330,7 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
                         skip_batches: int = 0, balance_by: str = "class",
                         tables: Optional[dict] = None, flow_shift: int = 0,
                         apex_shift: int = 0, flow_seq_mirror: str = "reflect",
-                        flow_u_flip: float = 0.0) -> tf.data.Dataset:
+                        flow_u_flip: float = 0.0, flow_erase: int = 0) -> tf.data.Dataset:
     """An endless stream of (inputs, label) batches from training arrays (`load_arrays`).
 
     The stream is a pure function of `seed`; `skip_batches` global batches are skipped
@@ -352,13 +352,17 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
     `flow_shift` / `apex_shift` > 0 (with `augment_data`) also translate the flow image / the
     apex by up to that many pixels (`augment.shift_images`, each with its own draws); the
     other augmentation is unchanged. `flow_u_flip` = p > 0 negates the horizontal motion of
-    both flow inputs where it stands with probability p (`augment.flip_u`, its own draws).
+    both flow inputs where it stands with probability p (`augment.flip_u`, its own draws);
+    `flow_erase` = s > 0 sets an s x s square of the flow image to its median with p = 0.5
+    (`augment.erase_patches`, its own draws).
     """
-    for name, shift in (("flow_shift", flow_shift), ("apex_shift", apex_shift)):
+    for name, shift in (("flow_shift", flow_shift), ("apex_shift", apex_shift), ("flow_erase", flow_erase)):
         if shift < 0 or (shift and not augment_data):
             raise ValueError(f"{name}={shift}: must be >= 0, and > 0 only with augmentation")
     if not 0.0 <= flow_u_flip <= 1.0 or (flow_u_flip and not augment_data):
         raise ValueError(f"flow_u_flip={flow_u_flip}: must be in [0, 1], and > 0 only with augmentation")
+    if flow_erase > np.shape(data["flow_image"])[1]:
+        raise ValueError(f"flow_erase={flow_erase}: larger than the flow image ({np.shape(data['flow_image'])[1]} px)")
     labels = np.asarray(data["label"])
     if labels.size == 0:
         raise DataError("no training records to stream")
@@ -414,6 +418,9 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
             if flow_u_flip:
                 flip = augment.draws(seed, stream_offset + index, salt=augment.U_FLIP_SALT)[:, 0] < flow_u_flip
                 x["flow_image"], x["flow_seq"] = augment.flip_u(x["flow_image"], x["flow_seq"], flow_len, flip)
+            if flow_erase:
+                x["flow_image"] = augment.erase_patches(
+                    x["flow_image"], augment.draws(seed, stream_offset + index, salt=augment.ERASE_SALT), flow_erase)
         else:
             x = {"apex_image": tf.cast(tf.gather(table["apex_image"], rows), tf.float32),
                  "flow_seq": tf.gather(table["flow_seq"], rows)[:, :t],

@@ -278,6 +278,7 @@ class Session:
                 balance=config.balance, seed=config.seed, input_context=ctx, skip_batches=skip_batches,
                 balance_by=config.balance_by, tables=tables, flow_shift=config.flow_shift,
                 flow_seq_mirror=config.flow_seq_mirror, flow_u_flip=config.flow_u_flip,
+                flow_erase=config.flow_erase,
                 apex_shift=config.apex_shift))
 
     def predict(self, data: dict, batch_size: int = 64) -> np.ndarray:

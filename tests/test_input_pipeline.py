@@ -180,6 +180,34 @@ def test_stream_flow_u_flip_touches_only_the_horizontal_motion(data_dir):
         ip.dataset_from_arrays(data, 8, 32, augment_data=False, flow_u_flip=0.5)
 
 
+def test_erase_patches_sets_one_square_to_the_image_median():
+    rng = np.random.default_rng(4)
+    img = rng.integers(1, 255, (3, 28, 28, 3)).astype(np.float32)
+    img[2] = 0.0                                                  # absent flow image
+    u = np.array([[0.1, 0.0, 0.999], [0.9, 0.5, 0.5], [0.1, 0.5, 0.5]], np.float32)   # erase, keep, absent
+    out = augment.erase_patches(tf.constant(img), tf.constant(u), 5).numpy()
+    changed = np.any(out != img, axis=-1)
+    assert changed[0, :5, 23:].all() and changed[0].sum() <= 25  # top rows, right-most columns
+    median = np.sort(img[0].reshape(-1, 3), axis=0)[28 * 28 // 2]
+    np.testing.assert_array_equal(out[0, :5, 23:], np.broadcast_to(median, (5, 5, 3)))
+    np.testing.assert_array_equal(out[0, 5:], img[0, 5:])
+    np.testing.assert_array_equal(out[1:], img[1:])
+
+
+def test_stream_flow_erase_changes_only_flow_image_squares(data_dir):
+    info = ip.read_dataset_info(data_dir)
+    data = ip.resize_apex(ip.load_arrays(data_dir, info, ip.Selection()), 32)
+    (x0, y0), = ip.dataset_from_arrays(data, 8, 32, seed=2).take(1)
+    (x1, y1), = ip.dataset_from_arrays(data, 8, 32, seed=2, flow_erase=6).take(1)
+    np.testing.assert_array_equal(y0, y1)
+    for k in ("apex_image", "flow_seq"):
+        np.testing.assert_array_equal(x0[k], x1[k])
+    changed = np.any(x0["flow_image"].numpy() != x1["flow_image"].numpy(), axis=-1)
+    assert changed.any() and all(c.sum() <= 36 for c in changed)
+    with pytest.raises(ValueError, match="flow_erase"):
+        ip.dataset_from_arrays(data, 8, 32, flow_erase=29)
+
+
 def test_augmentation_changes_images_and_is_a_flag(data_dir):
     raw = next(iter(ip.train_dataset(data_dir, ip.Selection(), 16, augment_data=False, balance=False, seed=1)))
     aug = next(iter(ip.train_dataset(data_dir, ip.Selection(), 16, augment_data=True, balance=False, seed=1)))
