@@ -19,6 +19,7 @@ import sys
 from absl import app, flags
 
 from atn_tf import atomic_io
+from atn_tf import reports as reports_lib
 from atn_tf.config import TrainConfig
 
 FLAGS = flags.FLAGS
@@ -55,17 +56,7 @@ def changes(config: dict, base: TrainConfig) -> str:
     return " ".join(out) or "(the base recipe)"
 
 
-# Development runs of the models that read the flow image, with augmentation, before the
-# flow-image mirror was corrected (commit 0480976: it had inverted the strain channel and
-# kept the sign of u) are marked in the table, since their flags alone do not say so.
-FLOW_MIRROR_FIXED = "2026-12-05T01:00:00+00:00"
 OLD_MIRROR_MARK = " †"
-
-
-def old_flow_mirror(report: dict) -> bool:
-    cfg = report["config"]
-    return (cfg.get("model") in ("atn_flow", "flow_only") and bool(cfg.get("augment"))
-            and report["date"] < FLOW_MIRROR_FIXED)
 
 
 def _read_reports(paths, kind: str, what: str) -> list[dict]:
@@ -120,7 +111,7 @@ def table(reports: list[dict]) -> str:
         # The seed is not a recipe choice, but it draws the rotating partition and the
         # initialisation, so a run repeated with another seed must read as such.
         seed = f" (--seed={cfg['seed']})" if cfg.get("seed", 0) else ""
-        mark = OLD_MIRROR_MARK if old_flow_mirror(r) else ""
+        mark = OLD_MIRROR_MARK if reports_lib.old_flow_mirror(r) else ""
         lines.append(f"| {k} | {r['experiment']}{mark} | {cfg['model']} | {inner_split(r)} | {name}: {changes(cfg, base)}{seed} | "
                      f"{cfg['train_steps']} | "
                      f"{final['uf1']:.3f} | {best['uf1']:.3f} ({best['step']}) | {dbs} |")
@@ -176,7 +167,7 @@ def update(dev_dir: str, output: str) -> str:
             f"`python -m atn_tf.evaluate --flagfile=<experiment>.cfg --protocol=cde --develop=8 --val_fraction=0.2 "
             f"--eval_every=50 --fold_workers=2 <changes>` (exact command in each JSON). Rows marked"
             f"{OLD_MIRROR_MARK} trained a flow-image model with the flow-image mirror as it was before "
-            f"{FLOW_MIRROR_FIXED[:10]} (commit 0480976): columns flipped, the strain channel inverted and u "
+            f"{reports_lib.FLOW_MIRROR_FIXED[:10]} (commit 0480976): columns flipped, the strain channel inverted and u "
             f"kept; later rows negate u and keep the strain.\n\n" + table(reports))
     if probes:
         body += ("\nThe floor on the same inner-validation samples: a linear probe (StandardScaler + logistic "

@@ -10,6 +10,17 @@ from atn_tf import atomic_io
 from atn_tf.feature_spec import CLASS_NAMES
 
 DATABASE_ORDER = ("casme2", "samm", "smic")
+# Until commit 0480976 the flow-image mirror augmentation inverted channel 0 (the optical
+# strain) and kept u; results of flow-image models trained with augmentation before then
+# are marked in the generated tables, since their flags alone do not say so.
+FLOW_MIRROR_FIXED = "2026-12-05T01:00:00+00:00"
+
+
+def old_flow_mirror(report: dict) -> bool:
+    """A report (evaluation or development) of a flow-image model trained with the old mirror."""
+    cfg = report.get("config") or {}
+    return (cfg.get("model") in ("atn_flow", "flow_only") and bool(cfg.get("augment"))
+            and report.get("date", "") < FLOW_MIRROR_FIXED)
 
 
 def load_report(path: str) -> dict:
