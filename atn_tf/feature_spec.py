@@ -18,7 +18,7 @@ IMAGE_SIZE = 224          # apex crop, gray, square
 MAX_STEPS = 64            # longest temporal input (64 flow fields around the apex)
 STEP_DIM = 128            # 8x8 blocks x (mean direction, mean magnitude)
 GRID = 8
-FLOW_IMAGE_SIZE = 28      # onset->apex flow image (u, v, strain), STSTNet style
+FLOW_IMAGE_SIZE = 28      # onset->apex flow image (u, v and optical strain), STSTNet style
 # Its channels in array (record) order: the MEGC2019 `flow_uvs` files as OpenCV reads them
 # (BGR), worked out from the files in tfrecords_builder/flow_image.py. Code that touches a
 # channel (the mirror flips the sign of u) takes its index from here.

@@ -11,7 +11,7 @@ import math
 import keras
 from keras import ops
 
-from atn_tf.feature_spec import FLOW_IMAGE_CHANNELS, FLOW_SEQ_MIRRORS, GRID
+from atn_tf.feature_spec import FLOW_IMAGE_CHANNELS, FLOW_SEQ_MIRRORS, FLOW_U, GRID
 
 PACKAGE = "atn_tf"
 
@@ -370,7 +370,8 @@ class MirrorView(keras.layers.Layer):
             mirrored = ops.flip(inputs, axis=2)
         elif self.kind == "flow_image":
             flipped = ops.flip(inputs, axis=2)
-            is_u = ops.convert_to_tensor([float(c == "u") for c in FLOW_IMAGE_CHANNELS], dtype=flipped.dtype)
+            is_u = ops.convert_to_tensor([float(i == FLOW_U) for i in range(len(FLOW_IMAGE_CHANNELS))],
+                                         dtype=flipped.dtype)
             mirrored = flipped + is_u * (255.0 - 2.0 * flipped)
             present = ops.any(ops.not_equal(ops.reshape(inputs, (ops.shape(inputs)[0], -1)), 0.0), axis=1)
             mirrored = ops.where(present[:, None, None, None], mirrored, inputs)
