@@ -291,9 +291,10 @@ def test_apex_distill_fits_the_resnet_read_out_to_the_fer2013_features(tmp_path)
     train_lib.fit(session, data)
     assert error() < 0.8 * before
     assert all(np.array_equal(a, b) for a, b in zip(teacher_weights, session.teacher.get_weights()))
-    # Recipe v8's head (the read-out, no label gradient into the ResNet) through train/load/export.
+    # Recipe v9's model (v8's head on the read-out, no label gradient into the ResNet, and
+    # test-time mirroring) through train/load/export.
     result = train_lib.train(cfg.replace(train_steps=2, checkpoint_every=2, log_every=2, apex_label_grad=0.0,
-                                         apex_head_input="distill"), progress=False)
+                                         apex_head_input="distill", mirror_tta=True), progress=False)
     loaded, _ = train_lib.load_trained(cfg.model_dir)
     x = _inputs(n=2)
     want = keras.ops.convert_to_numpy(result.model(x)["probabilities"])
