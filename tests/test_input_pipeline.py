@@ -100,11 +100,15 @@ def test_stream_determinism_mutant_is_caught(data_dir):
         determinism.check_same_across_processes("stream", data_dir, data_dir, mutant=True)
 
 
+def _arrays(data_dir, image_size=32):
+    """All records' arrays, apex at image_size: what a training stream is built from."""
+    return ip.resize_apex(ip.load_arrays(data_dir, ip.read_dataset_info(data_dir), ip.Selection()), image_size)
+
+
 def test_stream_from_prebuilt_tables_of_all_records_equals_its_own(data_dir):
     """The fast CDE runner builds the stream tables once for all records; a fold's stream
     from them (rows mapped through data["row"]) is the one it would build itself."""
-    info = ip.read_dataset_info(data_dir)
-    data = ip.resize_apex(ip.load_arrays(data_dir, info, ip.Selection()), 32)
+    data = _arrays(data_dir)
     data["row"] = np.arange(len(data["label"]))
     tables = ip.stream_tables(data, 32, augment_data=True)
     fold = ip.take_rows(data, np.flatnonzero(data["database"] != data["database"][0])[::2])
@@ -122,8 +126,7 @@ def test_stream_mirrors_flow_seq_in_the_configured_mode(data_dir):
     """`flow_seq_mirror` reaches the stream: with "columns" every streamed sequence is a
     record's own or its column reversal, and the stream (same seed) differs from "reflect"'s
     only in the mirrored rows' angles."""
-    info = ip.read_dataset_info(data_dir)
-    data = ip.resize_apex(ip.load_arrays(data_dir, info, ip.Selection()), 32)
+    data = _arrays(data_dir)
     own = {data["flow_seq"][i].tobytes() for i in range(len(data["label"]))}
     cols = {augment.mirror_flow_seq(data["flow_seq"][i], "columns").tobytes() for i in range(len(data["label"]))}
     x_cols, _ = next(iter(ip.dataset_from_arrays(data, 16, 32, seed=5, flow_seq_mirror="columns")))
@@ -164,8 +167,7 @@ def test_flip_u_negates_the_horizontal_motion_where_it_stands():
 def test_stream_flow_u_flip_touches_only_the_horizontal_motion(data_dir):
     """`flow_u_flip=1`: the same stream as without it (same seed: same examples, mirrors,
     rotations), with u negated in every flow image and every direction reflected."""
-    info = ip.read_dataset_info(data_dir)
-    data = ip.resize_apex(ip.load_arrays(data_dir, info, ip.Selection()), 32)
+    data = _arrays(data_dir)
     (x0, y0), = ip.dataset_from_arrays(data, 8, 32, seed=2).take(1)
     (x1, y1), = ip.dataset_from_arrays(data, 8, 32, seed=2, flow_u_flip=1.0).take(1)
     np.testing.assert_array_equal(y0, y1)
@@ -195,8 +197,7 @@ def test_erase_patches_sets_one_square_to_the_image_median():
 
 
 def test_stream_flow_erase_changes_only_flow_image_squares(data_dir):
-    info = ip.read_dataset_info(data_dir)
-    data = ip.resize_apex(ip.load_arrays(data_dir, info, ip.Selection()), 32)
+    data = _arrays(data_dir)
     (x0, y0), = ip.dataset_from_arrays(data, 8, 32, seed=2).take(1)
     (x1, y1), = ip.dataset_from_arrays(data, 8, 32, seed=2, flow_erase=6).take(1)
     np.testing.assert_array_equal(y0, y1)
@@ -352,8 +353,7 @@ def test_shift_images_translates_with_repeated_edges_or_not_at_all():
 
 @pytest.mark.parametrize("flag, key", [("flow_shift", "flow_image"), ("apex_shift", "apex_image")])
 def test_a_shift_moves_only_its_own_input_of_the_same_stream(data_dir, flag, key):
-    info = ip.read_dataset_info(data_dir)
-    data = ip.resize_apex(ip.load_arrays(data_dir, info, ip.Selection()), 32)
+    data = _arrays(data_dir)
     plain = ip.dataset_from_arrays(data, 8, 32, seed=3)
     shifted = ip.dataset_from_arrays(data, 8, 32, seed=3, **{flag: 2})
     moved = 0
