@@ -84,9 +84,6 @@ def rotation_table(apex: np.ndarray) -> np.ndarray:
     return out
 
 
-FLOW_SEQ_MIRRORS = feature_spec.FLOW_SEQ_MIRRORS
-
-
 def mirror_flow_seq(seq: np.ndarray, mode: str = "reflect") -> np.ndarray:
     """Horizontal mirror of [..., 128] block features: columns of the 8x8 grid reversed,
     magnitudes kept, and with `mode="reflect"` directions reflected (theta -> pi - theta,
@@ -95,8 +92,8 @@ def mirror_flow_seq(seq: np.ndarray, mode: str = "reflect") -> np.ndarray:
     across the face's midline unreflected (tests/test_crops_sources.py), as signed
     directions would not, which suggests "columns" for them; yet the models train better
     with "reflect" (development split, docs/results.md: 0.04-0.05 UF1), the default."""
-    if mode not in FLOW_SEQ_MIRRORS:
-        raise ValueError(f"flow_seq mirror must be one of {FLOW_SEQ_MIRRORS}, got {mode!r}")
+    if mode not in feature_spec.FLOW_SEQ_MIRRORS:
+        raise ValueError(f"flow_seq mirror must be one of {feature_spec.FLOW_SEQ_MIRRORS}, got {mode!r}")
     seq = np.asarray(seq, np.float32)
     grid = seq.reshape(seq.shape[:-1] + (feature_spec.GRID, feature_spec.GRID, 2))[..., ::-1, :].copy()
     if mode == "reflect":
@@ -152,6 +149,12 @@ U_FLIP_SALT = 0x3C1D   # the horizontal-motion sign flip's
 ERASE_SALT = 0x7E11   # the flow-image patch erasure's
 
 
+def _present(images):
+    """[B] bool: the images that are not all zero (an absent flow image is stored as zeros,
+    and the flow augmentations leave it so)."""
+    return tf.reduce_any(tf.not_equal(tf.reshape(images, [tf.shape(images)[0], -1]), 0.0), axis=1)
+
+
 @tf.function(jit_compile=True)
 def erase_patches(images, u, side: int):
     """With p = 0.5 (draws `u` [B, >= 3]), set a side x side square of each image [B, h, w, c],
@@ -162,15 +165,14 @@ def erase_patches(images, u, side: int):
     image's own min-max normalisation, whose zero is unknown: the square shows no motion
     where there was some, as if that part of the face were occluded or had not acted
     (random erasing; it makes the CNN use more than one facial region)."""
-    b, h, w = tf.shape(images)[0], images.shape[1], images.shape[2]
+    h, w = images.shape[1], images.shape[2]
     y0 = tf.minimum(tf.cast(u[:, 1] * (h - side + 1), tf.int32), h - side)
     x0 = tf.minimum(tf.cast(u[:, 2] * (w - side + 1), tf.int32), w - side)
     ys, xs = tf.range(h)[None, :], tf.range(w)[None, :]
     in_y = (ys >= y0[:, None]) & (ys < y0[:, None] + side)
     in_x = (xs >= x0[:, None]) & (xs < x0[:, None] + side)
-    present = tf.reduce_any(tf.not_equal(tf.reshape(images, [b, -1]), 0.0), axis=1)
-    mask = in_y[:, :, None] & in_x[:, None, :] & ((u[:, 0] < 0.5) & present)[:, None, None]
-    median = tf.sort(tf.reshape(images, [b, h * w, -1]), axis=1)[:, (h * w) // 2, :]
+    mask = in_y[:, :, None] & in_x[:, None, :] & ((u[:, 0] < 0.5) & _present(images))[:, None, None]
+    median = tf.sort(tf.reshape(images, [-1, h * w, images.shape[3]]), axis=1)[:, (h * w) // 2, :]
     return tf.where(mask[..., None], median[:, None, None, :], images)
 
 
@@ -185,12 +187,10 @@ def flip_u(flow_image, flow_seq, flow_len, flip):
     fit rather than use. On the development split it is not (docs/results.md, eleventh
     round): with p = 0.5, flow_only, time_only and atn_flow all score 0.01-0.05 UF1 lower;
     no recipe uses it."""
-    b = tf.shape(flow_image)[0]
-    present = tf.reduce_any(tf.not_equal(tf.reshape(flow_image, [b, -1]), 0.0), axis=1)
     is_u = tf.one_hot(feature_spec.FLOW_U, len(feature_spec.FLOW_IMAGE_CHANNELS), on_value=True, off_value=False)
-    image = tf.where((flip & present)[:, None, None, None] & is_u, 255.0 - flow_image, flow_image)
+    image = tf.where((flip & _present(flow_image))[:, None, None, None] & is_u, 255.0 - flow_image, flow_image)
     t = tf.shape(flow_seq)[1]
-    grid = tf.reshape(flow_seq, [b, t, -1, 2])
+    grid = tf.reshape(flow_seq, [tf.shape(flow_seq)[0], t, -1, 2])
     angle = np.float32(np.pi) - grid[..., 0]
     angle = tf.where(angle > np.pi, angle - np.float32(2 * np.pi), angle)
     valid = tf.range(t)[None, :] < tf.cast(flow_len, tf.int32)[:, None]

@@ -67,9 +67,11 @@ def _paper(model, protocol, part):
 RECIPE_VERSION = re.compile(r"_(v\d+)(?:_|$)")
 
 
-def _size(cfg, experiment: str = "", old_mirror: bool = False):
-    """The recipe (named by the experiment, `<...>_v3_seed0` -> recipe v3), the size, and
-    whether it trained with the flow-image mirror of before 2026-12-05 (`reports.old_flow_mirror`)."""
+def _size(report: dict) -> str:
+    """The report's recipe (named by the experiment, `<...>_v3_seed0` -> recipe v3), its size,
+    and whether it trained with the flow-image mirror of before 2026-12-05
+    (`reports.old_flow_mirror`)."""
+    cfg, experiment = report.get("config"), report.get("experiment", "")
     if not cfg:
         return "?"
     full = cfg["image_size"] == 224 and cfg["width"] == 64 and cfg["lstm_units"] == 512 and cfg["train_steps"] == 2500
@@ -79,7 +81,7 @@ def _size(cfg, experiment: str = "", old_mirror: bool = False):
     apex = ""
     if cfg.get("apex_backbone") == "fer_xception":
         apex = ", FER2013 mini-Xception apex" + (" (frozen)" if cfg.get("freeze_apex") else "")
-    mirror = "; old flow-image mirror" if old_mirror else ""
+    mirror = "; old flow-image mirror" if reports.old_flow_mirror(report) else ""
     return recipe + f" ({cfg['image_size']}px, width {cfg['width']}, LSTM {cfg['lstm_units']}, " \
         f"{cfg['train_steps']} steps{apex}{mirror})"
 
@@ -171,7 +173,7 @@ def headline_table(loaded: list[tuple[str, dict]], probes: dict) -> str:
         runs = [r for _, r in g["runs"]]
         cfg = runs[0]["config"]
         seeds = ", ".join(str(r["config"].get("seed", "?")) for r in runs)
-        cells = [f"**{g['key']}**", cfg["model"], g["protocol"].upper(), _size(cfg, runs[0].get("experiment", ""), reports.old_flow_mirror(runs[0])),
+        cells = [f"**{g['key']}**", cfg["model"], g["protocol"].upper(), _size(runs[0]),
                  f"mean ± sd over {len(runs)} seeds ({seeds})",
                  _mean_sd([r["overall"]["uf1"] for r in runs]), _mean_sd([r["overall"]["uar"] for r in runs])]
         for db in DBS:
@@ -196,7 +198,7 @@ def table(paths: list[str], probes: dict | None = None) -> str:
                          f"{', '.join(str(m['seed']) for m in r['members'])})" if r.get("members")
                          else f", seed {r['config'].get('seed', '?')}")
         cells = [_link(path), label, protocol.upper(),
-                 _size(r["config"], r.get("experiment", ""), reports.old_flow_mirror(r)), f"{r.get('num_folds', '?')}{'' if r.get('complete', True) else ' (partial)'}",
+                 _size(r), f"{r.get('num_folds', '?')}{'' if r.get('complete', True) else ' (partial)'}",
                  f"{_pair(r['overall'])} ({_paper(model, protocol, 'overall')})", _ci(r)]
         for db in DBS:
             m = r["per_database"].get(db)

@@ -177,12 +177,12 @@ def test_a_cartesian_time_branch_is_read_against_both_flow_seq_probes():
 def test_flow_image_results_from_before_the_mirror_fix_are_marked():
     """Same flags, different mirror: a flow-image model's report from before the fix says so
     in its size cell; other models, later reports and unaugmented runs do not."""
-    from atn_tf import reports, results_doc
+    from atn_tf import results_doc
 
     def marked(model, date, augment=True):
         r = {"config": {"model": model, "augment": augment, "image_size": 64, "width": 16, "lstm_units": 128,
-                        "train_steps": 400}, "date": date}
-        return "old flow-image mirror" in results_doc._size(r["config"], "x_v9_seed0", reports.old_flow_mirror(r))
+                        "train_steps": 400}, "date": date, "experiment": "x_v9_seed0"}
+        return "old flow-image mirror" in results_doc._size(r)
 
     before, after = "2026-12-04T10:00:00+00:00", "2026-12-05T02:00:00+00:00"
     assert marked("atn_flow", before) and marked("flow_only", before)
