@@ -322,3 +322,12 @@ def test_checkpoint_selection_uses_inner_validation_and_never_the_test_fold(megc
     assert fixed["inner_split"] == "fixed" and fixed["num_val_samples"] > 0
     with pytest.raises(ValueError, match="scored with the fixed inner split, not rotating"):
         evaluate_lib.develop(cfg, "hde", str(tmp_path / "dev_fixed"), num_folds=3)   # resumed with the other split
+
+
+@pytest.mark.parametrize("cli", ["atn_tf.evaluate", "atn_tf.train"])
+def test_cli_bad_flag_value_is_a_usage_error(cli, tmp_path):
+    """A value the config rejects names the flag and its allowed values, with no traceback."""
+    r = subprocess.run([sys.executable, "-m", cli, f"--data_dir={tmp_path}", "--apex_init=none",
+                        f"--work_dir={tmp_path / 'w'}" if cli == "atn_tf.evaluate" else f"--model_dir={tmp_path / 'm'}"],
+                       env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
+    assert r.returncode == 1 and "apex_init must be one of" in r.stderr and "Traceback" not in r.stderr
