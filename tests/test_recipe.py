@@ -291,20 +291,25 @@ def test_apex_distill_fits_the_resnet_read_out_to_the_fer2013_features(tmp_path)
     train_lib.fit(session, data)
     assert error() < 0.8 * before
     assert all(np.array_equal(a, b) for a, b in zip(teacher_weights, session.teacher.get_weights()))
-    # Recipe v9's model (v8's head on the read-out, no label gradient into the ResNet, and
-    # test-time mirroring) through train/load/export.
-    result = train_lib.train(cfg.replace(train_steps=2, checkpoint_every=2, log_every=2, apex_label_grad=0.0,
-                                         apex_head_input="distill", mirror_tta=True), progress=False)
-    loaded, _ = train_lib.load_trained(cfg.model_dir)
-    x = _inputs(n=2)
-    want = keras.ops.convert_to_numpy(result.model(x)["probabilities"])
-    np.testing.assert_allclose(loaded(x)["probabilities"], want, atol=1e-6)
+    # The ResNet atn v9's model (v8's head on the read-out, no label gradient into the ResNet,
+    # test-time mirroring) and atn_flow v10's (that apex branch, late fusion with the flow
+    # image) through train/load/export.
     import tensorflow as tf
     from atn_tf import export_lib
-    fn = tf.saved_model.load(export_lib.export(cfg.model_dir, str(tmp_path / "sm"))).signatures["serving_default"]
-    names = fn.structured_input_signature[1]
-    np.testing.assert_allclose(fn(**{k: tf.constant(v) for k, v in x.items() if k in names})["probabilities"],
-                               want, atol=1e-5)
+    for name, recipe in (("atn_v9", dict(mirror_tta=True)), ("atn_flow_v10", dict(model="atn_flow", fusion="late"))):
+        run = cfg.replace(model_dir=str(tmp_path / name), train_steps=2, checkpoint_every=2, log_every=2,
+                          apex_label_grad=0.0, apex_head_input="distill", **recipe)
+        result = train_lib.train(run, progress=False)
+        loaded, _ = train_lib.load_trained(run.model_dir)
+        x = _inputs(n=2)
+        want = keras.ops.convert_to_numpy(result.model(x)["probabilities"])
+        np.testing.assert_allclose(loaded(x)["probabilities"], want, atol=1e-6)
+        fn = tf.saved_model.load(export_lib.export(run.model_dir, str(tmp_path / name / "sm"))
+                                 ).signatures["serving_default"]
+        names = fn.structured_input_signature[1]
+        assert ("flow_image" in names) == (run.model == "atn_flow")
+        np.testing.assert_allclose(fn(**{k: tf.constant(v) for k, v in x.items() if k in names})["probabilities"],
+                                   want, atol=1e-5)
     for bad in (dict(apex_distill=-1.0), dict(apex_distill=1.0, apex_backbone="fer_xception")):
         with pytest.raises(ValueError, match="apex_distill"):
             TrainConfig(model="atn", **bad)
