@@ -108,10 +108,7 @@ def main(argv):
     else:
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-        try:
-            config = flags_lib.config_from_flags()
-        except ValueError as e:          # a bad flag value: a usage message, not a traceback
-            raise app.UsageError(str(e))
+        config = flags_lib.cli_config()
         work_dir = FLAGS.work_dir or os.path.join("runs", f"{FLAGS.protocol}_{_experiment_name()}")
         job = (lambda: _develop(config, work_dir, command)) if FLAGS.develop else \
             (lambda: _evaluate(config, work_dir, command))

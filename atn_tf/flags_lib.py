@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 
-from absl import flags
+from absl import app, flags
 
 from atn_tf.config import CHOICES, TrainConfig
 
@@ -127,6 +127,15 @@ def config_from_flags(flag_values=None, **overrides) -> TrainConfig:
     values = {f.name: fv[f.name].value for f in dataclasses.fields(TrainConfig)}
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def cli_config() -> TrainConfig:
+    """config_from_flags() for a command's main(): a value the config rejects is a usage error
+    naming the flag (absl prints it without a traceback)."""
+    try:
+        return config_from_flags()
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
 
 
 def config_from_flagfile(path: str, **overrides) -> TrainConfig:

@@ -21,10 +21,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        config = flags_lib.config_from_flags()
-    except ValueError as e:
-        raise app.UsageError(str(e))
+    config = flags_lib.cli_config()
     from atn_tf import input_pipeline, provenance, train_lib  # after flag parsing: TF start-up is slow
 
     try:

@@ -296,12 +296,12 @@ def test_apex_distill_fits_the_resnet_read_out_to_the_fer2013_features(tmp_path)
     # image) through train/load/export.
     import tensorflow as tf
     from atn_tf import export_lib
+    x = _inputs(n=2)
     for name, recipe in (("atn_v9", dict(mirror_tta=True)), ("atn_flow_v10", dict(model="atn_flow", fusion="late"))):
         run = cfg.replace(model_dir=str(tmp_path / name), train_steps=2, checkpoint_every=2, log_every=2,
                           apex_label_grad=0.0, apex_head_input="distill", **recipe)
         result = train_lib.train(run, progress=False)
         loaded, _ = train_lib.load_trained(run.model_dir)
-        x = _inputs(n=2)
         want = keras.ops.convert_to_numpy(result.model(x)["probabilities"])
         np.testing.assert_allclose(loaded(x)["probabilities"], want, atol=1e-6)
         fn = tf.saved_model.load(export_lib.export(run.model_dir, str(tmp_path / name / "sm"))
