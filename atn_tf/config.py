@@ -86,6 +86,10 @@ class TrainConfig:
     # concat (the paper's: one head on the concatenated embeddings) | late: a head per
     # branch, logits averaged, each head trained on its own cross-entropy only.
     fusion: str = "concat"
+    # fusion=late: K independently initialised copies of every trained branch, each with its
+    # own head and loss; a branch's logits are the mean of its copies'. A frozen apex
+    # network is computed once and shared (each copy has its own head on it).
+    members: int = 1
     # Test-time mirroring inside the model: at inference, the mean of the logits of the
     # inputs and of their horizontal mirrors (networks.build_model); training unchanged.
     mirror_tta: bool = False
@@ -140,6 +144,8 @@ class TrainConfig:
             raise ValueError(f"branch_loss must be >= 0, got {self.branch_loss}")
         if self.fusion == "late" and (self.branch_loss > 0 or self.linear_path):
             raise ValueError("fusion=late trains a head per branch already: drop branch_loss / linear_path")
+        if self.members < 1 or (self.members > 1 and self.fusion != "late"):
+            raise ValueError(f"members={self.members}: must be >= 1, and > 1 only with fusion=late")
         if not 0.0 <= self.branch_dropout < 1.0 or (self.branch_dropout > 0 and self.fusion == "late"):
             raise ValueError(f"branch_dropout={self.branch_dropout}: must be in [0, 1), with fusion=concat")
         for name in ("flow_shift", "apex_shift", "flow_erase"):
@@ -210,5 +216,5 @@ class TrainConfig:
                     embedding_scale_init=self.embedding_scale_init, time_pool=self.time_pool,
                     linear=self.linear_path, linear_steps=self.linear_steps, linear_l2=self.linear_l2,
                     flow_width=self.flow_width, flow_seq_repr=self.flow_seq_repr,
-                    fusion=self.fusion, mirror_tta=self.mirror_tta, flow_seq_mirror=self.flow_seq_mirror,
+                    fusion=self.fusion, members=self.members, mirror_tta=self.mirror_tta, flow_seq_mirror=self.flow_seq_mirror,
                     branch_dropout=self.branch_dropout)

@@ -64,6 +64,9 @@ HELP = {
     "apex_feature_norm": "fer_xception: standardise its pooled features with training-fold statistics.",
     "fusion": "concat: one head on the concatenated embeddings (the paper's) | late: a head per branch, "
               "logits averaged, each trained on its own cross-entropy.",
+    "members": "fusion=late: train this many independently initialised copies of every trained branch, "
+               "each with its own head and loss, and average their logits (a frozen apex network is "
+               "shared); costs about members x the training time of the trained branches.",
     "branch_dropout": "Modality dropout (fusion=concat): per training example, zero one branch's "
                       "embedding, drawn at random, with this probability.",
     "mirror_tta": "Predict with the mean logits of the inputs and of their horizontal mirrors "

@@ -260,8 +260,10 @@ def test_committed_models_config_parses():
 
 
 @pytest.mark.parametrize("recipe", [{}, dict(fusion="late", flow_seq_repr="cartesian", input_norm=True,
-                                              mirror_tta=True)],
-                         ids=["paper", "late_cartesian_mirror"])
+                                              mirror_tta=True),
+                                    dict(fusion="late", members=2, apex_backbone="fer_xception", freeze_apex=True,
+                                         input_norm=True, mirror_tta=True)],
+                         ids=["paper", "late_cartesian_mirror", "members"])
 def test_atn_flow_takes_flow_image(tmp_path, recipe):
     model = save_run(tmp_path / "run", name="atn_flow", seed=1, **recipe)
     loaded = tf.saved_model.load(export_lib.export(str(tmp_path / "run"), str(tmp_path / "sm")))

@@ -467,6 +467,44 @@ def test_late_fusion_averages_one_head_per_branch(tmp_path):
             build_model("atn_flow", **bad, **SMALL)
 
 
+def test_members_average_independent_copies_of_the_trained_branches(tmp_path):
+    """--members=3: three heads per branch (the logits are their mean), copies of the time and
+    flow branches with their own weights, statistics and synchronised BN, one frozen FER2013
+    network shared by the apex heads; saved and loaded it predicts the same."""
+    from atn_tf.models.networks import FER_PREFIX, all_layers
+    recipe = dict(fusion="late", apex_backbone="fer_xception", freeze_apex=True, input_norm=True,
+                  apex_feature_norm=True, embedding_scale="learned", dropout=0.3, sync_batchnorm=True, **SMALL)
+    keras.utils.set_random_seed(3)
+    model = build_model("atn_flow", members=3, **recipe)
+    one = build_model("atn_flow", **recipe)
+    heads = sorted(k for k in model.output if k.endswith("_logits"))
+    assert heads == sorted(f"{b}{m}_logits" for b in ("apex", "time", "flow") for m in ("", "_m1", "_m2"))
+    fer = [layer.name for layer in all_layers(model) if layer.name.startswith(FER_PREFIX)]
+    assert fer == [layer.name for layer in one.layers if layer.name.startswith(FER_PREFIX)]   # not copied
+    data = make_batch(batch=6, lengths=[10, 4, 1, 7, 3, 10], seed=41)
+    set_input_statistics(model, data)
+    copy = model.get_layer("time_branch_m2")
+    for name in ("flow_seq_norm",):
+        for a, b in zip(copy.get_layer(name).get_weights(), model.get_layer(name).get_weights()):
+            np.testing.assert_allclose(a, b)
+    assert not np.allclose(copy.get_layer("lstm1").get_weights()[0], model.get_layer("lstm1").get_weights()[0])
+    assert all(layer.synchronized for layer in all_layers(model) if isinstance(layer, keras.layers.BatchNormalization))
+    batch = make_batch(batch=3, lengths=[10, 4, 1], seed=42)
+    out = as_numpy(model(batch, training=False))
+    np.testing.assert_allclose(out["logits"], np.mean([out[h] for h in heads], axis=0), rtol=1e-5, atol=1e-6)
+    assert set(out) - set(heads) == {"probabilities", "logits", "apex_embedding", "time_embedding", "flow_embedding"}
+    path = tmp_path / "members.keras"
+    model.save(path)
+    np.testing.assert_allclose(as_numpy(keras.saving.load_model(path)(batch, training=False))["logits"],
+                               out["logits"], rtol=1e-6, atol=1e-6)
+    for bad in (dict(members=2), dict(members=2, fusion="late"), dict(members=0, fusion="late"),
+                dict(members=2, fusion="late", apex_backbone="fer_xception")):
+        with pytest.raises(ValueError, match="members"):
+            build_model("atn_flow", **bad, **SMALL)
+    with pytest.raises(ValueError, match="members"):
+        build_model("flow_only", members=2, fusion="late", **SMALL)
+
+
 def polar_batch(batch=3, steps=6, lengths=(6, 2, 4), seed=0):
     """make_batch with real (angle in (-pi, pi], magnitude >= 0) flow pairs and one absent
     (all-zero) flow image."""

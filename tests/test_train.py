@@ -194,6 +194,42 @@ def test_late_fusion_trains_each_branch_on_its_own_loss(data_dir):
             TrainConfig(model="atn", **bad)
 
 
+def test_members_train_each_copy_on_its_own_loss(data_dir):
+    """--members=2: the copies are independent models inside one. Two runs that differ only
+    in copy 1's flow head's starting weights end with the same copy 0 (every branch and head)
+    and a different copy 1; the run predicts with the mean of all heads."""
+    from atn_tf import input_pipeline, train_lib
+    from atn_tf.models import set_input_statistics
+    info = input_pipeline.read_dataset_info(data_dir)
+    data = input_pipeline.resize_apex(input_pipeline.load_arrays(data_dir, info, input_pipeline.Selection()), 64)
+    cfg = TrainConfig(data_dir=data_dir, model="atn_flow", train_steps=6, fusion="late", members=2, dropout=0.2,
+                      input_norm=True, apex_backbone="fer_xception", freeze_apex=True, optimizer="adamw",
+                      learning_rate=0.01, lr_schedule="cosine", **{**TINY, "image_size": 64})
+    trained = []
+    for shift in (0.0, 1.0):
+        session = train_lib.Session(cfg)
+        set_input_statistics(session.model, data)
+        head = session.model.get_layer("flow_m1_logits")
+        noise = np.random.default_rng(0)
+        head.set_weights([w + shift * noise.normal(size=w.shape).astype(w.dtype) for w in head.get_weights()])
+        train_lib.fit(session, data)
+        m = session.model
+        trained.append({name: [w.copy() for w in m.get_layer(name).get_weights()]
+                        for name in ("lstm1", "time_logits", "flow_conv1", "flow_logits", "apex_logits",
+                                     "flow_branch_m1", "flow_m1_logits", "time_branch_m1", "apex_m1_logits")})
+    for name in ("lstm1", "time_logits", "flow_conv1", "flow_logits", "apex_logits", "time_branch_m1",
+                 "apex_m1_logits"):
+        for a, b in zip(trained[0][name], trained[1][name]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+    for name in ("flow_branch_m1", "flow_m1_logits"):     # (weight 0 of the branch: its input statistics)
+        assert not all(np.allclose(a, b) for a, b in zip(trained[0][name], trained[1][name])), name
+    probs = session.predict(data)
+    assert probs.shape == (len(data["label"]), 3) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    for bad in (dict(members=2), dict(members=0, fusion="late")):
+        with pytest.raises(ValueError, match="members"):
+            TrainConfig(model="atn_flow", **bad)
+
+
 def test_ema_keeps_the_moving_average_of_the_weights_and_scores_it(data_dir):
     """--ema_decay: the finished model holds the warmed-up exponential moving average of the
     weights after every step (recomputed here from a one-step-per-call run), the selector

@@ -116,7 +116,7 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                 apex_feature_norm: bool = False, branch_heads: bool = False,
                 embedding_scale_init: float = 8.0, time_pool: str = "mean", linear: bool = False,
                 linear_steps: int = 4, linear_l2: float = 0.0, flow_width: int = 0,
-                flow_seq_repr: str = "polar", fusion: str = "concat", mirror_tta: bool = False,
+                flow_seq_repr: str = "polar", fusion: str = "concat", members: int = 1, mirror_tta: bool = False,
                 branch_dropout: float = 0.0, apex_distill: bool = False,
                 apex_label_grad: float = 1.0, apex_head_input: str = "embedding",
                 flow_seq_mirror: str = "reflect") -> keras.Model:
@@ -164,6 +164,13 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
       match their probes while the jointly trained `atn_flow` falls below `flow_only`
       (docs/results.md): the branches that fit the training subjects fastest leave the
       others under-trained.
+    * `members` > 1 (late fusion): `members` independently initialised copies of every
+      trained branch, each with its own head (`<branch>_m<k>_logits`) and so its own loss; the
+      model's logits are the mean over all heads, i.e. over branches of the mean of their
+      copies -- an ensemble inside one model, so evaluation, `predict` and exports all use
+      it. A frozen apex network is computed once and shared (each copy has its own head on
+      it); an apex branch that trains cannot be copied (ValueError). The copies are nested
+      models (`<branch>_branch_m<k>`) so their layers keep the branch's names.
     * `branch_heads`: a linear classifier on each branch's (scaled) embedding, output as
       `<branch>_logits`, for an auxiliary loss per branch (`TrainConfig.branch_loss`), so a
       branch that fits the training subjects fast (the apex) cannot starve the others.
@@ -202,6 +209,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
     if fusion == "late" and (branch_heads or linear):
         raise ValueError("fusion='late' has a head per branch already: no branch_heads / linear path")
+    if members < 1 or (members > 1 and fusion != "late"):
+        raise ValueError(f"members={members}: must be >= 1, and > 1 only with fusion='late'")
     if not 0.0 <= branch_dropout < 1.0 or (branch_dropout > 0 and fusion == "late"):
         raise ValueError(f"branch_dropout={branch_dropout}: must be in [0, 1), with fusion='concat'")
     if linear_steps < 1 or linear_l2 < 0:
@@ -224,6 +233,9 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                          "apex_distill (the read-out it reads)")
     if apex_init and not fer:
         raise ValueError(f"apex_init={apex_init!r} needs apex_backbone=fer_xception and an apex branch")
+    if members > 1 and (len(branches) < 2 or ("apex" in branches and not (fer and freeze_apex))):
+        raise ValueError(f"members={members} copies the trained branches of a late-fusion model: it needs "
+                         "two or more branches, and an apex branch frozen (fer_xception with freeze_apex)")
     model_in = model_inputs(image_size, flow_image_size)
     inputs = mirror_views(model_in, flow_seq_mirror) if mirror_tta else model_in
     flow_seq = PolarToCartesian(name=CARTESIAN_LAYER)(inputs["flow_seq"]) \
@@ -263,6 +275,12 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
 
     if fusion == "late" and len(features) > 1:
         heads = merge(branch_logits(embeddings, features, num_classes, rate))
+        for k in range(1, members):
+            copies = member_embeddings(embeddings, k, flow_seq, inputs, lstm_units, max_steps, flow_width or width,
+                                       input_norm, time_pool)
+            scaled = list(copies.values()) if embedding_scale != "learned" else \
+                [LearnedScale(embedding_scale_init, name=f"{n}_scale")(v) for n, v in copies.items()]
+            heads.update(merge(branch_logits(copies, scaled, num_classes, rate)))
         logits = keras.layers.Average(name="logits")(list(heads.values()))
     else:
         if branch_dropout > 0 and len(features) > 1:
@@ -279,6 +297,44 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         readout = _distill_readout(embeddings["apex_embedding"]) if readout is None else readout
         outputs[DISTILL_OUTPUT] = merge({DISTILL_OUTPUT: readout}, "first")[DISTILL_OUTPUT]
     return _finish(keras.Model(inputs=model_in, outputs=outputs, name=name), sync_batchnorm, apex_init, freeze_apex, fer)
+
+
+def _nested_branch(build, tensors: list, name: str):
+    """`build(*tensors)` as a nested model named `name` called on `tensors`: the copy's
+    layers keep the branch's own names (which `set_input_statistics` reads) inside it."""
+    ins = [keras.Input(t.shape[1:], dtype=t.dtype, name=f"{name}_in{i}") for i, t in enumerate(tensors)]
+    return keras.Model(ins, build(*ins), name=name)(tensors)
+
+
+def member_embeddings(embeddings: dict, k: int, flow_seq, inputs: dict, lstm_units: int, max_steps: int,
+                      flow_width: int, input_norm: bool, time_pool: str) -> dict:
+    """Copy `k` of the branches (`members`): new time / flow branches as nested models, the
+    frozen apex's embedding shared. Keys `<branch>_m<k>_embedding`."""
+    copies = {}
+    for key, emb in embeddings.items():
+        branch = key.removesuffix("_embedding")
+        name = f"{branch}_m{k}"
+        if branch == "apex":
+            copies[f"{name}_embedding"] = emb
+        elif branch == "time":
+            copies[f"{name}_embedding"] = _nested_branch(
+                lambda s, n: backbone.time_branch(s, n, lstm_units, max_steps, input_norm=input_norm, pool=time_pool),
+                [flow_seq, inputs["flow_len"]], f"time_branch_m{k}")
+        else:
+            copies[f"{name}_embedding"] = _nested_branch(
+                lambda f: backbone.flow_branch(f, flow_width, input_norm=input_norm),
+                [inputs["flow_image"]], f"flow_branch_m{k}")
+    return copies
+
+
+def all_layers(model: keras.Model) -> list:
+    """The model's layers, those of nested models (the `members` copies) included."""
+    out = []
+    for layer in model.layers:
+        out.append(layer)
+        if isinstance(layer, keras.Model):
+            out.extend(all_layers(layer))
+    return out
 
 
 def _distill_readout(apex_embedding):
@@ -333,9 +389,7 @@ def _finish(model: keras.Model, sync_batchnorm: bool, apex_init: str, freeze_ape
     """Synchronised BatchNorm, the FER2013 weights and the frozen apex layers, in that order."""
     if sync_batchnorm:
         config = model.get_config()
-        for layer in config["layers"]:
-            if layer["class_name"] == "BatchNormalization":
-                layer["config"]["synchronized"] = True
+        _synchronize_batchnorm(config)
         model = keras.Model.from_config(config)
     if apex_init == "fer2013":
         fer_xception.load_fer2013_weights(model, prefix=FER_PREFIX)
@@ -345,6 +399,14 @@ def _finish(model: keras.Model, sync_batchnorm: bool, apex_init: str, freeze_ape
         for layer in frozen:
             layer.trainable = False
     return model
+
+
+def _synchronize_batchnorm(config: dict) -> None:
+    for layer in config["layers"]:
+        if layer["class_name"] == "BatchNormalization":
+            layer["config"]["synchronized"] = True
+        elif "layers" in layer.get("config", {}):      # a nested model (`members`)
+            _synchronize_batchnorm(layer["config"])
 
 
 def _resnet_layer_names(model: keras.Model) -> list[str]:
@@ -375,7 +437,7 @@ def input_statistics(data: dict, flow_seq_repr: str = "polar") -> dict:
 def set_input_statistics(model: keras.Model, data: dict) -> list[str]:
     """Set every `Standardize` layer of `model` from the training arrays `data` (see
     `input_statistics`); returns the names of the layers set."""
-    layers = [layer for layer in model.layers if isinstance(layer, Standardize)]
+    layers = [layer for layer in all_layers(model) if isinstance(layer, Standardize)]
     if not layers:
         return []
     names = {layer.name for layer in model.layers}
