@@ -16,6 +16,7 @@ CHOICES = {"balance_by": ("class", "database_class"), "optimizer": ("sgd", "adam
            "lr_schedule": ("step", "cosine"), "embedding_scale": ("none", "learned"),
            "apex_backbone": ("resnet", "fer_xception"), "apex_init": ("", "fer2013"), "time_pool": ("mean", "last"),
            "flow_seq_repr": ("polar", "cartesian"), "fusion": ("concat", "late"),
+           "linear_inputs": ("all", "flow_seq"), "linear_fit": ("train", "probe"),
            "apex_head_input": ("embedding", "distill"), "flow_seq_mirror": feature_spec.FLOW_SEQ_MIRRORS}
 
 
@@ -100,12 +101,19 @@ class TrainConfig:
     # as min(decay, (1 + step) / (10 + step))); inner-validation scoring and the finished
     # model use the averaged weights.
     ema_decay: float = 0.0
-    # A linear path on the standardised flow inputs, its logits added to the head's
-    # (networks.linear_path): the first linear_steps steps of flow_seq, the flow image's
-    # pixels; linear_l2 is its kernel's ridge penalty.
+    # A linear path on the standardised flow inputs (networks.linear_path): the first
+    # linear_steps steps of flow_seq and (linear_inputs=all) the flow image's pixels;
+    # linear_l2 is its kernel's ridge penalty. fusion=concat: its logits are added to the
+    # head's; fusion=late: it is one more head, averaged with the branches' and trained on
+    # its own cross-entropy (the linear probe inside the model).
     linear_path: bool = False
     linear_steps: int = 4
     linear_l2: float = 0.0
+    linear_inputs: str = "all"
+    # train: the linear path learns with the network | probe (fusion=late): fitted before
+    # training as the linear probe (logistic regression, C by inner grouped CV on the
+    # training subjects; atn_tf.probe_head), then kept fixed.
+    linear_fit: str = "train"
     # Checkpoint selection on an inner validation split of the training subjects (never the
     # held-out part): val_fraction of each database's training subjects, scored every
     # eval_every steps; the step with the best inner-validation UF1 is kept.
@@ -142,8 +150,11 @@ class TrainConfig:
                              f"{self.linear_l2}")
         if self.branch_loss < 0:
             raise ValueError(f"branch_loss must be >= 0, got {self.branch_loss}")
-        if self.fusion == "late" and (self.branch_loss > 0 or self.linear_path):
-            raise ValueError("fusion=late trains a head per branch already: drop branch_loss / linear_path")
+        if self.fusion == "late" and self.branch_loss > 0:
+            raise ValueError("fusion=late trains a head per branch already: drop branch_loss")
+        if self.linear_fit == "probe" and not (self.linear_path and self.fusion == "late" and not self.mirror_tta):
+            raise ValueError("linear_fit=probe fits the late-fusion linear head: it needs linear_path and "
+                             "fusion=late, without mirror_tta")
         if self.members < 1 or (self.members > 1 and self.fusion != "late"):
             raise ValueError(f"members={self.members}: must be >= 1, and > 1 only with fusion=late")
         if not 0.0 <= self.branch_dropout < 1.0 or (self.branch_dropout > 0 and self.fusion == "late"):
@@ -215,6 +226,7 @@ class TrainConfig:
                     apex_head_input=self.apex_head_input,
                     embedding_scale_init=self.embedding_scale_init, time_pool=self.time_pool,
                     linear=self.linear_path, linear_steps=self.linear_steps, linear_l2=self.linear_l2,
+                    linear_inputs=self.linear_inputs, linear_trainable=self.linear_fit == "train",
                     flow_width=self.flow_width, flow_seq_repr=self.flow_seq_repr,
                     fusion=self.fusion, members=self.members, mirror_tta=self.mirror_tta, flow_seq_mirror=self.flow_seq_mirror,
                     branch_dropout=self.branch_dropout)

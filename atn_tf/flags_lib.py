@@ -81,8 +81,14 @@ HELP = {
     "apex_head_input": "embedding: the heads read the ResNet apex embedding (the paper's) | distill: "
                        "they read the L2-normalised --apex_distill read-out (the student's FER2013 features).",
     "branch_loss": "> 0: weight of an auxiliary cross-entropy on a linear head per branch.",
-    "linear_path": "Add a linear path on the standardised flow_seq / flow_image inputs to the logits "
-                   "(the model then contains the linear probe of those inputs).",
+    "linear_path": "A linear path on the standardised flow_seq / flow_image inputs (the model then "
+                   "contains the linear probe of those inputs): fusion=concat adds its logits to the "
+                   "head's; fusion=late makes it one more head, averaged and trained on its own loss.",
+    "linear_fit": "train: the linear path learns with the network | probe (fusion=late): its head is "
+                  "fitted before training as the linear probe (logistic regression, C by grouped CV on "
+                  "the training subjects) and kept fixed.",
+    "linear_inputs": "What the linear path reads: all (flow_seq and, in models with it, the flow image) | "
+                     "flow_seq.",
     "linear_steps": "flow_seq steps the linear path reads (the records' T; padded steps are zero).",
     "linear_l2": "Ridge penalty l2 * sum(w**2) on the linear path's kernel (0: none).",
     "val_fraction": "Share of each database's training subjects held out as inner validation.",

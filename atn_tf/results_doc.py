@@ -69,8 +69,8 @@ RECIPE_VERSION = re.compile(r"_(v\d+)(?:_|$)")
 
 def _size(report: dict) -> str:
     """The report's recipe (named by the experiment, `<...>_v3_seed0` -> recipe v3), its size,
-    and whether it trained with the flow-image mirror of before 2026-12-05
-    (`reports.old_flow_mirror`)."""
+    its apex network, fitted probe head and members, and whether it trained with the
+    flow-image mirror of before 2026-12-05 (`reports.old_flow_mirror`)."""
     cfg, experiment = report.get("config"), report.get("experiment", "")
     if not cfg:
         return "?"
@@ -78,12 +78,18 @@ def _size(report: dict) -> str:
     named = RECIPE_VERSION.search(experiment or "")
     recipe = f"recipe {named.group(1)}" if named else \
         "recipe v2" if cfg.get("input_norm") else ("seed recipe" if full else "CPU-sized")
-    apex = ""
+    parts = ""
     if cfg.get("apex_backbone") == "fer_xception":
-        apex = ", FER2013 mini-Xception apex" + (" (frozen)" if cfg.get("freeze_apex") else "")
+        parts = ", FER2013 mini-Xception apex" + (" (frozen)" if cfg.get("freeze_apex") else "")
+    elif cfg.get("apex_distill", 0) > 0:
+        parts = ", ResNet apex distilled from FER2013"
+    if cfg.get("linear_path") and cfg.get("linear_fit") == "probe":
+        parts += ", fitted probe head"
+    if cfg.get("members", 1) > 1:
+        parts += f", {cfg['members']} members"
     mirror = "; old flow-image mirror" if reports.old_flow_mirror(report) else ""
     return recipe + f" ({cfg['image_size']}px, width {cfg['width']}, LSTM {cfg['lstm_units']}, " \
-        f"{cfg['train_steps']} steps{apex}{mirror})"
+        f"{cfg['train_steps']} steps{parts}{mirror})"
 
 
 def _ci(r) -> str:

@@ -138,10 +138,19 @@ class Session:
                                     reduce_retracing=True)
 
     def set_statistics(self, data: dict) -> None:
-        """The training part's statistics: the model's input normalisation and the teacher's
-        feature standardisation."""
-        set_input_statistics(self.model, data)
+        """The training part's statistics: the model's (`set_model_statistics`) and the
+        teacher's feature standardisation."""
+        self.set_model_statistics(data)
         self.set_teacher_statistics(data)
+
+    def set_model_statistics(self, data: dict) -> None:
+        """What the model takes from the training part before training (checkpointed with
+        it): its input normalisation and, with --linear_fit=probe, the fitted linear head."""
+        set_input_statistics(self.model, data)
+        if self.config.linear_fit == "probe":
+            from atn_tf import probe_head      # scikit-learn: only for the runs that use it
+            fit = probe_head.fit_probe_head(self.model, data, subject_keys(data))
+            logging.info("linear head: the probe with C=%g (inner UF1 %.3f)", fit["C"], fit["inner_uf1"])
 
     def set_teacher_statistics(self, data: dict) -> None:
         """(Not checkpointed: its weights are the file's, so a resumed run recomputes them.)"""
@@ -511,7 +520,7 @@ def _restore_or_start(session: Session, train_data: dict, selector: Optional[Sel
         if config.init_checkpoint:
             _load_init_checkpoint(model, config.init_checkpoint)
             session.restart_average()
-        set_input_statistics(model, train_data)
+        session.set_model_statistics(train_data)
     session.set_teacher_statistics(train_data)
     return manager, ckpt_dir
 

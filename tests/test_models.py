@@ -462,9 +462,28 @@ def test_late_fusion_averages_one_head_per_branch(tmp_path):
                                as_numpy(model(batch, training=False))["logits"], rtol=1e-6, atol=1e-6)
     single = build_model("time_only", fusion="late", **SMALL)      # one branch: the usual head
     assert set(single.output) == {"probabilities", "logits", "time_embedding"}
-    for bad in (dict(fusion="mean"), dict(fusion="late", branch_heads=True), dict(fusion="late", linear=True)):
+    for bad in (dict(fusion="mean"), dict(fusion="late", branch_heads=True)):
         with pytest.raises(ValueError, match="fusion"):
             build_model("atn_flow", **bad, **SMALL)
+
+
+@pytest.mark.parametrize("reads", ["flow_seq", "all"])
+def test_late_fusion_linear_path_is_one_more_head(reads):
+    """--linear_path with late fusion: `linear_logits` (the probe's model on the standardised
+    inputs) is averaged with the branch heads; it reads the first linear_steps steps of the
+    (Cartesian) sequence and, with linear_inputs=all, the flow image's pixels."""
+    model = build_model("atn_flow", fusion="late", linear=True, linear_steps=4, linear_inputs=reads,
+                        flow_seq_repr="cartesian", input_norm=True, **SMALL)
+    heads = ["apex_logits", "time_logits", "flow_logits", "linear_logits"]
+    assert sorted(k for k in model.output if k.endswith("_logits")) == sorted(heads)
+    assert model.get_layer("linear_logits").get_weights()[0].shape[0] == \
+        4 * STEP_DIM + (28 * 28 * 3 if reads == "all" else 0)
+    data = make_batch(batch=6, lengths=[10, 4, 1, 7, 3, 10], seed=51)
+    assert {"linear_flow_seq_norm"} <= set(set_input_statistics(model, data))
+    out = as_numpy(model(make_batch(batch=3, lengths=[10, 4, 1], seed=52), training=False))
+    np.testing.assert_allclose(out["logits"], np.mean([out[h] for h in heads], axis=0), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="linear_inputs"):
+        build_model("atn_flow", fusion="late", linear=True, linear_inputs="apex", **SMALL)
 
 
 def test_members_average_independent_copies_of_the_trained_branches(tmp_path):

@@ -187,3 +187,18 @@ def test_flow_image_results_from_before_the_mirror_fix_are_marked():
     before, after = "2026-12-04T10:00:00+00:00", "2026-12-05T02:00:00+00:00"
     assert marked("atn_flow", before) and marked("flow_only", before)
     assert not marked("atn_flow", after) and not marked("atn", before) and not marked("flow_only", before, False)
+
+
+def test_size_cell_names_the_apex_network_probe_head_and_members():
+    from atn_tf import results_doc
+
+    def size(**cfg):
+        r = {"config": {"model": "atn_flow", "image_size": 64, "width": 16, "lstm_units": 128, "train_steps": 400,
+                        **cfg}, "date": "2026-12-05T08:00:00+00:00", "experiment": "x_v12_seed0"}
+        return results_doc._size(r)
+
+    assert size() == "recipe v12 (64px, width 16, LSTM 128, 400 steps)"
+    assert "FER2013 mini-Xception apex (frozen)" in size(apex_backbone="fer_xception", freeze_apex=True)
+    assert "ResNet apex distilled from FER2013" in size(apex_backbone="resnet", apex_distill=1.0)
+    assert size(linear_path=True, linear_fit="probe", members=3).endswith("fitted probe head, 3 members)")
+    assert "probe head" not in size(linear_path=True, linear_fit="train")

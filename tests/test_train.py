@@ -165,14 +165,15 @@ def test_linear_path_ridge_penalty_is_part_of_the_training_loss(data_dir):
 
 def test_late_fusion_trains_each_branch_on_its_own_loss(data_dir):
     """--fusion=late: a branch's weights never see another branch's head. Two runs that differ
-    only in the apex head's starting weights end with the same time and flow branches (and
-    different apex heads); the averaged logits predict."""
+    only in the apex head's starting weights end with the same time and flow branches and
+    linear head (--linear_path) and different apex heads; the averaged logits predict."""
     from atn_tf import input_pipeline, train_lib
     from atn_tf.models import set_input_statistics
     info = input_pipeline.read_dataset_info(data_dir)
     data = input_pipeline.resize_apex(input_pipeline.load_arrays(data_dir, info, input_pipeline.Selection()), 32)
     cfg = TrainConfig(data_dir=data_dir, model="atn_flow", train_steps=8, fusion="late", dropout=0.2,
-                      input_norm=True, optimizer="adamw", learning_rate=0.01, lr_schedule="cosine", **TINY)
+                      input_norm=True, optimizer="adamw", learning_rate=0.01, lr_schedule="cosine",
+                      linear_path=True, linear_inputs="flow_seq", linear_l2=0.03, **TINY)
     trained = []
     for shift in (0.0, 1.0):
         session = train_lib.Session(cfg)
@@ -182,8 +183,9 @@ def test_late_fusion_trains_each_branch_on_its_own_loss(data_dir):
         head.set_weights([w + shift * noise.normal(size=w.shape).astype(w.dtype) for w in head.get_weights()])
         train_lib.fit(session, data)
         trained.append({layer: [w.copy() for w in session.model.get_layer(layer).get_weights()]
-                        for layer in ("lstm1", "time_logits", "flow_conv1", "flow_logits", "apex_logits")})
-    for layer in ("lstm1", "time_logits", "flow_conv1", "flow_logits"):
+                        for layer in ("lstm1", "time_logits", "flow_conv1", "flow_logits", "apex_logits",
+                                      "linear_logits")})
+    for layer in ("lstm1", "time_logits", "flow_conv1", "flow_logits", "linear_logits"):
         for a, b in zip(trained[0][layer], trained[1][layer]):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=layer)
     assert not np.allclose(trained[0]["apex_logits"][0], trained[1]["apex_logits"][0])

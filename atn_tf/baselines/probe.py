@@ -176,7 +176,7 @@ class RowSpace(BaseEstimator, TransformerMixin):
         return X if self.basis_ is None else X @ self.basis_
 
 
-def _model(C: float):
+def probe_pipeline(C: float):
     return make_pipeline(StandardScaler(), RowSpace(),
                          LogisticRegression(C=C, class_weight="balanced", max_iter=MAX_ITER))
 
@@ -194,7 +194,7 @@ def choose_c(X: np.ndarray, y: np.ndarray, groups: np.ndarray, c_grid: Sequence[
     for C in c_grid:
         s = []
         for a, b in splits:
-            s.append(macro_f1(y[b], _model(C).fit(X[a], y[a]).predict(X[b])))
+            s.append(macro_f1(y[b], probe_pipeline(C).fit(X[a], y[a]).predict(X[b])))
         scores.append(float(np.mean(s)))
     best = int(np.argmax(scores))          # first best on ties: the smaller C
     return float(c_grid[best]), scores[best], scores
@@ -219,7 +219,7 @@ def run_fold(fold: protocols.Fold, X: np.ndarray, y: np.ndarray, groups: np.ndar
         warnings.simplefilter("ignore", ConvergenceWarning)
         tr = np.asarray(fold.train_idx)
         C, score, scores = choose_c(X[tr], y[tr], groups[tr], c_grid, inner_splits)
-        model = _model(C).fit(X[tr], y[tr])
+        model = probe_pipeline(C).fit(X[tr], y[tr])
         prob = np.zeros((len(fold.test_idx), protocols.LABELS[-1] + 1))
         prob[:, model.classes_] = model.predict_proba(X[np.asarray(fold.test_idx)])
     return ProbeFold(fold.name, np.asarray(fold.test_idx), C, score, scores, prob, time.perf_counter() - t0)
@@ -311,7 +311,7 @@ def develop(inputs: ProbeInputs, probe: str, protocol: str = "cde", num_folds: i
             fit_rows, val_rows = tr[~is_val], tr[is_val]
             C, _, _ = choose_c(X[fit_rows], y[fit_rows], groups[fit_rows], c_grid, inner_splits)
             labels += y[val_rows].tolist()
-            preds += _model(C).fit(X[fit_rows], y[fit_rows]).predict(X[val_rows]).tolist()
+            preds += probe_pipeline(C).fit(X[fit_rows], y[fit_rows]).predict(X[val_rows]).tolist()
             dbs += [inputs.databases[i] for i in val_rows]
     m = protocols.pooled_metrics(labels, preds, dbs)
     return {"kind": DEV_KIND, "probe": probe, "protocol": protocol, "command": command, "data_dir": data_dir,

@@ -77,9 +77,11 @@ def classification_head(embedding, num_classes: int, dropout: float, linear_logi
 
 
 LINEAR_PREFIX = "linear_"
+LINEAR_INPUTS = ("all", "flow_seq")
 
 
-def linear_path(inputs: dict, branches, num_classes: int, steps: int, l2: float, flow_seq=None):
+def linear_path(inputs: dict, branches, num_classes: int, steps: int, l2: float, flow_seq=None,
+                reads: str = "all", trainable: bool = True):
     """Logits of a linear model on the standardised raw inputs of the time and flow
     branches (`flow_seq`'s first `steps` steps flattened, padded steps zero; the flow image's
     pixels), the model a linear probe fits, added to the deep head's logits.
@@ -90,13 +92,15 @@ def linear_path(inputs: dict, branches, num_classes: int, steps: int, l2: float,
     own `Standardize` layers (`linear_<input>_norm`) take the training fold's statistics.
     `flow_seq` replaces `inputs["flow_seq"]` (the time branch's representation of it).
     `l2` > 0 adds l2 * sum(w**2) of its kernel to the loss, the probe's ridge penalty.
+    `reads="flow_seq"`: the flow sequence only, not the flow image. `trainable=False`: the
+    head is set from outside (`atn_tf.probe_head`) and kept fixed.
     """
     parts = []
     if "time" in branches:
         flow_seq = inputs["flow_seq"] if flow_seq is None else flow_seq
         seq = Standardize((flow_seq.shape[-1],), name=f"{LINEAR_PREFIX}flow_seq_norm")(flow_seq)
         parts.append(FlattenSteps(steps, name=f"{LINEAR_PREFIX}flow_seq")([seq, inputs["flow_len"]]))
-    if "flow" in branches:
+    if "flow" in branches and reads == "all":
         image = Standardize(tuple(inputs["flow_image"].shape[1:]),
                             name=f"{LINEAR_PREFIX}flow_image_norm")(inputs["flow_image"])
         parts.append(keras.layers.Flatten(name=f"{LINEAR_PREFIX}flow_image")(image))
@@ -104,7 +108,8 @@ def linear_path(inputs: dict, branches, num_classes: int, steps: int, l2: float,
         raise ValueError("linear_path needs a time or flow branch (it reads flow_seq / flow_image)")
     x = parts[0] if len(parts) == 1 else keras.layers.Concatenate(name=f"{LINEAR_PREFIX}inputs")(parts)
     regularizer = keras.regularizers.L2(l2) if l2 > 0 else None
-    return keras.layers.Dense(num_classes, kernel_regularizer=regularizer, name=f"{LINEAR_PREFIX}logits")(x)
+    return keras.layers.Dense(num_classes, kernel_regularizer=regularizer, trainable=trainable,
+                              name=f"{LINEAR_PREFIX}logits")(x)
 
 
 def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int = 64,
@@ -115,7 +120,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                 apex_backbone: str = "resnet", apex_init: str = "", freeze_apex: bool = False,
                 apex_feature_norm: bool = False, branch_heads: bool = False,
                 embedding_scale_init: float = 8.0, time_pool: str = "mean", linear: bool = False,
-                linear_steps: int = 4, linear_l2: float = 0.0, flow_width: int = 0,
+                linear_steps: int = 4, linear_l2: float = 0.0, linear_inputs: str = "all",
+                linear_trainable: bool = True, flow_width: int = 0,
                 flow_seq_repr: str = "polar", fusion: str = "concat", members: int = 1, mirror_tta: bool = False,
                 branch_dropout: float = 0.0, apex_distill: bool = False,
                 apex_label_grad: float = 1.0, apex_head_input: str = "embedding",
@@ -154,8 +160,12 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
       exports take the records' features unchanged).
     * `time_pool="last"`: the time branch takes the second LSTM's output at the last real
       step instead of the mean over the real steps (`backbone.time_branch`).
-    * `linear`: a linear path on the standardised flow inputs whose logits are added to the
-      head's (`linear_path`; `linear_steps`, `linear_l2`).
+    * `linear`: a linear path on the standardised flow inputs (`linear_path`; `linear_steps`,
+      `linear_l2`, `linear_inputs`: all | flow_seq). With `fusion="concat"` its logits are
+      added to the head's; with `fusion="late"` it is one more head (`linear_logits`),
+      averaged with the branches' and trained on its own loss: the linear probe inside the
+      model, whose view of the inputs the deep branches do not share. `linear_trainable=False`
+      keeps the head fixed (`linear_fit=probe` sets it to the fitted probe).
     * `fusion="late"` (models with several branches): each branch has its own dropout and
       linear classifier (`<branch>_logits`) and the model's logits are their mean; the
       training loss is then the mean of the branches' own cross-entropies
@@ -207,8 +217,10 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                          f"flow_seq_repr={flow_seq_repr!r} (one of {FLOW_SEQ_REPRS})")
     if fusion not in FUSIONS:
         raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
-    if fusion == "late" and (branch_heads or linear):
-        raise ValueError("fusion='late' has a head per branch already: no branch_heads / linear path")
+    if fusion == "late" and branch_heads:
+        raise ValueError("fusion='late' has a head per branch already: no branch_heads")
+    if linear_inputs not in LINEAR_INPUTS:
+        raise ValueError(f"linear_inputs must be one of {LINEAR_INPUTS}, got {linear_inputs!r}")
     if members < 1 or (members > 1 and fusion != "late"):
         raise ValueError(f"members={members}: must be >= 1, and > 1 only with fusion='late'")
     if not 0.0 <= branch_dropout < 1.0 or (branch_dropout > 0 and fusion == "late"):
@@ -281,12 +293,16 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
             scaled = list(copies.values()) if embedding_scale != "learned" else \
                 [LearnedScale(embedding_scale_init, name=f"{n}_scale")(v) for n, v in copies.items()]
             heads.update(merge(branch_logits(copies, scaled, num_classes, rate)))
+        if linear:
+            heads.update(merge({"linear_logits": linear_path(inputs, branches, num_classes, linear_steps, linear_l2,
+                                                             flow_seq, linear_inputs, linear_trainable)}))
         logits = keras.layers.Average(name="logits")(list(heads.values()))
     else:
         if branch_dropout > 0 and len(features) > 1:
             features = BranchDropout(branch_dropout, name="branch_dropout")(features)
         fused = features[0] if len(features) == 1 else keras.layers.Concatenate(name="fusion")(features)
-        linear_logits = linear_path(inputs, branches, num_classes, linear_steps, linear_l2, flow_seq) if linear else None
+        linear_logits = linear_path(inputs, branches, num_classes, linear_steps, linear_l2, flow_seq,
+                                    linear_inputs, linear_trainable) if linear else None
         logits = merge({"logits": classification_head(fused, num_classes, rate, linear_logits)})["logits"]
         heads = merge(branch_logits(embeddings, features, num_classes)) if branch_heads else {}
     probabilities = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)

@@ -1,0 +1,95 @@
+"""--linear_fit=probe: the late-fusion linear head is the fitted linear probe, exactly."""
+
+import keras
+import numpy as np
+import pytest
+from scipy.special import softmax
+
+from atn_tf import probe_head
+from atn_tf.baselines import probe
+from atn_tf.config import TrainConfig
+from atn_tf.models import build_model, set_input_statistics
+from tests.test_models import SMALL, make_batch
+
+
+def fitted(x, y, C=0.1):
+    return probe.probe_pipeline(C).fit(x, y)
+
+
+@pytest.mark.parametrize("rows,cols,classes", [(80, 12, (0, 1, 2)), (30, 50, (0, 1, 2)), (40, 9, (0, 2))],
+                         ids=["three_classes", "row_space", "two_classes"])
+def test_pipeline_folds_into_one_dense_layer(rows, cols, classes):
+    """Scaler, row-space basis and logistic regression become one kernel and bias whose
+    logits are the regression's decision values (softmax = its probabilities); a class the
+    training rows lack gets a logit far below the others."""
+    rng = np.random.default_rng(rows)
+    x = rng.normal(size=(rows, cols)) * rng.uniform(0.1, 10, cols) + rng.normal(size=cols)
+    y = np.asarray(classes)[rng.integers(0, len(classes), rows)]
+    pipe = fitted(x, y)
+    kernel, bias = probe_head.pipeline_to_dense(pipe, 3)
+    assert kernel.shape == (cols, 3) and bias.shape == (3,)
+    x_new = rng.normal(size=(7, cols)) * 3
+    logits = x_new @ kernel + bias
+    np.testing.assert_allclose(softmax(logits, axis=1)[:, list(classes)], pipe.predict_proba(x_new), atol=1e-9)
+    if len(classes) == 3:
+        np.testing.assert_allclose(logits, pipe.decision_function(x_new), atol=1e-8)
+    else:
+        assert np.all(logits[:, 1] == probe_head.ABSENT_CLASS_LOGIT)
+
+
+def test_fit_probe_head_sets_the_models_linear_head_to_the_probe():
+    """After fitting, the model's `linear_logits` are the probe's decision values on what the
+    head reads, with the C the inner grouped CV chose on the training rows; the other heads
+    are untouched."""
+    model = build_model("atn_flow", fusion="late", linear=True, linear_inputs="flow_seq", linear_trainable=False,
+                        flow_seq_repr="cartesian", input_norm=True, **SMALL)
+    data = make_batch(batch=36, steps=4, lengths=[4] * 30 + [2] * 6, seed=61)
+    data["label"] = np.arange(36) % 3
+    groups = np.asarray([f"casme2/s{i % 6}" for i in range(36)])
+    set_input_statistics(model, data)
+    others = [w.copy() for w in model.get_layer("time_logits").get_weights()]
+    fit = probe_head.fit_probe_head(model, data, groups)
+    assert fit["C"] in probe.C_GRID
+    x = probe_head.head_inputs(model, data)
+    assert x.shape == (36, 4 * 128)
+    want = fitted(x, data["label"], fit["C"]).decision_function(x)
+    inputs = {k: data[k] for k in ("apex_image", "flow_seq", "flow_len", "flow_image")}
+    got = keras.ops.convert_to_numpy(model(inputs, training=False)["linear_logits"])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    for a, b in zip(others, model.get_layer("time_logits").get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert not model.get_layer("linear_logits").trainable
+
+
+def test_linear_fit_probe_config():
+    cfg = TrainConfig(model="atn_flow", fusion="late", linear_path=True, linear_fit="probe")
+    assert cfg.model_kwargs()["linear_trainable"] is False
+    for bad in (dict(fusion="late"), dict(linear_path=True), dict(fusion="late", linear_path=True, mirror_tta=True)):
+        with pytest.raises(ValueError, match="linear_fit=probe"):
+            TrainConfig(model="atn_flow", linear_fit="probe", **bad)
+
+
+def test_training_keeps_the_fitted_head_and_the_saved_model_carries_it(tmp_path):
+    """A run with --linear_fit=probe fits the head on its training part before the first
+    step, training leaves it as fitted, and the saved model predicts with it."""
+    from atn_tf import input_pipeline, train_lib
+    from tests.fakes import build_megc_records
+    data_dir = build_megc_records(str(tmp_path / "data"))
+    cfg = TrainConfig(data_dir=data_dir, model_dir=str(tmp_path / "run"), model="atn_flow", train_steps=6,
+                      fusion="late", linear_path=True, linear_inputs="flow_seq", linear_fit="probe",
+                      input_norm=True, flow_seq_repr="cartesian", optimizer="adamw", learning_rate=0.01,
+                      image_size=32, width=4, lstm_units=8, batch_size=8, log_every=5, checkpoint_every=6, seed=1)
+    info = input_pipeline.read_dataset_info(data_dir)
+    data = input_pipeline.resize_apex(input_pipeline.load_arrays(data_dir, info, input_pipeline.Selection()), 32)
+    session = train_lib.Session(cfg)
+    session.set_statistics(data)
+    head = [w.copy() for w in session.model.get_layer("linear_logits").get_weights()]
+    assert np.any(head[0] != 0)
+    train_lib.fit(session, data)
+    for a, b in zip(head, session.model.get_layer("linear_logits").get_weights()):
+        np.testing.assert_array_equal(a, b)
+    train_lib.train(cfg, progress=False)
+    model, loaded_cfg = train_lib.load_trained(cfg.model_dir)
+    assert loaded_cfg.linear_fit == "probe"
+    for a, b in zip(head, model.get_layer("linear_logits").get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
