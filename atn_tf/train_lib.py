@@ -195,6 +195,8 @@ class Session:
         config, model, optimizer, strategy = self.config, self.model, self.optimizer, self.strategy
         num_classes = model.output["logits"].shape[-1]
         branch_keys = sorted(k for k in model.output if k.endswith("_logits"))   # branch_heads / late fusion
+        if config.linear_fit == "probe":    # a fitted, fixed head: out of the loss, which then
+            branch_keys.remove("linear_logits")     # trains the branches exactly as without it
         late = config.fusion == "late" and bool(branch_keys)
         if config.label_smoothing:
             smoothed = keras.losses.CategoricalCrossentropy(

@@ -93,3 +93,26 @@ def test_training_keeps_the_fitted_head_and_the_saved_model_carries_it(tmp_path)
     assert loaded_cfg.linear_fit == "probe"
     for a, b in zip(head, model.get_layer("linear_logits").get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_the_fitted_head_leaves_the_branches_training_as_without_it(tmp_path):
+    """The fixed head is out of the loss: the branches and their heads end exactly as in the
+    same run without the linear path, so the head's effect is the only difference."""
+    from atn_tf import input_pipeline, train_lib
+    from tests.fakes import build_megc_records
+    data_dir = build_megc_records(str(tmp_path / "data"))
+    info = input_pipeline.read_dataset_info(data_dir)
+    data = input_pipeline.resize_apex(input_pipeline.load_arrays(data_dir, info, input_pipeline.Selection()), 32)
+    base = TrainConfig(data_dir=data_dir, model="atn_flow", train_steps=5, fusion="late", input_norm=True,
+                       flow_seq_repr="cartesian", optimizer="adamw", learning_rate=0.01, dropout=0.2,
+                       image_size=32, width=4, lstm_units=8, batch_size=8, log_every=5, seed=2)
+    weights = []
+    for cfg in (base, base.replace(linear_path=True, linear_inputs="flow_seq", linear_fit="probe")):
+        session = train_lib.Session(cfg)
+        session.set_statistics(data)
+        losses, _ = train_lib.fit(session, data)
+        weights.append({n: session.model.get_layer(n).get_weights()
+                        for n in ("lstm1", "time_logits", "flow_conv1", "flow_logits", "apex_logits", "conv1")})
+    for name in weights[0]:
+        for a, b in zip(weights[0][name], weights[1][name]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)

@@ -108,8 +108,11 @@ def linear_path(inputs: dict, branches, num_classes: int, steps: int, l2: float,
         raise ValueError("linear_path needs a time or flow branch (it reads flow_seq / flow_image)")
     x = parts[0] if len(parts) == 1 else keras.layers.Concatenate(name=f"{LINEAR_PREFIX}inputs")(parts)
     regularizer = keras.regularizers.L2(l2) if l2 > 0 else None
+    # A head set from outside starts at zero: no random draw, so the other layers' seeded
+    # initial weights are those of the same model without it.
+    init = {} if trainable else {"kernel_initializer": "zeros"}
     return keras.layers.Dense(num_classes, kernel_regularizer=regularizer, trainable=trainable,
-                              name=f"{LINEAR_PREFIX}logits")(x)
+                              name=f"{LINEAR_PREFIX}logits", **init)(x)
 
 
 def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int = 64,
