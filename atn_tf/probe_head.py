@@ -7,8 +7,9 @@ its logistic regression: StandardScaler + LogisticRegression(class_weight="balan
 chosen by grouped (subject) 3-fold CV on the training part only. The fitted pipeline is
 linear, so it folds into the Dense layer's kernel and bias, and saved models and exports
 carry it. Why: on the development split, averaging a fitted probe into atn_flow's
-prediction gained in 17 of 18 recipe x seed pairs (docs/results.md), while the same head
-trained jointly with the network did not.
+prediction gained in 17 of 18 recipe x seed pairs, while the same head trained jointly
+with the network did not; on the 68 CDE folds it was level (docs/results.md, thirteenth
+round).
 """
 
 from __future__ import annotations
