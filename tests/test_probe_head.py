@@ -71,7 +71,7 @@ def test_linear_fit_probe_config():
 
 def test_training_keeps_the_fitted_head_and_the_saved_model_carries_it(tmp_path):
     """A run with --linear_fit=probe fits the head on its training part before the first
-    step, training leaves it as fitted, and the saved model predicts with it."""
+    step, training leaves it as fitted, and the saved model and its export predict with it."""
     from atn_tf import input_pipeline, train_lib
     from tests.fakes import build_megc_records
     data_dir = build_megc_records(str(tmp_path / "data"))
@@ -93,6 +93,14 @@ def test_training_keeps_the_fitted_head_and_the_saved_model_carries_it(tmp_path)
     assert loaded_cfg.linear_fit == "probe"
     for a, b in zip(head, model.get_layer("linear_logits").get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    # The export predicts with the fitted head too.
+    import tensorflow as tf
+    from atn_tf import export_lib
+    x = {k: np.asarray(data[k][:3]) for k in ("apex_image", "flow_seq", "flow_len", "flow_image")}
+    want = keras.ops.convert_to_numpy(model(x, training=False)["probabilities"])
+    fn = tf.saved_model.load(export_lib.export(cfg.model_dir, str(tmp_path / "sm"))).signatures["serving_default"]
+    got = fn(**{k: tf.constant(v.astype(np.int32 if k == "flow_len" else np.float32)) for k, v in x.items()})
+    np.testing.assert_allclose(got["probabilities"], want, atol=1e-5)
 
 
 def test_the_fitted_head_leaves_the_branches_training_as_without_it(tmp_path):
