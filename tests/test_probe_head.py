@@ -118,7 +118,7 @@ def test_the_fitted_head_leaves_the_branches_training_as_without_it(tmp_path):
     for cfg in (base, base.replace(linear_path=True, linear_inputs="flow_seq", linear_fit="probe")):
         session = train_lib.Session(cfg)
         session.set_statistics(data)
-        losses, _ = train_lib.fit(session, data)
+        train_lib.fit(session, data)
         weights.append({n: session.model.get_layer(n).get_weights()
                         for n in ("lstm1", "time_logits", "flow_conv1", "flow_logits", "apex_logits", "conv1")})
     for name in weights[0]:

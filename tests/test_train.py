@@ -199,7 +199,7 @@ def test_late_fusion_trains_each_branch_on_its_own_loss(data_dir):
 def test_members_train_each_copy_on_its_own_loss(data_dir):
     """--members=2: the copies are independent models inside one. Two runs that differ only
     in copy 1's flow head's starting weights end with the same copy 0 (every branch and head)
-    and a different copy 1; the run predicts with the mean of all heads."""
+    and a different copy 1."""
     from atn_tf import input_pipeline, train_lib
     from atn_tf.models import set_input_statistics
     info = input_pipeline.read_dataset_info(data_dir)
