@@ -16,6 +16,7 @@ import json
 import os
 import sys
 
+import numpy as np
 from absl import app, flags
 
 from atn_tf import atomic_io
@@ -118,6 +119,34 @@ def table(reports: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seeds_table(reports: list[dict]) -> str:
+    """The recipes run with several `--seed`s on the rotating split: their rows, the last-step
+    UF1 of each seed and the mean. Same flags (and the same flow-image mirror) = one recipe;
+    a seed run twice counts once, its latest row. Why: one seed's row moves by about 0.02
+    between seeds (each draws its own partition), so a choice between recipes needs the mean
+    over several."""
+    groups: dict = {}
+    for k, r in enumerate(reports, 1):
+        cfg = r["config"]
+        if inner_split(r) != "rotating":
+            continue
+        name, base = base_recipe(cfg)
+        key = (cfg["model"], f"{name}: {changes(cfg, base)}", reports_lib.old_flow_mirror(r))
+        groups.setdefault(key, {})[cfg.get("seed", 0)] = (k, r["final"]["uf1"])
+    lines = ["| model | changes | seeds | rows | last-step UF1 per seed | mean ± sd |",
+             "|---|---|---:|---|---|---|"]
+    for (model, recipe, old_mirror), by_seed in groups.items():
+        if len(by_seed) < 2:
+            continue
+        seeds = sorted(by_seed)
+        uf1 = np.array([by_seed[s][1] for s in seeds])
+        mark = OLD_MIRROR_MARK if old_mirror else ""
+        lines.append(f"| {model}{mark} | {recipe} | {len(seeds)} | "
+                     f"{', '.join(str(by_seed[s][0]) for s in seeds)} | "
+                     f"{' / '.join(f'{u:.3f}' for u in uf1)} | {uf1.mean():.3f} ± {uf1.std(ddof=1):.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 PROBE_DIR = "probes"
 
 
@@ -168,7 +197,10 @@ def update(dev_dir: str, output: str) -> str:
             f"--eval_every=50 --fold_workers=2 <changes>` (exact command in each JSON). Rows marked"
             f"{OLD_MIRROR_MARK} trained a flow-image model with the flow-image mirror as it was before "
             f"{reports_lib.FLOW_MIRROR_FIXED[:10]} (commit 0480976): columns flipped, the strain channel inverted and u "
-            f"kept; later rows negate u and keep the strain.\n\n" + table(reports))
+            f"kept; later rows negate u and keep the strain.\n\n" + table(reports)
+            + "\nThe recipes run with several seeds on the rotating split (the rows above, grouped by their "
+              "flags; a seed run twice counts once, with its latest row). One seed's row moves by about 0.02 "
+              "between seeds, so recipes are compared by these means:\n\n" + seeds_table(reports))
     if probes:
         body += ("\nThe floor on the same inner-validation samples: a linear probe (StandardScaler + logistic "
                  "regression, C chosen by grouped CV on the rest of each training fold) on the records' own "

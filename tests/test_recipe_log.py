@@ -90,3 +90,21 @@ def test_probe_floor_rows_come_from_the_probe_reports_on_the_same_folds(tmp_path
     (dev / "probes" / "probe_flow_seq.json").write_text(json.dumps(dict(probe, kind="development")))
     with pytest.raises(ValueError, match="not a probe development report"):
         recipe_log.update(str(dev), str(out))
+
+
+def test_seeds_table_averages_each_recipe_over_its_seeds(tmp_path):
+    """Rows with the same flags on the rotating split are one recipe: one entry per seed (a
+    repeated seed counts with its latest row), the mean and sd of their last-step UF1;
+    single-seed recipes and fixed-split rows are left out."""
+    def dev(name, hour, uf1, split="rotating", **cfg):
+        r = _dev(name, f"2026-12-01T{hour:02d}:00:00", input_norm=True, **cfg)
+        r["final"] = dict(r["final"], uf1=uf1)
+        r["inner_split"] = split
+        return r
+
+    rows = [dev("a", 1, 0.70), dev("a_seed1", 2, 0.60, seed=1), dev("a_seed1_again", 3, 0.64, seed=1),
+            dev("b", 4, 0.50, dropout=0.3), dev("c", 5, 0.90, split="fixed"), dev("c_seed1", 6, 0.10, split="fixed",
+                                                                              seed=1)]
+    lines = recipe_log.seeds_table(rows).splitlines()
+    assert len(lines) == 3                      # header, rule, recipe a only
+    assert "| 2 | 1, 3 | 0.700 / 0.640 | 0.670 ± 0.042 |" in lines[2] and "--input_norm" in lines[2]
