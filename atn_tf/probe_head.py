@@ -22,21 +22,15 @@ from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
 from atn_tf.baselines import probe
+from atn_tf.models.networks import layer_input_values
 
 LAYER = "linear_logits"
 ABSENT_CLASS_LOGIT = -30.0      # a class the training part lacks: probability ~ 0
 
 
-def head_inputs(model: keras.Model, data: dict, batch_size: int = 64) -> np.ndarray:
+def head_inputs(model: keras.Model, data: dict) -> np.ndarray:
     """What the linear head reads, for every row of the arrays `data` (inference mode)."""
-    features = keras.Model(model.input, model.get_layer(LAYER).input)
-    names = [k for k in model.input]
-    n = len(data["label"])
-    out = []
-    for i in range(0, n, batch_size):
-        batch = {k: np.asarray(data[k][i:i + batch_size]) for k in names}
-        out.append(keras.ops.convert_to_numpy(features(batch, training=False)))
-    return np.concatenate(out).astype(np.float64)
+    return layer_input_values(model, LAYER, {k: data[k] for k in model.input})
 
 
 def pipeline_to_dense(pipeline, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -99,6 +99,12 @@ def base_recipe(config: dict) -> tuple[str, TrainConfig]:
                                width=16, lstm_units=128)
 
 
+def describe(config: dict) -> str:
+    """`<base>: <changes>`: the recipe of a development run against the one it builds on."""
+    name, base = base_recipe(config)
+    return f"{name}: {changes(config, base)}"
+
+
 def table(reports: list[dict]) -> str:
     lines = ["| # | recipe | model | inner split | changes against the seed recipe at 64 px (`*_cde_cpu.cfg`) or "
              "recipe v2 (`*_cde_v2.cfg`) | steps | UF1 at the last step | best UF1 (step) | "
@@ -106,14 +112,13 @@ def table(reports: list[dict]) -> str:
              "|---:|---|---|---|---|---:|---:|---:|---|"]
     for k, r in enumerate(reports, 1):
         cfg = r["config"]
-        name, base = base_recipe(cfg)
         final, best = r["final"], r["best"]
         dbs = " / ".join(f"{final['per_database_uf1'].get(db, float('nan')):.3f}" for db in ("casme2", "samm", "smic"))
         # The seed is not a recipe choice, but it draws the rotating partition and the
         # initialisation, so a run repeated with another seed must read as such.
         seed = f" (--seed={cfg['seed']})" if cfg.get("seed", 0) else ""
         mark = OLD_MIRROR_MARK if reports_lib.old_flow_mirror(r) else ""
-        lines.append(f"| {k} | {r['experiment']}{mark} | {cfg['model']} | {inner_split(r)} | {name}: {changes(cfg, base)}{seed} | "
+        lines.append(f"| {k} | {r['experiment']}{mark} | {cfg['model']} | {inner_split(r)} | {describe(cfg)}{seed} | "
                      f"{cfg['train_steps']} | "
                      f"{final['uf1']:.3f} | {best['uf1']:.3f} ({best['step']}) | {dbs} |")
     return "\n".join(lines) + "\n"
@@ -130,8 +135,7 @@ def seeds_table(reports: list[dict]) -> str:
         cfg = r["config"]
         if inner_split(r) != "rotating":
             continue
-        name, base = base_recipe(cfg)
-        key = (cfg["model"], f"{name}: {changes(cfg, base)}", reports_lib.old_flow_mirror(r))
+        key = (cfg["model"], describe(cfg), reports_lib.old_flow_mirror(r))
         groups.setdefault(key, {})[cfg.get("seed", 0)] = (k, r["final"]["uf1"])
     lines = ["| model | changes | seeds | rows | last-step UF1 per seed | mean ± sd |",
              "|---|---|---:|---|---|---|"]

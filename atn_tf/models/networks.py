@@ -280,9 +280,13 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     if apex_label_grad != 1.0:
         head_inputs["apex_embedding"] = GradientScale(apex_label_grad, name="apex_label_grad")(
             embeddings["apex_embedding"])
-    features = list(head_inputs.values())
-    if embedding_scale == "learned":
-        features = [LearnedScale(embedding_scale_init, name=f"{k}_scale")(v) for k, v in head_inputs.items()]
+    def scaled(embs: dict) -> list:
+        """What a head reads: the embedding, times a learned scale with embedding_scale=learned."""
+        if embedding_scale != "learned":
+            return list(embs.values())
+        return [LearnedScale(embedding_scale_init, name=f"{k}_scale")(v) for k, v in embs.items()]
+
+    features = scaled(head_inputs)
     rate = dropout if use_dropout else 0.0
 
     def merge(outputs: dict, mode: str = "mean") -> dict:
@@ -293,9 +297,7 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         for k in range(1, members):
             copies = member_embeddings(embeddings, k, flow_seq, inputs, lstm_units, max_steps, flow_width or width,
                                        input_norm, time_pool)
-            scaled = list(copies.values()) if embedding_scale != "learned" else \
-                [LearnedScale(embedding_scale_init, name=f"{n}_scale")(v) for n, v in copies.items()]
-            heads.update(merge(branch_logits(copies, scaled, num_classes, rate)))
+            heads.update(merge(branch_logits(copies, scaled(copies), num_classes, rate)))
         if linear:
             heads.update(merge({"linear_logits": linear_path(inputs, branches, num_classes, linear_steps, linear_l2,
                                                              flow_seq, linear_inputs, linear_trainable)}))
@@ -475,9 +477,17 @@ def _apex_feature_statistics(model: keras.Model, apex, batch_size: int = 64) -> 
     """Mean / variance of the pooled FER features of the training apexes, through the
     model's current apex weights (inference mode; with `mirror_tta`, of the apexes and their
     mirrors, the two views the layer then standardises)."""
-    norm = model.get_layer(APEX_FEATURE_NORM)
-    features = keras.Model(model.input["apex_image"], norm.input)
-    apex = np.asarray(apex, np.float32)
-    f = np.concatenate([keras.ops.convert_to_numpy(features(apex[i:i + batch_size], training=False))
-                        for i in range(0, len(apex), batch_size)]).astype(np.float64)
+    f = layer_input_values(model, APEX_FEATURE_NORM, {"apex_image": np.asarray(apex, np.float32)}, batch_size)
     return f.mean(axis=0), f.var(axis=0)
+
+
+def layer_input_values(model: keras.Model, layer_name: str, arrays: dict, batch_size: int = 64) -> np.ndarray:
+    """What reaches layer `layer_name` of `model` for the rows of `arrays` (model input name
+    -> array, the inputs that layer depends on), in inference mode and in batches, as
+    float64 (with `mirror_tta`, each batch's rows of both views)."""
+    sub = keras.Model({k: model.input[k] for k in arrays}, model.get_layer(layer_name).input)
+    n = len(next(iter(arrays.values())))
+    return np.concatenate([
+        keras.ops.convert_to_numpy(sub({k: np.asarray(v[i:i + batch_size]) for k, v in arrays.items()},
+                                       training=False))
+        for i in range(0, n, batch_size)]).astype(np.float64)
