@@ -91,6 +91,9 @@ class TrainConfig:
     # own head and loss; a branch's logits are the mean of its copies'. A frozen apex
     # network is computed once and shared (each copy has its own head on it).
     members: int = 1
+    # fusion=late: > 0 adds fused_loss x the cross-entropy of the averaged logits (what
+    # predicts) to the heads' own losses, so the heads also learn to complement each other.
+    fused_loss: float = 0.0
     # Test-time mirroring inside the model: at inference, the mean of the logits of the
     # inputs and of their horizontal mirrors (networks.build_model); training unchanged.
     mirror_tta: bool = False
@@ -152,6 +155,9 @@ class TrainConfig:
             raise ValueError(f"branch_loss must be >= 0, got {self.branch_loss}")
         if self.fusion == "late" and self.branch_loss > 0:
             raise ValueError("fusion=late trains a head per branch already: drop branch_loss")
+        if self.fused_loss < 0 or (self.fused_loss > 0 and self.fusion != "late"):
+            raise ValueError(f"fused_loss={self.fused_loss}: must be >= 0, and > 0 only with fusion=late "
+                             "(fusion=concat trains the fused head alone already)")
         if self.linear_fit == "probe" and not (self.linear_path and self.fusion == "late" and not self.mirror_tta):
             raise ValueError("linear_fit=probe fits the late-fusion linear head: it needs linear_path and "
                              "fusion=late, without mirror_tta")

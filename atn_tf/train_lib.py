@@ -220,12 +220,15 @@ class Session:
 
         def example_loss(inputs, labels, out, target_loss):
             """The fused head's loss (with --branch_loss, plus the branch heads'; with late
-            fusion, the branch heads' only), plus --apex_distill's term."""
+            fusion, the branch heads', plus --fused_loss x the fused logits'), plus
+            --apex_distill's term."""
             if branch_keys:
                 branch_loss = tf.add_n([target_loss(labels, tf.cast(out[k], tf.float32))
                                         for k in branch_keys]) / len(branch_keys)
-            if late:    # each head on its own loss; the averaged logits only predict
+            if late:    # each head on its own loss; the averaged logits predict
                 loss = branch_loss
+                if config.fused_loss:   # ... and, with --fused_loss, train together too
+                    loss += config.fused_loss * target_loss(labels, tf.cast(out["logits"], tf.float32))
             else:
                 loss = target_loss(labels, tf.cast(out["logits"], tf.float32))
                 if branch_keys:

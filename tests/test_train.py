@@ -196,6 +196,31 @@ def test_late_fusion_trains_each_branch_on_its_own_loss(data_dir):
             TrainConfig(model="atn", **bad)
 
 
+def test_fused_loss_lets_the_late_heads_learn_from_each_other(data_dir):
+    """--fused_loss: the averaged logits' cross-entropy joins the heads' own losses, so a
+    change of the apex head's starting weights now reaches the time and flow branches
+    (without it they are bit-identical: the test above)."""
+    from atn_tf import input_pipeline, train_lib
+    from atn_tf.models import set_input_statistics
+    info = input_pipeline.read_dataset_info(data_dir)
+    data = input_pipeline.resize_apex(input_pipeline.load_arrays(data_dir, info, input_pipeline.Selection()), 32)
+    cfg = TrainConfig(data_dir=data_dir, model="atn_flow", train_steps=4, fusion="late", fused_loss=1.0,
+                      input_norm=True, optimizer="adamw", learning_rate=0.01, lr_schedule="cosine", **TINY)
+    trained = []
+    for shift in (0.0, 1.0):
+        session = train_lib.Session(cfg)
+        set_input_statistics(session.model, data)
+        head = session.model.get_layer("apex_logits")
+        noise = np.random.default_rng(0)
+        head.set_weights([w + shift * noise.normal(size=w.shape).astype(w.dtype) for w in head.get_weights()])
+        train_lib.fit(session, data)
+        trained.append([w.copy() for w in session.model.get_layer("time_logits").get_weights()])
+    assert not np.allclose(trained[0][0], trained[1][0], rtol=1e-5, atol=1e-6)
+    for bad in (dict(fused_loss=-1.0, fusion="late"), dict(fused_loss=0.5, fusion="concat")):
+        with pytest.raises(ValueError, match="fused_loss"):
+            TrainConfig(model="atn_flow", **bad)
+
+
 def test_members_train_each_copy_on_its_own_loss(data_dir):
     """--members=2: the copies are independent models inside one. Two runs that differ only
     in copy 1's flow head's starting weights end with the same copy 0 (every branch and head)
