@@ -163,28 +163,34 @@ def test_linear_path_ridge_penalty_is_part_of_the_training_loss(data_dir):
     assert losses[10.0][0][1] > losses[0.0][0][1]     # step 1: same weights, plus the penalty
 
 
-def test_late_fusion_trains_each_branch_on_its_own_loss(data_dir):
-    """--fusion=late: a branch's weights never see another branch's head. Two runs that differ
-    only in the apex head's starting weights end with the same time and flow branches and
-    linear head (--linear_path) and different apex heads; the averaged logits predict."""
+def _train_with_apex_head_shifts(data_dir, cfg, layers) -> list:
+    """Trains `cfg` twice, the second time with the apex head's starting weights moved (a
+    class-dependent change of its logits); each run's weights of `layers`."""
     from atn_tf import input_pipeline, train_lib
     from atn_tf.models import set_input_statistics
     info = input_pipeline.read_dataset_info(data_dir)
     data = input_pipeline.resize_apex(input_pipeline.load_arrays(data_dir, info, input_pipeline.Selection()), 32)
-    cfg = TrainConfig(data_dir=data_dir, model="atn_flow", train_steps=8, fusion="late", dropout=0.2,
-                      input_norm=True, optimizer="adamw", learning_rate=0.01, lr_schedule="cosine",
-                      linear_path=True, linear_inputs="flow_seq", linear_l2=0.03, **TINY)
     trained = []
     for shift in (0.0, 1.0):
         session = train_lib.Session(cfg)
         set_input_statistics(session.model, data)
-        head = session.model.get_layer("apex_logits")     # a class-dependent change of its logits
+        head = session.model.get_layer("apex_logits")
         noise = np.random.default_rng(0)
         head.set_weights([w + shift * noise.normal(size=w.shape).astype(w.dtype) for w in head.get_weights()])
         train_lib.fit(session, data)
-        trained.append({layer: [w.copy() for w in session.model.get_layer(layer).get_weights()]
-                        for layer in ("lstm1", "time_logits", "flow_conv1", "flow_logits", "apex_logits",
-                                      "linear_logits")})
+        trained.append({layer: [w.copy() for w in session.model.get_layer(layer).get_weights()] for layer in layers})
+    return trained
+
+
+def test_late_fusion_trains_each_branch_on_its_own_loss(data_dir):
+    """--fusion=late: a branch's weights never see another branch's head. Two runs that differ
+    only in the apex head's starting weights end with the same time and flow branches and
+    linear head (--linear_path) and different apex heads; the averaged logits predict."""
+    cfg = TrainConfig(data_dir=data_dir, model="atn_flow", train_steps=8, fusion="late", dropout=0.2,
+                      input_norm=True, optimizer="adamw", learning_rate=0.01, lr_schedule="cosine",
+                      linear_path=True, linear_inputs="flow_seq", linear_l2=0.03, **TINY)
+    trained = _train_with_apex_head_shifts(data_dir, cfg, ("lstm1", "time_logits", "flow_conv1", "flow_logits",
+                                                           "apex_logits", "linear_logits"))
     for layer in ("lstm1", "time_logits", "flow_conv1", "flow_logits", "linear_logits"):
         for a, b in zip(trained[0][layer], trained[1][layer]):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=layer)
@@ -200,22 +206,10 @@ def test_fused_loss_lets_the_late_heads_learn_from_each_other(data_dir):
     """--fused_loss: the averaged logits' cross-entropy joins the heads' own losses, so a
     change of the apex head's starting weights now reaches the time and flow branches
     (without it they are bit-identical: the test above)."""
-    from atn_tf import input_pipeline, train_lib
-    from atn_tf.models import set_input_statistics
-    info = input_pipeline.read_dataset_info(data_dir)
-    data = input_pipeline.resize_apex(input_pipeline.load_arrays(data_dir, info, input_pipeline.Selection()), 32)
     cfg = TrainConfig(data_dir=data_dir, model="atn_flow", train_steps=4, fusion="late", fused_loss=1.0,
                       input_norm=True, optimizer="adamw", learning_rate=0.01, lr_schedule="cosine", **TINY)
-    trained = []
-    for shift in (0.0, 1.0):
-        session = train_lib.Session(cfg)
-        set_input_statistics(session.model, data)
-        head = session.model.get_layer("apex_logits")
-        noise = np.random.default_rng(0)
-        head.set_weights([w + shift * noise.normal(size=w.shape).astype(w.dtype) for w in head.get_weights()])
-        train_lib.fit(session, data)
-        trained.append([w.copy() for w in session.model.get_layer("time_logits").get_weights()])
-    assert not np.allclose(trained[0][0], trained[1][0], rtol=1e-5, atol=1e-6)
+    trained = _train_with_apex_head_shifts(data_dir, cfg, ("time_logits",))
+    assert not np.allclose(trained[0]["time_logits"][0], trained[1]["time_logits"][0], rtol=1e-5, atol=1e-6)
     for bad in (dict(fused_loss=-1.0, fusion="late"), dict(fused_loss=0.5, fusion="concat")):
         with pytest.raises(ValueError, match="fused_loss"):
             TrainConfig(model="atn_flow", **bad)
