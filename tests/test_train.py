@@ -163,23 +163,25 @@ def test_linear_path_ridge_penalty_is_part_of_the_training_loss(data_dir):
     assert losses[10.0][0][1] > losses[0.0][0][1]     # step 1: same weights, plus the penalty
 
 
-def _train_with_apex_head_shifts(data_dir, cfg, layers) -> list:
-    """Trains `cfg` twice, the second time with the apex head's starting weights moved (a
-    class-dependent change of its logits); each run's weights of `layers`."""
+def _train_with_head_shift(data_dir, cfg, head: str, layers) -> tuple[list, object, dict]:
+    """Trains `cfg` twice, the second time with the starting weights of the head layer `head`
+    moved (a class-dependent change of its logits): each run's weights of `layers`, the
+    second run's session and the arrays it trained on."""
     from atn_tf import input_pipeline, train_lib
     from atn_tf.models import set_input_statistics
     info = input_pipeline.read_dataset_info(data_dir)
-    data = input_pipeline.resize_apex(input_pipeline.load_arrays(data_dir, info, input_pipeline.Selection()), 32)
+    data = input_pipeline.resize_apex(input_pipeline.load_arrays(data_dir, info, input_pipeline.Selection()),
+                                      cfg.image_size)
     trained = []
     for shift in (0.0, 1.0):
         session = train_lib.Session(cfg)
         set_input_statistics(session.model, data)
-        head = session.model.get_layer("apex_logits")
+        layer = session.model.get_layer(head)
         noise = np.random.default_rng(0)
-        head.set_weights([w + shift * noise.normal(size=w.shape).astype(w.dtype) for w in head.get_weights()])
+        layer.set_weights([w + shift * noise.normal(size=w.shape).astype(w.dtype) for w in layer.get_weights()])
         train_lib.fit(session, data)
-        trained.append({layer: [w.copy() for w in session.model.get_layer(layer).get_weights()] for layer in layers})
-    return trained
+        trained.append({name: [w.copy() for w in session.model.get_layer(name).get_weights()] for name in layers})
+    return trained, session, data
 
 
 def test_late_fusion_trains_each_branch_on_its_own_loss(data_dir):
@@ -189,8 +191,8 @@ def test_late_fusion_trains_each_branch_on_its_own_loss(data_dir):
     cfg = TrainConfig(data_dir=data_dir, model="atn_flow", train_steps=8, fusion="late", dropout=0.2,
                       input_norm=True, optimizer="adamw", learning_rate=0.01, lr_schedule="cosine",
                       linear_path=True, linear_inputs="flow_seq", linear_l2=0.03, **TINY)
-    trained = _train_with_apex_head_shifts(data_dir, cfg, ("lstm1", "time_logits", "flow_conv1", "flow_logits",
-                                                           "apex_logits", "linear_logits"))
+    trained, _, _ = _train_with_head_shift(data_dir, cfg, "apex_logits", ("lstm1", "time_logits", "flow_conv1",
+                                                                       "flow_logits", "apex_logits", "linear_logits"))
     for layer in ("lstm1", "time_logits", "flow_conv1", "flow_logits", "linear_logits"):
         for a, b in zip(trained[0][layer], trained[1][layer]):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=layer)
@@ -208,7 +210,7 @@ def test_fused_loss_lets_the_late_heads_learn_from_each_other(data_dir):
     (without it they are bit-identical: the test above)."""
     cfg = TrainConfig(data_dir=data_dir, model="atn_flow", train_steps=4, fusion="late", fused_loss=1.0,
                       input_norm=True, optimizer="adamw", learning_rate=0.01, lr_schedule="cosine", **TINY)
-    trained = _train_with_apex_head_shifts(data_dir, cfg, ("time_logits",))
+    trained, _, _ = _train_with_head_shift(data_dir, cfg, "apex_logits", ("time_logits",))
     assert not np.allclose(trained[0]["time_logits"][0], trained[1]["time_logits"][0], rtol=1e-5, atol=1e-6)
     for bad in (dict(fused_loss=-1.0, fusion="late"), dict(fused_loss=0.5, fusion="concat")):
         with pytest.raises(ValueError, match="fused_loss"):
@@ -219,25 +221,12 @@ def test_members_train_each_copy_on_its_own_loss(data_dir):
     """--members=2: the copies are independent models inside one. Two runs that differ only
     in copy 1's flow head's starting weights end with the same copy 0 (every branch and head)
     and a different copy 1."""
-    from atn_tf import input_pipeline, train_lib
-    from atn_tf.models import set_input_statistics
-    info = input_pipeline.read_dataset_info(data_dir)
-    data = input_pipeline.resize_apex(input_pipeline.load_arrays(data_dir, info, input_pipeline.Selection()), 64)
     cfg = TrainConfig(data_dir=data_dir, model="atn_flow", train_steps=6, fusion="late", members=2, dropout=0.2,
                       input_norm=True, apex_backbone="fer_xception", freeze_apex=True, optimizer="adamw",
                       learning_rate=0.01, lr_schedule="cosine", **{**TINY, "image_size": 64})
-    trained = []
-    for shift in (0.0, 1.0):
-        session = train_lib.Session(cfg)
-        set_input_statistics(session.model, data)
-        head = session.model.get_layer("flow_m1_logits")
-        noise = np.random.default_rng(0)
-        head.set_weights([w + shift * noise.normal(size=w.shape).astype(w.dtype) for w in head.get_weights()])
-        train_lib.fit(session, data)
-        m = session.model
-        trained.append({name: [w.copy() for w in m.get_layer(name).get_weights()]
-                        for name in ("lstm1", "time_logits", "flow_conv1", "flow_logits", "apex_logits",
-                                     "flow_branch_m1", "flow_m1_logits", "time_branch_m1", "apex_m1_logits")})
+    trained, session, data = _train_with_head_shift(
+        data_dir, cfg, "flow_m1_logits", ("lstm1", "time_logits", "flow_conv1", "flow_logits", "apex_logits",
+                                          "flow_branch_m1", "flow_m1_logits", "time_branch_m1", "apex_m1_logits"))
     for name in ("lstm1", "time_logits", "flow_conv1", "flow_logits", "apex_logits", "time_branch_m1",
                  "apex_m1_logits"):
         for a, b in zip(trained[0][name], trained[1][name]):
