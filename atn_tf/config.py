@@ -59,6 +59,7 @@ class TrainConfig:
     warmup_steps: int = 0                   # linear warm-up before the cosine decay
     label_smoothing: float = 0.0
     input_norm: bool = False                # standardise inputs with training-fold statistics
+    flow_sample_norm: bool = False          # standardise each flow image per channel over its own pixels
     embedding_scale: str = "none"           # none | learned (scale on the L2-normalised embeddings)
     embedding_scale_init: float = 8.0       # the learned scale's starting value
     time_pool: str = "mean"                 # mean (the paper's: over the real steps) | last (LSTM's last real step)
@@ -235,4 +236,4 @@ class TrainConfig:
                     linear_inputs=self.linear_inputs, linear_trainable=self.linear_fit == "train",
                     flow_width=self.flow_width, flow_seq_repr=self.flow_seq_repr,
                     fusion=self.fusion, members=self.members, mirror_tta=self.mirror_tta, flow_seq_mirror=self.flow_seq_mirror,
-                    branch_dropout=self.branch_dropout)
+                    branch_dropout=self.branch_dropout, flow_sample_norm=self.flow_sample_norm)

@@ -105,6 +105,17 @@ def polar_to_cartesian(seq: np.ndarray) -> np.ndarray:
     return np.stack([mag * np.cos(ang), mag * np.sin(ang)], axis=-1).reshape(seq.shape)
 
 
+SAMPLE_NORM_EPSILON = 1e-3   # images are 0..255: a constant channel maps to 0, not to a blow-up
+
+
+def sample_standardize(images: np.ndarray, epsilon: float = SAMPLE_NORM_EPSILON) -> np.ndarray:
+    """Images [N, H, W, C], each standardised per channel over its own pixels (the NumPy twin
+    of the models' `SampleStandardize` layer). The records' flow images are min-max scaled to
+    0..255 per image and channel, so "no motion" and one unit of motion differ per clip."""
+    x = np.asarray(images, np.float64)
+    return (x - x.mean(axis=(1, 2), keepdims=True)) / np.sqrt(x.var(axis=(1, 2), keepdims=True) + epsilon)
+
+
 def _png(array: np.ndarray) -> bytes:
     import cv2  # local: keeps `import atn_tf` light for serving clients
 

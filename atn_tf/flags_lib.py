@@ -52,6 +52,8 @@ HELP = {
     "warmup_steps": "Linear learning-rate warm-up steps (cosine schedule).",
     "label_smoothing": "Label smoothing of the cross-entropy.",
     "input_norm": "Standardise inputs with statistics of the training fold (kept in the model).",
+    "flow_sample_norm": "Standardise each flow image per channel over its own pixels, inside the model "
+                        "(the MEGC2019 flow PNGs are min-max scaled per image); models with a flow branch.",
     "embedding_scale": "none | learned: a learned scale on each L2-normalised embedding.",
     "embedding_scale_init": "Starting value of the learned scale (--embedding_scale=learned).",
     "time_pool": "mean: the time branch averages the LSTM outputs over the real steps (the paper's) | "

@@ -39,7 +39,7 @@ SEED_SUFFIX = re.compile(r"_seed\d+$")
 # model -> the probe input(s) that see the same inputs
 MODEL_PROBES = {"atn": ("apex_flow_seq",), "apex_only": ("apex",), "micro_attention": ("apex",),
                 "time_only": ("flow_seq",), "atn_flow": ("all",), "flow_only": ("flow_image",)}
-PROBE_ORDER = ("flow_seq", "flow_seq_cartesian", "flow_image", "apex", "apex_flow_seq", "all", "apex_fer")
+PROBE_ORDER = ("flow_seq", "flow_seq_cartesian", "flow_image", "flow_image_std", "apex", "apex_flow_seq", "all", "apex_fer")
 
 # The paper's UF1 / UAR (ACII 2019, DESIGN.md §4): literature values to compare against.
 PAPER = {
@@ -125,7 +125,8 @@ def probe_inputs(model: str, protocol: str, probes: dict, config: dict | None = 
     separately when there is no apex_flow_seq probe. A model with the FER2013 apex branch is
     also read against the probe on those features (`apex_fer`; for `apex_only`, instead
     of the pixels), and one whose time branch reads Cartesian flow (`flow_seq_repr`) also
-    against the probe on the same components (`flow_seq_cartesian`)."""
+    against the probe on the same components (`flow_seq_cartesian`); likewise one whose
+    flow image is standardised per image (`flow_sample_norm`: `flow_image_std`)."""
     wanted = MODEL_PROBES.get(model, ())
     if wanted == ("apex_flow_seq",) and (protocol, "apex_flow_seq") not in probes:
         wanted = ("apex", "flow_seq")
@@ -133,6 +134,8 @@ def probe_inputs(model: str, protocol: str, probes: dict, config: dict | None = 
         wanted = ("apex_fer",) if model == "apex_only" else wanted + ("apex_fer",)
     if (config or {}).get("flow_seq_repr") == "cartesian" and (protocol, "flow_seq_cartesian") in probes:
         wanted = wanted + ("flow_seq_cartesian",)
+    if (config or {}).get("flow_sample_norm") and (protocol, "flow_image_std") in probes:
+        wanted = wanted + ("flow_image_std",)
     return wanted
 
 

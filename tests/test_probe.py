@@ -57,6 +57,13 @@ def test_inputs_from_records(megc_dir):
     uv = inputs.features("flow_seq_cartesian").reshape(n, -1, 2)
     np.testing.assert_allclose(uv[..., 0], pairs[..., 1] * np.cos(pairs[..., 0]), atol=1e-12)
     np.testing.assert_allclose(uv[..., 1], pairs[..., 1] * np.sin(pairs[..., 0]), atol=1e-12)
+    # the flow image standardised per image and channel (what --flow_sample_norm feeds the CNN)
+    z = inputs.features("flow_image_std").reshape(n, -1, 3)
+    np.testing.assert_allclose(z.mean(axis=1), 0, atol=1e-9)
+    np.testing.assert_allclose(z.std(axis=1), 1, atol=1e-3)
+    raw = inputs.blocks["flow_image"].reshape(n, -1, 3)
+    np.testing.assert_allclose(z[..., 0], (raw[..., 0] - raw[..., 0].mean(1, keepdims=True))
+                               / np.sqrt(raw[..., 0].var(1, keepdims=True) + 1e-3), atol=1e-9)
     recs = {r["sample_id"].decode(): r for r in input_pipeline.records(megc_dir).as_numpy_iterator()}
     for i, sid in enumerate(inputs.sample_ids):
         r = recs[sid]

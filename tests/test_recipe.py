@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from atn_tf import input_pipeline, protocols, train_lib
+from atn_tf.feature_spec import sample_standardize
 from atn_tf.config import TrainConfig
 from atn_tf.models import build_model, fer_xception, input_statistics, set_input_statistics
 from tests.fakes import build_megc_records
@@ -50,6 +51,32 @@ def test_standardize_layers_carry_the_training_statistics_through_save_and_load(
     np.testing.assert_allclose(loaded(data)["probabilities"], model(data)["probabilities"], atol=1e-6)
     np.testing.assert_allclose(loaded.get_layer("flow_image_norm").mean.numpy(), data["flow_image"].mean(axis=0),
                                rtol=1e-5)
+
+
+def test_flow_sample_norm_undoes_a_per_image_min_max_scaling_and_travels_with_the_model(tmp_path):
+    model = build_model("atn_flow", input_norm=True, flow_sample_norm=True, fusion="late", linear=True, **SMALL)
+    data = _inputs(n=4)
+    # Each channel of each image rescaled by its own a > 0 and shifted by its own b, as the
+    # records' per-image min-max scaling does: what the flow branch reads must not change.
+    rng = np.random.RandomState(1)
+    rescaled = dict(data, flow_image=(data["flow_image"] * rng.uniform(0.2, 3, (4, 1, 1, 3))
+                                      + rng.uniform(-50, 50, (4, 1, 1, 3))).astype("float32"))
+    sample_norm = keras.Model(model.inputs, model.get_layer("flow_image_sample_norm").output)
+    z = keras.ops.convert_to_numpy(sample_norm(data))
+    np.testing.assert_allclose(z, keras.ops.convert_to_numpy(sample_norm(rescaled)), atol=1e-4)
+    np.testing.assert_allclose(z.mean(axis=(1, 2)), 0, atol=1e-5)
+    np.testing.assert_allclose(z.std(axis=(1, 2)), 1, atol=1e-4)
+    np.testing.assert_allclose(z, sample_standardize(data["flow_image"]), atol=1e-5)    # the NumPy twin
+    # the fold statistics (the flow CNN's and the linear path's) are those of the standardised images
+    assert set_input_statistics(model, data)
+    for name in ("flow_image_norm", "linear_flow_image_norm"):
+        np.testing.assert_allclose(model.get_layer(name).mean.numpy(), z.mean(axis=0), atol=1e-5)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    np.testing.assert_allclose(keras.saving.load_model(path)(data)["probabilities"],
+                               model(data)["probabilities"], atol=1e-6)
+    with pytest.raises(ValueError, match="has no flow branch"):
+        build_model("atn", flow_sample_norm=True, **SMALL)
 
 
 def test_learned_scale_multiplies_the_unit_embeddings():

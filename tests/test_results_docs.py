@@ -174,6 +174,16 @@ def test_a_cartesian_time_branch_is_read_against_both_flow_seq_probes():
     assert results_doc.probe_inputs("time_only", "hde", probes, {"flow_seq_repr": "cartesian"}) == ("flow_seq",)
 
 
+def test_a_per_image_standardised_flow_branch_is_read_against_both_flow_image_probes():
+    from atn_tf import results_doc
+
+    probes = {("cde", "flow_image"): ("p1", {}), ("cde", "flow_image_std"): ("p2", {})}
+    assert results_doc.probe_inputs("flow_only", "cde", probes, {}) == ("flow_image",)
+    assert results_doc.probe_inputs("flow_only", "cde", probes, {"flow_sample_norm": True}) == \
+        ("flow_image", "flow_image_std")
+    assert results_doc.probe_inputs("flow_only", "hde", probes, {"flow_sample_norm": True}) == ("flow_image",)
+
+
 def test_flow_image_results_from_before_the_mirror_fix_are_marked():
     """Same flags, different mirror: a flow-image model's report from before the fix says so
     in its size cell; other models, later reports and unaugmented runs do not."""

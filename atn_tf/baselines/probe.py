@@ -18,6 +18,9 @@ The inputs are the deep models' inputs, read from the TFRecords through
 - `flow_seq_cartesian`: `flow_seq` with each block's (angle, magnitude) as (m cos a,
   m sin a), what the time branch reads with `--flow_seq_repr=cartesian`: the floor of
   those models.
+- `flow_image_std`: the flow image with each channel standardised over its own pixels
+  (`feature_spec.sample_standardize`, what the flow branch reads with `--flow_sample_norm`):
+  the records' flow PNGs are min-max scaled per image, and this undoes most of it.
 - `apex_fer`: the 128 pooled features of the FER2013 mini-Xception (the frozen
   `--apex_backbone=fer_xception --apex_init=fer2013` branch) on the apex area-resized to
   64x64: the floor of the models that use that branch frozen.
@@ -59,13 +62,13 @@ from threadpoolctl import threadpool_limits
 
 from atn_tf import protocols
 from atn_tf.baselines.classify import macro_f1
-from atn_tf.feature_spec import polar_to_cartesian
+from atn_tf.feature_spec import FLOW_IMAGE_SIZE, polar_to_cartesian, sample_standardize
 
 PROBES = ("flow_seq", "flow_image", "apex", "apex_flow_seq", "all", "apex_fer", "flow_seq_mean", "flow_seq_first",
-          "flow_seq_cartesian")
+          "flow_seq_cartesian", "flow_image_std")
 PARTS = {"flow_seq": ("flow_seq",), "flow_seq_mean": ("flow_seq_mean",), "flow_seq_first": ("flow_seq_first",),
          "flow_seq_cartesian": ("flow_seq_cartesian",),
-         "flow_image": ("flow_image",), "apex": ("apex",), "apex_fer": ("apex_fer",),
+         "flow_image": ("flow_image",), "flow_image_std": ("flow_image_std",), "apex": ("apex",), "apex_fer": ("apex_fer",),
          "apex_flow_seq": ("apex", "flow_seq"), "all": ("apex", "flow_seq", "flow_image")}
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0)
 APEX_SIZE = 32
@@ -147,6 +150,8 @@ def load_inputs(data_dir: str, apex_size: int = APEX_SIZE, steps: int | None = N
               "flow_seq_mean": np.stack([s.mean(axis=0) for s in seqs]),
               "flow_seq_first": np.stack([s[0] for s in seqs]),
               "flow_image": np.asarray(fimg, dtype=np.float64)}
+    blocks["flow_image_std"] = sample_standardize(
+        blocks["flow_image"].reshape(len(ids), FLOW_IMAGE_SIZE, FLOW_IMAGE_SIZE, -1)).reshape(len(ids), -1)
     if fer:
         blocks["apex_fer"] = fer_features(raw_apex)
     return ProbeInputs(ids, dbs, subs, np.asarray(labels, dtype=int), blocks, t)

@@ -24,7 +24,8 @@ import numpy as np
 from atn_tf import feature_spec
 from atn_tf.models import backbone, fer_xception
 from atn_tf.models.layers import (BranchDropout, FlattenSteps, GradientScale, L2Normalize, LearnedScale,
-                                  MergeViews, MirrorView, PolarToCartesian, Standardize)
+                                  MergeViews, MirrorView, PolarToCartesian, SampleStandardize,
+                                  Standardize)
 
 # name -> (branches, dropout used, micro-attention in the apex branch)
 _VARIANTS = {
@@ -43,6 +44,7 @@ FLOW_SEQ_REPRS = ("polar", "cartesian")
 FUSIONS = ("concat", "late")
 APEX_HEAD_INPUTS = ("embedding", "distill")
 CARTESIAN_LAYER = "flow_seq_cartesian"
+FLOW_SAMPLE_NORM = "flow_image_sample_norm"
 FER_PREFIX = "fer_"
 APEX_FEATURE_NORM = "apex_feature_norm"
 DISTILL_OUTPUT = "apex_distill"
@@ -127,7 +129,7 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                 linear_trainable: bool = True, flow_width: int = 0,
                 flow_seq_repr: str = "polar", fusion: str = "concat", members: int = 1, mirror_tta: bool = False,
                 branch_dropout: float = 0.0, apex_distill: bool = False,
-                apex_label_grad: float = 1.0, apex_head_input: str = "embedding",
+                apex_label_grad: float = 1.0, apex_head_input: str = "embedding", flow_sample_norm: bool = False,
                 flow_seq_mirror: str = "reflect") -> keras.Model:
     """Builds one of `MODEL_NAMES`.
 
@@ -206,6 +208,9 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     * `apex_head_input="distill"` (with `apex_distill`): the heads read the L2-normalised
       read-out instead of the embedding -- the student's estimate of the FER2013 features,
       as the FER apex branch gives them -- and the `apex_embedding` output is that vector.
+    * `flow_sample_norm` (a flow branch): each flow image is standardised per channel over
+      its own pixels (`SampleStandardize`) before everything that reads it (the flow CNN,
+      its `input_norm`, the linear path): the records' PNGs are min-max scaled per image.
     """
     if name not in _VARIANTS:
         raise ValueError(f"unknown model {name!r}; expected one of {MODEL_NAMES}")
@@ -246,6 +251,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     if apex_head_input not in APEX_HEAD_INPUTS or (apex_head_input == "distill" and not apex_distill):
         raise ValueError(f"apex_head_input={apex_head_input!r}: one of {APEX_HEAD_INPUTS}; 'distill' needs "
                          "apex_distill (the read-out it reads)")
+    if flow_sample_norm and "flow" not in branches:
+        raise ValueError(f"flow_sample_norm standardises the flow image: model {name!r} has no flow branch")
     if apex_init and not fer:
         raise ValueError(f"apex_init={apex_init!r} needs apex_backbone=fer_xception and an apex branch")
     if members > 1 and (len(branches) < 2 or ("apex" in branches and not (fer and freeze_apex))):
@@ -253,6 +260,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                          "two or more branches, and an apex branch frozen (fer_xception with freeze_apex)")
     model_in = model_inputs(image_size, flow_image_size)
     inputs = mirror_views(model_in, flow_seq_mirror) if mirror_tta else model_in
+    if flow_sample_norm:      # after the mirror, which flips the raw 0..255 horizontal flow
+        inputs = {**inputs, "flow_image": SampleStandardize(name=FLOW_SAMPLE_NORM)(inputs["flow_image"])}
     flow_seq = PolarToCartesian(name=CARTESIAN_LAYER)(inputs["flow_seq"]) \
         if flow_seq_repr == "cartesian" and ("time" in branches) else inputs["flow_seq"]
     embeddings = {}
@@ -435,11 +444,12 @@ def _resnet_layer_names(model: keras.Model) -> list[str]:
     return [layer.name for layer in model.layers if layer.name.startswith(prefixes)]
 
 
-def input_statistics(data: dict, flow_seq_repr: str = "polar") -> dict:
+def input_statistics(data: dict, flow_seq_repr: str = "polar", flow_sample_norm: bool = False) -> dict:
     """Mean / variance for each `Standardize` layer from training arrays (`apex_image`
     [N,S,S,1] float, `flow_seq` [N,T,128] right-padded, `flow_len` [N], `flow_image`
     [N,28,28,3]): one scalar for the apex pixels, per feature over the real steps of the
-    sequences (in the model's `flow_seq_repr`), per pixel and channel for the flow image."""
+    sequences (in the model's `flow_seq_repr`), per pixel and channel for the flow image
+    (after `flow_sample_norm`'s per-image standardisation when the model has it)."""
     stats = {}
     if "apex_image" in data:
         a = np.asarray(data["apex_image"], np.float64)
@@ -450,7 +460,7 @@ def input_statistics(data: dict, flow_seq_repr: str = "polar") -> dict:
         steps = feature_spec.polar_to_cartesian(seq[real]) if flow_seq_repr == "cartesian" else seq[real]
         stats["flow_seq_norm"] = (steps.mean(axis=0), steps.var(axis=0))
     if "flow_image" in data:
-        f = np.asarray(data["flow_image"], np.float64)
+        f = feature_spec.sample_standardize(data["flow_image"]) if flow_sample_norm else np.asarray(data["flow_image"], np.float64)
         stats["flow_image_norm"] = (f.mean(axis=0), f.var(axis=0))
     return stats
 
@@ -462,7 +472,7 @@ def set_input_statistics(model: keras.Model, data: dict) -> list[str]:
     if not layers:
         return []
     names = {layer.name for layer in model.layers}
-    stats = input_statistics(data, "cartesian" if CARTESIAN_LAYER in names else "polar")
+    stats = input_statistics(data, "cartesian" if CARTESIAN_LAYER in names else "polar", FLOW_SAMPLE_NORM in names)
     if any(layer.name == APEX_FEATURE_NORM for layer in layers):
         stats[APEX_FEATURE_NORM] = _apex_feature_statistics(model, data["apex_image"])
     for layer in layers:
