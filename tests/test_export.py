@@ -260,7 +260,7 @@ def test_committed_models_config_parses():
 
 
 @pytest.mark.parametrize("recipe", [{}, dict(fusion="late", flow_seq_repr="cartesian", input_norm=True,
-                                              mirror_tta=True),
+                                              mirror_tta=True, flow_sample_norm=True),
                                     dict(fusion="late", members=2, apex_backbone="fer_xception", freeze_apex=True,
                                          input_norm=True, mirror_tta=True)],
                          ids=["paper", "late_cartesian_mirror", "members"])
