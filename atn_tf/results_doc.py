@@ -39,7 +39,8 @@ SEED_SUFFIX = re.compile(r"_seed\d+$")
 # model -> the probe input(s) that see the same inputs
 MODEL_PROBES = {"atn": ("apex_flow_seq",), "apex_only": ("apex",), "micro_attention": ("apex",),
                 "time_only": ("flow_seq",), "atn_flow": ("all",), "flow_only": ("flow_image",)}
-PROBE_ORDER = ("flow_seq", "flow_seq_cartesian", "flow_image", "flow_image_std", "apex", "apex_flow_seq", "all", "apex_fer")
+PROBE_ORDER = ("flow_seq", "flow_seq_cartesian", "flow_image", "flow_image_std", "apex", "apex_flow_seq", "all",
+               "apex_fer")
 
 # The paper's UF1 / UAR (ACII 2019, DESIGN.md §4): literature values to compare against.
 PAPER = {

@@ -68,7 +68,8 @@ PROBES = ("flow_seq", "flow_image", "apex", "apex_flow_seq", "all", "apex_fer", 
           "flow_seq_cartesian", "flow_image_std")
 PARTS = {"flow_seq": ("flow_seq",), "flow_seq_mean": ("flow_seq_mean",), "flow_seq_first": ("flow_seq_first",),
          "flow_seq_cartesian": ("flow_seq_cartesian",),
-         "flow_image": ("flow_image",), "flow_image_std": ("flow_image_std",), "apex": ("apex",), "apex_fer": ("apex_fer",),
+         "flow_image": ("flow_image",), "flow_image_std": ("flow_image_std",),
+         "apex": ("apex",), "apex_fer": ("apex_fer",),
          "apex_flow_seq": ("apex", "flow_seq"), "all": ("apex", "flow_seq", "flow_image")}
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0)
 APEX_SIZE = 32

@@ -460,7 +460,8 @@ def input_statistics(data: dict, flow_seq_repr: str = "polar", flow_sample_norm:
         steps = feature_spec.polar_to_cartesian(seq[real]) if flow_seq_repr == "cartesian" else seq[real]
         stats["flow_seq_norm"] = (steps.mean(axis=0), steps.var(axis=0))
     if "flow_image" in data:
-        f = feature_spec.sample_standardize(data["flow_image"]) if flow_sample_norm else np.asarray(data["flow_image"], np.float64)
+        f = data["flow_image"]
+        f = feature_spec.sample_standardize(f) if flow_sample_norm else np.asarray(f, np.float64)
         stats["flow_image_norm"] = (f.mean(axis=0), f.var(axis=0))
     return stats
 
