@@ -11,6 +11,23 @@ from typing import Optional
 from atn_tf import atomic_io, feature_spec
 
 CONFIG_FILE = "config.json"
+HEAD_BRANCHES = ("apex", "time", "flow", "linear")
+
+
+def parse_head_weights(text: str) -> dict[str, float]:
+    """`"apex=0.5,time=0.5"` -> {"apex": 0.5, "time": 0.5}; ValueError naming the bad item."""
+    weights = {}
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        name, sep, value = item.partition("=")
+        try:
+            weight = float(value) if sep else float("nan")
+        except ValueError:
+            weight = float("nan")
+        if name.strip() not in HEAD_BRANCHES or not weight >= 0 or name.strip() in weights:
+            raise ValueError(f"head_weights: bad item {item!r}: expected <branch>=<weight >= 0>, once per "
+                             f"branch, branch one of {HEAD_BRANCHES}")
+        weights[name.strip()] = weight
+    return weights
 # The allowed values of the recipe's string fields.
 CHOICES = {"balance_by": ("class", "database_class"), "optimizer": ("sgd", "adamw"),
            "lr_schedule": ("step", "cosine"), "embedding_scale": ("none", "learned"),
@@ -95,6 +112,10 @@ class TrainConfig:
     # fusion=late: > 0 adds fused_loss x the cross-entropy of the averaged logits (what
     # predicts) to the heads' own losses, so the heads also learn to complement each other.
     fused_loss: float = 0.0
+    # fusion=late: "branch=w,..." (apex | time | flow | linear) weights the branches' heads in
+    # the average that predicts (unnamed: 1; copies of `members` take their branch's);
+    # training is unchanged, as each head learns from its own loss.
+    head_weights: str = ""
     # Test-time mirroring inside the model: at inference, the mean of the logits of the
     # inputs and of their horizontal mirrors (networks.build_model); training unchanged.
     mirror_tta: bool = False
@@ -159,6 +180,8 @@ class TrainConfig:
         if self.fused_loss < 0 or (self.fused_loss > 0 and self.fusion != "late"):
             raise ValueError(f"fused_loss={self.fused_loss}: must be >= 0, and > 0 only with fusion=late "
                              "(fusion=concat trains the fused head alone already)")
+        if parse_head_weights(self.head_weights) and self.fusion != "late":
+            raise ValueError(f"head_weights={self.head_weights!r}: weights the heads of fusion=late")
         if self.linear_fit == "probe" and not (self.linear_path and self.fusion == "late" and not self.mirror_tta):
             raise ValueError("linear_fit=probe fits the late-fusion linear head: it needs linear_path and "
                              "fusion=late, without mirror_tta")
@@ -236,4 +259,5 @@ class TrainConfig:
                     linear_inputs=self.linear_inputs, linear_trainable=self.linear_fit == "train",
                     flow_width=self.flow_width, flow_seq_repr=self.flow_seq_repr,
                     fusion=self.fusion, members=self.members, mirror_tta=self.mirror_tta, flow_seq_mirror=self.flow_seq_mirror,
-                    branch_dropout=self.branch_dropout, flow_sample_norm=self.flow_sample_norm)
+                    branch_dropout=self.branch_dropout, flow_sample_norm=self.flow_sample_norm,
+                    head_weights=parse_head_weights(self.head_weights))

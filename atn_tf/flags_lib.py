@@ -83,6 +83,8 @@ HELP = {
     "apex_head_input": "embedding: the heads read the ResNet apex embedding (the paper's) | distill: "
                        "they read the L2-normalised --apex_distill read-out (the student's FER2013 features).",
     "branch_loss": "> 0: weight of an auxiliary cross-entropy on a linear head per branch.",
+    "head_weights": "fusion=late: 'branch=w,...' (apex, time, flow, linear) weights the heads in the "
+                    "average that predicts (others 1); training unchanged. E.g. apex=0.5,time=0.5.",
     "fused_loss": "fusion=late: > 0 adds this weight x the cross-entropy of the averaged logits to the "
                   "heads' own losses (0: each head on its own loss only).",
     "linear_path": "A linear path on the standardised flow_seq / flow_image inputs (the model then "

@@ -184,6 +184,40 @@ def _train_with_head_shift(data_dir, cfg, head: str, layers) -> tuple[list, obje
     return trained, session, data
 
 
+def test_head_weights_change_the_prediction_not_the_training(data_dir):
+    """--head_weights: the late-fusion logits are the weighted mean of the heads, and the
+    heads, trained on their own losses, end where they end without it."""
+    from atn_tf import input_pipeline, train_lib
+    from atn_tf.models import build_model, set_input_statistics
+    cfg = TrainConfig(data_dir=data_dir, model="atn_flow", train_steps=4, fusion="late", input_norm=True,
+                      optimizer="adamw", learning_rate=0.01, linear_path=True, linear_inputs="flow_seq", **TINY)
+    info = input_pipeline.read_dataset_info(data_dir)
+    data = input_pipeline.resize_apex(input_pipeline.load_arrays(data_dir, info, input_pipeline.Selection()),
+                                      cfg.image_size)
+    x = {k: data[k][:5] for k in ("apex_image", "flow_seq", "flow_len", "flow_image")}
+    runs = []
+    for weights in ("", "apex=0.25,time=0.5,linear=0"):
+        session = train_lib.Session(cfg.replace(head_weights=weights))
+        set_input_statistics(session.model, data)
+        train_lib.fit(session, data)
+        runs.append(({k: np.asarray(v) for k, v in session.model(x, training=False).items()},
+                     [np.array(w) for w in session.model.trainable_weights]))
+    (plain, plain_w), (weighted, weighted_w) = runs
+    for a, b in zip(plain_w, weighted_w):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    heads = ("apex_logits", "time_logits", "flow_logits", "linear_logits")
+    np.testing.assert_allclose(plain["logits"], np.mean([plain[h] for h in heads], axis=0), atol=1e-5)
+    want = (0.25 * weighted["apex_logits"] + 0.5 * weighted["time_logits"] + weighted["flow_logits"]) / 1.75
+    np.testing.assert_allclose(weighted["logits"], want, atol=1e-5)
+    assert not np.allclose(plain["logits"], weighted["logits"], atol=1e-3)
+    for bad, match in (("apex=0.5", "fusion=late"), ("apex", "bad item"), ("face=1", "bad item"),
+                       ("time=-1", "bad item")):
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(model="atn_flow", fusion="late" if match != "fusion=late" else "concat", head_weights=bad)
+    with pytest.raises(ValueError, match=r"no \['flow'\] head"):
+        build_model("atn", **TrainConfig(model="atn", fusion="late", head_weights="flow=2").model_kwargs())
+
+
 def test_late_fusion_trains_each_branch_on_its_own_loss(data_dir):
     """--fusion=late: a branch's weights never see another branch's head. Two runs that differ
     only in the apex head's starting weights end with the same time and flow branches and

@@ -157,6 +157,29 @@ class AttentionGate(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class WeightedMean(keras.layers.Layer):
+    """`sum_i w_i x_i / sum_i w_i` over a list of same-shaped tensors, fixed weights."""
+
+    def __init__(self, weights, **kwargs):
+        super().__init__(**kwargs)
+        self.head_weights = [float(w) for w in weights]
+        if min(self.head_weights) < 0 or sum(self.head_weights) <= 0:
+            raise ValueError(f"weights must be >= 0 with a positive sum, got {self.head_weights}")
+
+    def call(self, inputs):
+        total = sum(self.head_weights)
+        return sum(x * (w / total) for x, w in zip(inputs, self.head_weights))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(weights=self.head_weights)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class SampleStandardize(keras.layers.Layer):
     """Each image [B, H, W, C] standardised per channel over its own pixels
     (`feature_spec.sample_standardize` is its NumPy twin).
@@ -462,5 +485,5 @@ CUSTOM_OBJECTS = {
     f"{PACKAGE}>{cls.__name__}": cls
     for cls in (L2Normalize, SequenceMask, FlattenSteps, MaskedMean, AttentionGate, Standardize, LearnedScale,
                 Subsample2x, ScaleToUnit, PolarToCartesian, MirrorView, MergeViews, BranchDropout,
-                GradientScale, SampleStandardize)
+                GradientScale, SampleStandardize, WeightedMean)
 }

@@ -25,7 +25,7 @@ from atn_tf import feature_spec
 from atn_tf.models import backbone, fer_xception
 from atn_tf.models.layers import (BranchDropout, FlattenSteps, GradientScale, L2Normalize, LearnedScale,
                                   MergeViews, MirrorView, PolarToCartesian, SampleStandardize,
-                                  Standardize)
+                                  Standardize, WeightedMean)
 
 # name -> (branches, dropout used, micro-attention in the apex branch)
 _VARIANTS = {
@@ -130,7 +130,7 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                 flow_seq_repr: str = "polar", fusion: str = "concat", members: int = 1, mirror_tta: bool = False,
                 branch_dropout: float = 0.0, apex_distill: bool = False,
                 apex_label_grad: float = 1.0, apex_head_input: str = "embedding", flow_sample_norm: bool = False,
-                flow_seq_mirror: str = "reflect") -> keras.Model:
+                head_weights: dict | None = None, flow_seq_mirror: str = "reflect") -> keras.Model:
     """Builds one of `MODEL_NAMES`.
 
     * `atn`: apex branch + time branch, concatenated -> dropout -> dense -> softmax.
@@ -211,6 +211,9 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     * `flow_sample_norm` (a flow branch): each flow image is standardised per channel over
       its own pixels (`SampleStandardize`) before everything that reads it (the flow CNN,
       its `input_norm`, the linear path): the records' PNGs are min-max scaled per image.
+    * `head_weights` (late fusion): branch -> weight of its heads in the average that
+      predicts (`WeightedMean`; unnamed branches 1); the heads' own outputs, and so their
+      losses, are unchanged.
     """
     if name not in _VARIANTS:
         raise ValueError(f"unknown model {name!r}; expected one of {MODEL_NAMES}")
@@ -251,6 +254,12 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     if apex_head_input not in APEX_HEAD_INPUTS or (apex_head_input == "distill" and not apex_distill):
         raise ValueError(f"apex_head_input={apex_head_input!r}: one of {APEX_HEAD_INPUTS}; 'distill' needs "
                          "apex_distill (the read-out it reads)")
+    if head_weights:
+        heads_of = (*branches, "linear") if linear else branches
+        unknown = sorted(set(head_weights) - set(heads_of))
+        if fusion != "late" or unknown or not sum(head_weights.get(b, 1.0) for b in heads_of) > 0:
+            raise ValueError(f"head_weights={head_weights}: weights the late-fusion heads {heads_of} of model "
+                             f"{name!r}, not all of them 0" + (f"; it has no {unknown} head" if unknown else ""))
     if flow_sample_norm and "flow" not in branches:
         raise ValueError(f"flow_sample_norm standardises the flow image: model {name!r} has no flow branch")
     if apex_init and not fer:
@@ -310,7 +319,11 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         if linear:
             heads.update(merge({"linear_logits": linear_path(inputs, branches, num_classes, linear_steps, linear_l2,
                                                              flow_seq, linear_inputs, linear_trainable)}))
-        logits = keras.layers.Average(name="logits")(list(heads.values()))
+        if head_weights:
+            weights = [head_weights.get(key.split("_")[0], 1.0) for key in heads]
+            logits = WeightedMean(weights, name="logits")(list(heads.values()))
+        else:
+            logits = keras.layers.Average(name="logits")(list(heads.values()))
     else:
         if branch_dropout > 0 and len(features) > 1:
             features = BranchDropout(branch_dropout, name="branch_dropout")(features)
