@@ -28,6 +28,8 @@ def parse_head_weights(text: str) -> dict[str, float]:
                              f"branch, branch one of {HEAD_BRANCHES}")
         weights[name.strip()] = weight
     return weights
+
+
 # The allowed values of the recipe's string fields.
 CHOICES = {"balance_by": ("class", "database_class"), "optimizer": ("sgd", "adamw"),
            "lr_schedule": ("step", "cosine"), "embedding_scale": ("none", "learned"),

@@ -162,7 +162,7 @@ class WeightedMean(keras.layers.Layer):
 
     def __init__(self, weights, **kwargs):
         super().__init__(**kwargs)
-        self.head_weights = [float(w) for w in weights]
+        self.head_weights = [float(w) for w in weights]     # (`Layer.weights` is Keras's own)
         if min(self.head_weights) < 0 or sum(self.head_weights) <= 0:
             raise ValueError(f"weights must be >= 0 with a positive sum, got {self.head_weights}")
 
