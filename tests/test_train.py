@@ -123,19 +123,33 @@ def test_next_stop_ends_each_call_at_logging_checkpoint_or_scoring_steps():
     assert next_stop(7, 9, []) == 9
 
 
+def _arrays(data_dir, image_size: int = 32) -> dict:
+    """The fake records as training arrays, the apex resized to `image_size`."""
+    from atn_tf import input_pipeline
+    info = input_pipeline.read_dataset_info(data_dir)
+    return input_pipeline.resize_apex(input_pipeline.load_arrays(data_dir, info, input_pipeline.Selection()),
+                                      image_size)
+
+
+def _session(cfg: TrainConfig, data: dict):
+    """A training session of `cfg` with its input statistics set from `data`."""
+    from atn_tf import train_lib
+    from atn_tf.models import set_input_statistics
+    session = train_lib.Session(cfg)
+    set_input_statistics(session.model, data)
+    return session
+
+
 def test_several_steps_per_call_train_like_one_step_per_call(data_dir, tmp_path):
     """fit() runs the steps between two logging points in one graph loop; with logging at
     every step (one step per call) the losses and weights are the same, bit for bit."""
-    from atn_tf import input_pipeline, train_lib
-    from atn_tf.models import set_input_statistics
-    info = input_pipeline.read_dataset_info(data_dir)
-    data = input_pipeline.resize_apex(input_pipeline.load_arrays(data_dir, info, input_pipeline.Selection()), 32)
+    from atn_tf import train_lib
+    data = _arrays(data_dir)
     runs = []
     for log_every in (1, 12):
         cfg = TrainConfig(data_dir=data_dir, model="atn_flow", train_steps=12, dropout=0.5, augment=True,
                           **{**TINY, "log_every": log_every})
-        session = train_lib.Session(cfg)
-        set_input_statistics(session.model, data)
+        session = _session(cfg, data)
         losses, last = train_lib.fit(session, data)
         runs.append((losses, last, [w.copy() for w in session.model.get_weights()]))
     (l1, s1, w1), (l12, s12, w12) = runs
@@ -147,16 +161,13 @@ def test_several_steps_per_call_train_like_one_step_per_call(data_dir, tmp_path)
 def test_linear_path_ridge_penalty_is_part_of_the_training_loss(data_dir):
     """--linear_l2 reaches the optimised loss: the same run with a large penalty ends with a
     much smaller linear-path kernel, and its logged loss includes the penalty."""
-    from atn_tf import input_pipeline, train_lib
-    from atn_tf.models import set_input_statistics
-    info = input_pipeline.read_dataset_info(data_dir)
-    data = input_pipeline.resize_apex(input_pipeline.load_arrays(data_dir, info, input_pipeline.Selection()), 32)
+    from atn_tf import train_lib
+    data = _arrays(data_dir)
     norms, losses = {}, {}
     for l2 in (0.0, 10.0):
         cfg = TrainConfig(data_dir=data_dir, model="time_only", train_steps=20, linear_path=True, linear_l2=l2,
                           optimizer="adamw", learning_rate=0.01, lr_schedule="cosine", **TINY)
-        session = train_lib.Session(cfg)
-        set_input_statistics(session.model, data)
+        session = _session(cfg, data)
         losses[l2], _ = train_lib.fit(session, data)
         norms[l2] = float(np.linalg.norm(session.model.get_layer("linear_logits").get_weights()[0]))
     assert norms[10.0] < 0.5 * norms[0.0]
@@ -167,15 +178,11 @@ def _train_with_head_shift(data_dir, cfg, head: str, layers) -> tuple[list, obje
     """Trains `cfg` twice, the second time with the starting weights of the head layer `head`
     moved (a class-dependent change of its logits): each run's weights of `layers`, the
     second run's session and the arrays it trained on."""
-    from atn_tf import input_pipeline, train_lib
-    from atn_tf.models import set_input_statistics
-    info = input_pipeline.read_dataset_info(data_dir)
-    data = input_pipeline.resize_apex(input_pipeline.load_arrays(data_dir, info, input_pipeline.Selection()),
-                                      cfg.image_size)
+    from atn_tf import train_lib
+    data = _arrays(data_dir, cfg.image_size)
     trained = []
     for shift in (0.0, 1.0):
-        session = train_lib.Session(cfg)
-        set_input_statistics(session.model, data)
+        session = _session(cfg, data)
         layer = session.model.get_layer(head)
         noise = np.random.default_rng(0)
         layer.set_weights([w + shift * noise.normal(size=w.shape).astype(w.dtype) for w in layer.get_weights()])
@@ -187,18 +194,15 @@ def _train_with_head_shift(data_dir, cfg, head: str, layers) -> tuple[list, obje
 def test_head_weights_change_the_prediction_not_the_training(data_dir):
     """--head_weights: the late-fusion logits are the weighted mean of the heads, and the
     heads, trained on their own losses, end where they end without it."""
-    from atn_tf import input_pipeline, train_lib
-    from atn_tf.models import build_model, set_input_statistics
+    from atn_tf import train_lib
+    from atn_tf.models import build_model
     cfg = TrainConfig(data_dir=data_dir, model="atn_flow", train_steps=4, fusion="late", input_norm=True,
                       optimizer="adamw", learning_rate=0.01, linear_path=True, linear_inputs="flow_seq", **TINY)
-    info = input_pipeline.read_dataset_info(data_dir)
-    data = input_pipeline.resize_apex(input_pipeline.load_arrays(data_dir, info, input_pipeline.Selection()),
-                                      cfg.image_size)
+    data = _arrays(data_dir, cfg.image_size)
     x = {k: data[k][:5] for k in ("apex_image", "flow_seq", "flow_len", "flow_image")}
     runs = []
     for weights in ("", "apex=0.25,time=0.5,linear=0"):
-        session = train_lib.Session(cfg.replace(head_weights=weights))
-        set_input_statistics(session.model, data)
+        session = _session(cfg.replace(head_weights=weights), data)
         train_lib.fit(session, data)
         runs.append(({k: np.asarray(v) for k, v in session.model(x, training=False).items()},
                      [np.array(w) for w in session.model.trainable_weights]))
@@ -278,14 +282,12 @@ def test_ema_keeps_the_moving_average_of_the_weights_and_scores_it(data_dir):
     """--ema_decay: the finished model holds the warmed-up exponential moving average of the
     weights after every step (recomputed here from a one-step-per-call run), the selector
     scores and keeps averaged weights, and reset() restarts the average."""
-    from atn_tf import input_pipeline, train_lib
+    from atn_tf import train_lib
     from atn_tf.models import set_input_statistics
-    info = input_pipeline.read_dataset_info(data_dir)
-    data = input_pipeline.resize_apex(input_pipeline.load_arrays(data_dir, info, input_pipeline.Selection()), 32)
+    data = _arrays(data_dir)
     cfg = TrainConfig(data_dir=data_dir, model="time_only", train_steps=6, ema_decay=0.6, optimizer="adamw",
                       learning_rate=0.05, lr_schedule="cosine", **{**TINY, "log_every": 1})
-    session = train_lib.Session(cfg)
-    set_input_statistics(session.model, data)
+    session = _session(cfg, data)
     variables = session.model.trainable_variables
     average = [v.numpy().astype(np.float64) for v in variables]
     it = iter(session.dataset(data))
@@ -320,14 +322,13 @@ def test_ema_keeps_the_moving_average_of_the_weights_and_scores_it(data_dir):
 
 
 def test_flow_augmentation_flags_need_augmentation_and_reach_the_stream(data_dir):
-    from atn_tf import input_pipeline, train_lib
+    from atn_tf import train_lib
     for name, value, out_of_range in (("flow_shift", 2, -1), ("apex_shift", 2, -1), ("flow_u_flip", 0.5, 1.5),
                                          ("flow_erase", 6, 29)):
         for bad in ({name: value, "augment": False}, {name: out_of_range}):
             with pytest.raises(ValueError, match=name):
                 TrainConfig(**bad)
-    info = input_pipeline.read_dataset_info(data_dir)
-    data = input_pipeline.resize_apex(input_pipeline.load_arrays(data_dir, info, input_pipeline.Selection()), 32)
+    data = _arrays(data_dir)
     batches = {}
     for change in ({}, {"flow_shift": 2}, {"flow_u_flip": 1.0}, {"flow_seq_mirror": "columns"},
                    {"flow_erase": 6}):
@@ -342,16 +343,13 @@ def test_mixup_is_keyed_by_step_and_changes_the_training_loss(data_dir):
     """--mixup: the draws depend on (seed, step, replica) only, so one step per call trains
     like several per call (and a resumed run like an uninterrupted one), and the loss is
     not the unmixed run's."""
-    from atn_tf import input_pipeline, train_lib
-    from atn_tf.models import set_input_statistics
-    info = input_pipeline.read_dataset_info(data_dir)
-    data = input_pipeline.resize_apex(input_pipeline.load_arrays(data_dir, info, input_pipeline.Selection()), 32)
+    from atn_tf import train_lib
+    data = _arrays(data_dir)
     runs = {}
     for mixup, log_every in ((0.4, 1), (0.4, 6), (0.0, 6)):
         cfg = TrainConfig(data_dir=data_dir, model="atn_flow", train_steps=6, dropout=0.0, mixup=mixup,
                           fusion="late", **{**TINY, "log_every": log_every})
-        session = train_lib.Session(cfg)
-        set_input_statistics(session.model, data)
+        session = _session(cfg, data)
         runs[mixup, log_every], _ = train_lib.fit(session, data)
     np.testing.assert_allclose([l for _, l in runs[0.4, 1]], [l for _, l in runs[0.4, 6]], rtol=1e-6)
     assert runs[0.4, 6][0][1] != runs[0.0, 6][0][1]
