@@ -12,6 +12,22 @@ from atn_tf import atomic_io, feature_spec
 
 CONFIG_FILE = "config.json"
 HEAD_BRANCHES = ("apex", "time", "flow", "linear")
+# The union of the action units that BP4D and DISFA, the two standard AU benchmarks, code:
+# fixed a priori, not read off these data.
+AU_VOCAB = "1,2,4,5,6,7,9,10,12,14,15,17,20,23,24,25,26"
+
+
+def parse_au_vocab(text: str) -> tuple[int, ...]:
+    """`"1,2,4"` -> (1, 2, 4); ValueError naming the bad item (not an AU number 1..99, repeated)."""
+    out = []
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        if not item.isdigit() or not 1 <= int(item) <= feature_spec.MAX_AU or int(item) in out:
+            raise ValueError(f"au_vocab: bad item {item!r}: expected distinct action-unit numbers "
+                             f"1..{feature_spec.MAX_AU}, comma-separated")
+        out.append(int(item))
+    if not out:
+        raise ValueError("au_vocab is empty: name the action units to predict, e.g. 1,2,4")
+    return tuple(out)
 
 
 def parse_head_weights(text: str) -> dict[str, float]:
@@ -118,6 +134,15 @@ class TrainConfig:
     # the average that predicts (unnamed: 1; copies of `members` take their branch's);
     # training is unchanged, as each head learns from its own loss.
     head_weights: str = ""
+    # > 0: an auxiliary loss, this weight x the mean sigmoid cross-entropy of an action-unit
+    # head on each motion branch (time, flow) against the AUs the coding sheets give
+    # (`au_vocab`); clips whose source codes none (SMIC) are left out of it. Prediction is
+    # unchanged unless au_class_heads.
+    au_loss: float = 0.0
+    au_vocab: str = AU_VOCAB
+    # With au_loss and fusion=late: a class head on each AU head's probabilities, trained on
+    # the labels and weighted 1 in the average that predicts.
+    au_class_heads: bool = False
     # Test-time mirroring inside the model: at inference, the mean of the logits of the
     # inputs and of their horizontal mirrors (networks.build_model); training unchanged.
     mirror_tta: bool = False
@@ -207,6 +232,13 @@ class TrainConfig:
             raise ValueError("apex_head_input=distill reads the apex_distill read-out: set apex_distill > 0")
         if self.mixup < 0:
             raise ValueError(f"mixup must be >= 0 (the Beta distribution's alpha; 0: off), got {self.mixup}")
+        parse_au_vocab(self.au_vocab)
+        if self.au_loss < 0 or (self.au_loss > 0 and self.mixup > 0):
+            raise ValueError(f"au_loss={self.au_loss}: must be >= 0, and > 0 only without mixup "
+                             "(mixup blends the inputs, not their action units)")
+        if self.au_class_heads and not (self.au_loss > 0 and self.fusion == "late"):
+            raise ValueError("au_class_heads reads the action-unit heads into the late-fusion average: "
+                             "it needs au_loss > 0 and fusion=late")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0 <= self.label_smoothing < 1:
@@ -262,4 +294,6 @@ class TrainConfig:
                     flow_width=self.flow_width, flow_seq_repr=self.flow_seq_repr,
                     fusion=self.fusion, members=self.members, mirror_tta=self.mirror_tta, flow_seq_mirror=self.flow_seq_mirror,
                     branch_dropout=self.branch_dropout, flow_sample_norm=self.flow_sample_norm,
-                    head_weights=parse_head_weights(self.head_weights))
+                    head_weights=parse_head_weights(self.head_weights),
+                    au_heads=len(parse_au_vocab(self.au_vocab)) if self.au_loss > 0 else 0,
+                    au_class_heads=self.au_class_heads)

@@ -115,7 +115,7 @@ class FoldRunner:
         self.data = input_pipeline.resize_apex(data, config.image_size)
         self.data["row"] = np.arange(len(self.data["label"]))           # place in the stream tables
         self.tables = input_pipeline.stream_tables(self.data, config.image_size, config.augment,
-                                                   config.flow_seq_mirror)
+                                                   config.flow_seq_mirror, train_lib.au_vocab(config))
         self.index = dataset_index(config.data_dir)
         if [r["sample_id"] for r in self.index] != self.data["sample_id"].tolist():
             raise input_pipeline.DataError(f"{config.data_dir}: record order changed while reading")

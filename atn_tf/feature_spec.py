@@ -28,6 +28,7 @@ FLOW_U = FLOW_IMAGE_CHANNELS.index("u")
 # "reflect" (a -> pi - a, true flow directions) or "columns" (angles kept).
 FLOW_SEQ_MIRRORS = ("reflect", "columns")
 UNKNOWN_INDEX = -1        # onset/apex/offset when the source does not give them
+MAX_AU = 99               # FACS numbers its action units and behaviour codes below 100
 
 # name -> (kind, dtype, description). `describe()` puts this in dataset_info.json.
 FEATURES = {
@@ -44,6 +45,9 @@ FEATURES = {
     "onset": ("scalar", "int64", "onset frame index, -1 if unknown"),
     "apex": ("scalar", "int64", "apex frame index, -1 if unknown"),
     "offset": ("scalar", "int64", "offset frame index, -1 if unknown"),
+    "action_units": ("varlen", "int64", f"FACS action units coded for the clip, sorted numbers 1..{MAX_AU} "
+                                        "(laterality and intensity dropped); empty if none or not coded"),
+    "has_action_units": ("scalar", "int64", "1 when the source codes action units for the clip"),
 }
 
 
@@ -69,6 +73,8 @@ class Sample:
     # Not serialised: how the apex was found ("annotated" | "spotted" | "" unknown);
     # the builder counts it into dataset_info.json.
     apex_source: str = ""
+    # The coding sheet's action units (sorted, unique, 1..MAX_AU); None when not coded.
+    action_units: Optional[tuple] = None
 
     def validate(self) -> "Sample":
         if not self.sample_id:
@@ -89,6 +95,12 @@ class Sample:
             if fi.shape != (FLOW_IMAGE_SIZE, FLOW_IMAGE_SIZE, 3) or fi.dtype != np.uint8:
                 raise SampleError(f"{self.sample_id}: flow_image must be uint8 "
                                   f"{FLOW_IMAGE_SIZE}x{FLOW_IMAGE_SIZE}x3, got {fi.dtype} {fi.shape}")
+        if self.action_units is not None:
+            aus = list(self.action_units)
+            if any(not isinstance(a, (int, np.integer)) or not 1 <= a <= MAX_AU for a in aus) \
+                    or aus != sorted(set(aus)):
+                raise SampleError(f"{self.sample_id}: action_units must be sorted unique ints in 1..{MAX_AU}, "
+                                  f"got {self.action_units}")
         known = [i for i in (self.onset, self.apex, self.offset) if i != UNKNOWN_INDEX]
         if len(known) == 3 and not self.onset <= self.apex <= self.offset:
             raise SampleError(f"{self.sample_id}: apex {self.apex} outside onset..offset "
@@ -163,6 +175,8 @@ def encode_example(sample: Sample) -> bytes:
         "onset": i(sample.onset),
         "apex": i(sample.apex),
         "offset": i(sample.offset),
+        "action_units": tf.train.Feature(int64_list=tf.train.Int64List(value=list(sample.action_units or ()))),
+        "has_action_units": i(0 if sample.action_units is None else 1),
     }
     assert set(feats) == set(FEATURES)
     example = tf.train.Example(features=tf.train.Features(feature=feats))
@@ -215,10 +229,15 @@ def decode_example_np(data: bytes) -> Sample:
         flow_image = decode_png_np(f["flow_image"].bytes_list.value[0]) if n("has_flow_image") else None
     except SampleError as e:
         raise SampleError(f"{sid}: {e}") from None
+    aus = [int(a) for a in f["action_units"].int64_list.value]
+    if aus and (not n("has_action_units") or aus != sorted(set(aus)) or not 1 <= aus[0] <= aus[-1] <= MAX_AU):
+        raise SampleError(f"{sid}: action_units {aus} must be sorted unique numbers in 1..{MAX_AU}, "
+                          "and only with has_action_units")
     return Sample(
         sample_id=s("sample_id"), database=s("database"), subject=s("subject"), clip=s("clip"),
         label=n("label"), apex_image=apex_image, flow_seq=seq.reshape(flow_len, STEP_DIM),
-        flow_image=flow_image, onset=n("onset"), apex=n("apex"), offset=n("offset"))
+        flow_image=flow_image, onset=n("onset"), apex=n("apex"), offset=n("offset"),
+        action_units=tuple(aus) if n("has_action_units") else None)
 
 
 def parse_spec():
@@ -237,7 +256,8 @@ def parse_example(serialized):
     """Parse one serialized record into tensors (graph-safe, used inside tf.data).
 
     Returns a dict with decoded `apex_image` uint8 [224,224,1], `flow_seq` float32
-    [flow_len,128], `flow_image` uint8 [28,28,3] (zeros when absent) and the scalar fields.
+    [flow_len,128], `flow_image` uint8 [28,28,3] (zeros when absent), `action_units` int64
+    [n] and the scalar fields.
     """
     import tensorflow as tf
 
@@ -266,7 +286,9 @@ def parse_example(serialized):
     flow_image = tf.ensure_shape(flow_image, [FLOW_IMAGE_SIZE, FLOW_IMAGE_SIZE, 3])
     out = {k: p[k] for k in ("sample_id", "database", "subject", "clip", "onset", "apex", "offset")}
     out.update(label=tf.cast(p["label"], tf.int32), apex_image=apex, flow_seq=seq, flow_len=flow_len,
-               flow_image=flow_image, has_flow_image=tf.cast(p["has_flow_image"], tf.int32))
+               flow_image=flow_image, has_flow_image=tf.cast(p["has_flow_image"], tf.int32),
+               action_units=tf.sparse.to_dense(p["action_units"]),
+               has_action_units=tf.cast(p["has_action_units"], tf.int32))
     return out
 
 

@@ -85,6 +85,13 @@ HELP = {
     "branch_loss": "> 0: weight of an auxiliary cross-entropy on a linear head per branch.",
     "head_weights": "fusion=late: 'branch=w,...' (apex, time, flow, linear) weights the heads in the "
                     "average that predicts (others 1); training unchanged. E.g. apex=0.5,time=0.5.",
+    "au_loss": "> 0: weight of an auxiliary sigmoid cross-entropy of an action-unit head on each motion "
+               "branch (time, flow) against the records' coded AUs (clips with none coded, e.g. SMIC, left "
+               "out); prediction unchanged. Needs records built with the coding sheets.",
+    "au_vocab": "With --au_loss: the action units to predict, comma-separated (default: the union of "
+                "BP4D's and DISFA's AU sets).",
+    "au_class_heads": "With --au_loss and fusion=late: a class head on each AU head's probabilities joins "
+                      "the average that predicts.",
     "fused_loss": "fusion=late: > 0 adds this weight x the cross-entropy of the averaged logits to the "
                   "heads' own losses (0: each head on its own loss only).",
     "linear_path": "A linear path on the standardised flow_seq / flow_image inputs (the model then "

@@ -236,13 +236,15 @@ def to_model_inputs(rec, image_size: int):
 
 ARRAY_KEYS = ("label", "apex_image", "flow_seq", "flow_len", "flow_image")
 META_KEYS = ("sample_id", "database", "subject")
+AU_KEYS = ("action_units", "has_action_units")
 
 
 def load_arrays(data_dir: str, info: dict, selection: Selection, held_out: bool = False) -> dict:
     """Parse and decode the records not held out (or, with `held_out`, the held-out ones),
     once, into numpy arrays in record order: apex uint8 [N,224,224,1], flow_seq float32
-    [N,Tmax,128] zero-padded, flow_len, flow_image, label, and the str arrays sample_id,
-    database, subject."""
+    [N,Tmax,128] zero-padded, flow_len, flow_image, label, action_units uint8
+    [N, MAX_AU + 1] (multi-hot over the AU numbers), has_action_units, and the str arrays
+    sample_id, database, subject."""
     def keep(r):
         test = selection.is_test(r)
         return test if held_out else tf.logical_not(test)
@@ -250,7 +252,7 @@ def load_arrays(data_dir: str, info: dict, selection: Selection, held_out: bool 
     recs = records(data_dir, info)
     if not selection.empty:
         recs = recs.filter(keep)
-    parts = list(recs.map(lambda r: {k: r[k] for k in ARRAY_KEYS + META_KEYS}).padded_batch(128)
+    parts = list(recs.map(lambda r: {k: r[k] for k in ARRAY_KEYS + META_KEYS + AU_KEYS}).padded_batch(128)
                  .as_numpy_iterator())
     if not parts:
         return {"label": np.zeros([0], np.int32)}
@@ -260,7 +262,30 @@ def load_arrays(data_dir: str, info: dict, selection: Selection, held_out: bool 
         [np.pad(p["flow_seq"], ((0, 0), (0, t_max - p["flow_seq"].shape[1]), (0, 0))) for p in parts])
     for k in META_KEYS:
         out[k] = np.asarray([v.decode() for p in parts for v in p[k]])
+    out["has_action_units"] = np.concatenate([p["has_action_units"] for p in parts])
+    out["action_units"] = np.zeros([len(out["label"]), feature_spec.MAX_AU + 1], np.uint8)
+    rows = 0
+    for p in parts:     # padded with 0, which is no action unit: column 0 is cleared below
+        aus = p["action_units"]
+        out["action_units"][rows + np.arange(len(aus))[:, None], aus] = 1
+        rows += len(aus)
+    out["action_units"][:, 0] = 0
     return out
+
+
+def au_targets(data: dict, vocab) -> np.ndarray:
+    """The auxiliary action-unit targets [N, len(vocab)] float32: 1 where the clip's coding
+    codes that AU, 0 where not, and -1 on every AU of a clip whose source codes none (SMIC),
+    which the loss then leaves out."""
+    vocab = np.asarray(vocab, np.int64)
+    if vocab.size == 0 or vocab.min() < 1 or vocab.max() > feature_spec.MAX_AU:
+        raise ValueError(f"action-unit vocabulary {vocab.tolist()}: numbers in 1..{feature_spec.MAX_AU}, at least one")
+    if not np.any(data["has_action_units"]):
+        raise DataError("no training clip has coded action units: build the records with the databases' "
+                        "coding sheets (megc2019_crops: its annotations/ folder), or drop --au_loss")
+    targets = np.asarray(data["action_units"])[:, vocab].astype(np.float32)
+    targets[np.asarray(data["has_action_units"]) == 0] = -1.0
+    return targets
 
 
 def take_rows(data: dict, rows) -> dict:
@@ -312,11 +337,16 @@ def train_dataset(data_dir: str, selection: Selection, batch_size: int, image_si
 
 
 def stream_tables(data: dict, image_size: int = IMAGE_SIZE, augment_data: bool = True,
-                  flow_seq_mirror: str = "reflect") -> dict:
+                  flow_seq_mirror: str = "reflect", au_vocab=()) -> dict:
     """What a training stream gathers from, as constants: the arrays at `image_size`, with
     (when augmenting) every rotation of each apex and every flow input with its mirror
-    (see atn_tf.augment; `flow_seq_mirror`: `augment.mirror_flow_seq`'s mode)."""
+    (see atn_tf.augment; `flow_seq_mirror`: `augment.mirror_flow_seq`'s mode), and with an
+    `au_vocab`, the action-unit targets (`au_targets`; AU numbers have no side, so a
+    mirror keeps them)."""
+    targets = au_targets(data, au_vocab) if len(au_vocab) else None
     data = resize_apex({k: data[k] for k in ARRAY_KEYS}, image_size)   # once, not per batch
+    if targets is not None:
+        data["au_target"] = targets
     if augment_data:
         data["apex_image"] = augment.rotation_table(data["apex_image"])
         data["flow_seq"], data["flow_image"] = augment.mirror_tables(
@@ -330,7 +360,7 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
                         skip_batches: int = 0, balance_by: str = "class",
                         tables: Optional[dict] = None, flow_shift: int = 0,
                         apex_shift: int = 0, flow_seq_mirror: str = "reflect",
-                        flow_u_flip: float = 0.0, flow_erase: int = 0) -> tf.data.Dataset:
+                        flow_u_flip: float = 0.0, flow_erase: int = 0, au_vocab=()) -> tf.data.Dataset:
     """An endless stream of (inputs, label) batches from training arrays (`load_arrays`).
 
     The stream is a pure function of `seed`; `skip_batches` global batches are skipped
@@ -354,7 +384,9 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
     other augmentation is unchanged. `flow_u_flip` = p > 0 negates the horizontal motion of
     both flow inputs where it stands with probability p (`augment.flip_u`, its own draws);
     `flow_erase` = s > 0 sets an s x s square of the flow image to its median with p = 0.5
-    (`augment.erase_patches`, its own draws).
+    (`augment.erase_patches`, its own draws). With `au_vocab` (or tables that hold them),
+    the inputs also carry `au_target` (`au_targets`), which the training step takes out
+    before the model reads the batch.
     """
     for name, shift in (("flow_shift", flow_shift), ("apex_shift", apex_shift), ("flow_erase", flow_erase)):
         if shift < 0 or (shift and not augment_data):
@@ -389,7 +421,7 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
     ids = ids.batch(per_replica * GROUP, drop_remainder=True)
 
     if tables is None:
-        table, row_ids = stream_tables(data, image_size, augment_data, flow_seq_mirror), None
+        table, row_ids = stream_tables(data, image_size, augment_data, flow_seq_mirror, au_vocab), None
     else:   # rows of a larger set whose tables were built once (the fast CDE runner)
         if "row" not in data:
             raise ValueError("prebuilt stream tables need the arrays' 'row' (their row in the tables)")
@@ -426,6 +458,8 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
                  "flow_seq": tf.gather(table["flow_seq"], rows)[:, :t],
                  "flow_image": tf.cast(tf.gather(table["flow_image"], rows), tf.float32)}
         x["flow_len"] = flow_len
+        if "au_target" in table:
+            x["au_target"] = tf.gather(table["au_target"], rows)
         return x, tf.gather(table["label"], rows)
 
     ds = ids.map(make_batch, num_parallel_calls=AUTOTUNE)

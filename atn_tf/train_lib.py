@@ -22,7 +22,7 @@ import keras
 from absl import logging
 
 from atn_tf import atomic_io, augment, distribute, input_pipeline, protocols, provenance
-from atn_tf.config import TrainConfig
+from atn_tf.config import TrainConfig, parse_au_vocab
 from atn_tf.models import build_model, set_input_statistics
 from atn_tf.models.networks import DISTILL_OUTPUT, fer_teacher
 
@@ -78,6 +78,11 @@ def build_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     if config.mixed_precision:
         opt = keras.optimizers.LossScaleOptimizer(opt)
     return opt
+
+
+def au_vocab(config: TrainConfig) -> tuple[int, ...]:
+    """The action units the training stream carries targets for: --au_vocab with --au_loss."""
+    return parse_au_vocab(config.au_vocab) if config.au_loss > 0 else ()
 
 
 def create_model(config: TrainConfig) -> keras.Model:
@@ -239,12 +244,27 @@ class Session:
                     tf.square(tf.cast(out[DISTILL_OUTPUT], tf.float32) - target), axis=-1)
             return loss
 
+        au_keys = sorted(k for k in model.output if k.startswith("au_"))   # --au_loss's heads
+
+        def au_loss(au_target, out):
+            """--au_loss x the mean over AU heads of each clip's mean sigmoid cross-entropy;
+            0 for the clips with no AUs coded (targets -1)."""
+            coded = tf.cast(au_target[:, 0] >= 0, tf.float32)
+            target = tf.maximum(au_target, 0.0)
+            terms = [tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(target, tf.cast(out[k], tf.float32)), -1)
+                     for k in au_keys]
+            return config.au_loss * coded * tf.add_n(terms) / len(terms)
+
         def replica_step(inputs, labels):
+            inputs = dict(inputs)
+            au_target = inputs.pop("au_target", None)   # a target, not a model input
             inputs, target_loss = mixed(inputs, labels)
             with tf.GradientTape() as tape:
                 out = model(inputs, training=True)
-                loss = tf.nn.compute_average_loss(example_loss(inputs, labels, out, target_loss),
-                                                  global_batch_size=config.batch_size)
+                per_example = example_loss(inputs, labels, out, target_loss)
+                if au_keys:
+                    per_example += au_loss(au_target, out)
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=config.batch_size)
                 if model.losses:    # kernel regularisers (the linear path's ridge penalty)
                     loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
                 scaled = optimizer.scale_loss(loss) if config.mixed_precision else loss
@@ -293,7 +313,7 @@ class Session:
                 balance_by=config.balance_by, tables=tables, flow_shift=config.flow_shift,
                 flow_seq_mirror=config.flow_seq_mirror, flow_u_flip=config.flow_u_flip,
                 flow_erase=config.flow_erase,
-                apex_shift=config.apex_shift))
+                apex_shift=config.apex_shift, au_vocab=au_vocab(config)))
 
     def predict(self, data: dict, batch_size: int = 64) -> np.ndarray:
         """Class probabilities [N, C] of the arrays `data` (float64)."""

@@ -87,6 +87,21 @@ def test_interrupted_build_publishes_nothing_and_resume_gives_same_bytes(corpus,
     assert _files(ref) == _files(out)
 
 
+def test_resume_after_a_feature_spec_change_rewrites_every_shard(corpus, tmp_path, monkeypatch):
+    """Shards written under an older spec (e.g. before `action_units`) are not reused."""
+    from atn_tf import feature_spec
+    out = str(tmp_path / "out")
+    old = {k: v for k, v in feature_spec.FEATURES.items() if k != "has_action_units"}
+    monkeypatch.setattr(feature_spec, "FEATURES", old)
+    monkeypatch.setattr(feature_spec, "encode_example", lambda sample: b"old spec")
+    build(Megc2019CropsSource(corpus), out, num_shards=2, progress=False)
+    monkeypatch.undo()
+    s = build(Megc2019CropsSource(corpus), out, num_shards=2, progress=False, resume=True)
+    assert s.shards_reused == 0 and s.shards_written == 6
+    build(Megc2019CropsSource(corpus), str(tmp_path / "ref"), num_shards=2, progress=False)
+    assert _files(str(tmp_path / "ref")) == _files(out)
+
+
 def test_resume_rewrites_a_tampered_staged_shard(corpus, tmp_path):
     out = str(tmp_path / "out")
 

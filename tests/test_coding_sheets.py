@@ -7,7 +7,7 @@ import re
 import openpyxl
 import pytest
 
-from tfrecords_builder.coding_sheets import read_coding_sheet
+from tfrecords_builder.coding_sheets import parse_action_units, read_coding_sheet
 from tfrecords_builder.source import BuildError
 
 CASME2_HEADER = ["Subject", "Filename", None, "OnsetFrame", "ApexFrame", "OffsetFrame", None,
@@ -78,6 +78,27 @@ def test_real_sheet_ids_cover_the_manifest(real, manifest):
     assert collections.Counter(e for _, e in extra) == {"sadness": 7, "fear": 2, "disgust": 2}
 
 
+def test_real_sheet_action_units(real, manifest):
+    """Every CASME II and SAMM row codes action units (5 CASME II rows leave the cell empty,
+    none of them in MEGC2019); the SMIC sheet has no such column."""
+    assert all(r.action_units is None for r in real["smic"])
+    coded = {r.sample_id: r.action_units for db in ("casme2", "samm") for r in real[db]}
+    assert len(coded) == 414 and sum(a == () for a in coded.values()) == 5
+    megc = [coded[sid] for sid, r in manifest.items() if r["database"] != "smic"]
+    assert len(megc) == 278 and all(megc)
+    counts = collections.Counter(a for aus in megc for a in aus)
+    assert counts.most_common(3) == [(4, 82), (7, 76), (12, 60)]
+    assert {a for aus in megc for a in aus} <= set(range(1, 100))
+
+
+@pytest.mark.parametrize("cell, want", [
+    (12, (12,)), (4.0, (4,)), ("4+L10", (4, 10)), ("R6A+R12", (6, 12)), ("(R6 or R12) + R15", (6, 12, 15)),
+    ("ref(7B)+43C", (7, 43)), ("L2+12+L2", (2, 12)), (None, ()), ("", ()),
+])
+def test_parse_action_units(cell, want):
+    assert parse_action_units(cell) == want
+
+
 def test_real_sheet_apex_agrees_with_the_seed(real, manifest):
     seed_frame = {sid: int(re.search(r"(\d+)\.\w+$", r["seed_apex_name"]).group(1))
                   for sid, r in manifest.items()}
@@ -100,6 +121,7 @@ def test_casme2_rows_ids_and_labels(tmp_path):
     assert [r.sample_id for r in rows] == ["demo-sub01-EP02_01f", "demo-sub01-EP03_02", "demo-sub02-EP01_11f"]
     assert [r.label for r in rows] == [1, None, 0]
     assert rows[1].apex is None and rows[2].onset == 46 and rows[0].sheet_row == 2
+    assert [r.action_units for r in rows] == [(12,), (4,), (15,)]
 
 
 def test_header_found_below_notes_samm_style(tmp_path):
@@ -138,6 +160,7 @@ def test_smic_sheet_prefers_hs_and_pads_subjects(tmp_path):
     (["01", "EP1", None, "ten", 12, 20, None, "4", "disgust"], "row 2: onset 'ten' is not a frame number"),
     (["01", "EP1", None, 10, 12, None, None, "4", "disgust"], "row 2: offset None is not a frame number"),
     (["01", "EP1", None, 30, None, 20, None, "4", "disgust"], "row 2: offset 20 before onset 30"),
+    (["01", "EP1", None, 10, 12, 20, None, "4+120", "disgust"], "row 2: Action Units '4+120': action unit 120 not in 1..99"),
     (["01", "../x", None, 10, 12, 20, None, "4", "disgust"], "clip name '../x' refused"),
 ])
 def test_bad_rows_name_sheet_and_row(tmp_path, row, reason):

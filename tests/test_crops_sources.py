@@ -11,7 +11,8 @@ from tfrecords_builder.crops_sources import (Megc2019CropsSource, SeedSource, pa
                                              parse_seed_name, phase_map_to_flow, read_manifest_rows)
 from tfrecords_builder.source import BuildError
 from tfrecords_builder.writer import build
-from tests.fakes import make_megc_layout
+from tfrecords_builder.coding_sheets import parse_action_units
+from tests.fakes import FAKE_CODING, make_megc_layout
 
 
 def test_real_megc2019_build_counts_and_determinism(reference_dir, tmp_path):
@@ -23,6 +24,9 @@ def test_real_megc2019_build_counts_and_determinism(reference_dir, tmp_path):
     assert {db: d["label_counts"] for db, d in s.databases.items()} == {
         "casme2": [88, 32, 25], "samm": [92, 26, 15], "smic": [70, 51, 43]}
     assert sum(len(d["subjects"]) for d in s.databases.values()) == 68
+    specs, _ = src.plan()    # the coding sheets in annotations/ give the CASME II and SAMM clips' AUs
+    assert sum(sp.payload["action_units"] is not None for sp in specs) == 278
+    assert all(bool(sp.payload["action_units"]) == (sp.database != "smic") for sp in specs)
     build(src, str(tmp_path / "b"), num_shards=2, progress=False)
     for f in os.listdir(tmp_path / "a"):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
@@ -35,7 +39,24 @@ def test_megc_sample_contents(tmp_path):
     assert not errors and len(specs) == 18
     s = src.load(specs[0]).validate()
     assert s.apex_image.shape == (224, 224) and s.flow_seq.shape == (4, 128)
-    assert s.flow_image.shape == (28, 28, 3)
+    assert s.flow_image.shape == (28, 28, 3) and s.action_units is None     # no annotations/
+
+
+def test_megc_action_units_from_the_coding_sheets(tmp_path):
+    rows = {r["sample_id"]: r for r in make_megc_layout(tmp_path, coding_sheets=True)}
+    src = Megc2019CropsSource(str(tmp_path))
+    specs, errors = src.plan()
+    assert not errors
+    for spec in specs:
+        got = src.load(spec).action_units
+        if spec.database == "smic":
+            assert got is None
+        else:
+            assert got == parse_action_units(FAKE_CODING[rows[spec.sample_id]["label"]][1])
+    with open(tmp_path / "annotations" / "SAMM_fake.xlsx", "wb") as f:
+        f.write(b"not a workbook")
+    with pytest.raises(BuildError, match="SAMM_fake.xlsx.*not an .xlsx workbook"):
+        src.plan()
 
 
 def test_manifest_path_escape_refused(tmp_path):

@@ -23,10 +23,11 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 def save_run(run_dir, name="atn", seed=0, **recipe):
     keras_seed = __import__("keras").utils.set_random_seed
     keras_seed(seed)
-    model = build_model(name, **TINY, **recipe)
+    config = TrainConfig(model=name, model_dir=str(run_dir), **TINY, **recipe)
+    model = build_model(name, **config.model_kwargs())
     os.makedirs(run_dir, exist_ok=True)
     model.save(os.path.join(run_dir, "model.keras"))
-    TrainConfig(model=name, model_dir=str(run_dir), **TINY, **recipe).save(str(run_dir))
+    config.save(str(run_dir))
     return model
 
 
@@ -262,8 +263,10 @@ def test_committed_models_config_parses():
 @pytest.mark.parametrize("recipe", [{}, dict(fusion="late", flow_seq_repr="cartesian", input_norm=True,
                                               mirror_tta=True, flow_sample_norm=True),
                                     dict(fusion="late", members=2, apex_backbone="fer_xception", freeze_apex=True,
-                                         input_norm=True, mirror_tta=True)],
-                         ids=["paper", "late_cartesian_mirror", "members"])
+                                         input_norm=True, mirror_tta=True),
+                                    dict(fusion="late", input_norm=True, au_loss=1.0, au_class_heads=True,
+                                         mirror_tta=True)],
+                         ids=["paper", "late_cartesian_mirror", "members", "au_class_heads"])
 def test_atn_flow_takes_flow_image(tmp_path, recipe):
     model = save_run(tmp_path / "run", name="atn_flow", seed=1, **recipe)
     loaded = tf.saved_model.load(export_lib.export(str(tmp_path / "run"), str(tmp_path / "sm")))

@@ -12,7 +12,7 @@ from tests.fakes import random_sample
 
 
 def _assert_same(a, b):
-    for k in ("sample_id", "database", "subject", "clip", "label", "onset", "apex", "offset"):
+    for k in ("sample_id", "database", "subject", "clip", "label", "onset", "apex", "offset", "action_units"):
         assert getattr(a, k) == getattr(b, k), k
     np.testing.assert_array_equal(a.apex_image, b.apex_image)
     np.testing.assert_array_equal(a.flow_seq, b.flow_seq)
@@ -23,9 +23,16 @@ def _assert_same(a, b):
 
 
 @pytest.mark.parametrize("with_flow_image", [True, False])
-def test_numpy_round_trip(with_flow_image):
-    s = random_sample(3, steps=7, with_flow_image=with_flow_image)
+@pytest.mark.parametrize("action_units", [None, (), (1, 4, 12, 99)])
+def test_numpy_round_trip(with_flow_image, action_units):
+    s = random_sample(3, steps=7, with_flow_image=with_flow_image, action_units=action_units)
     _assert_same(s, feature_spec.decode_example_np(feature_spec.encode_example(s)))
+
+
+def test_tf_parser_reads_action_units():
+    for aus, has in ((None, 0), ((), 1), ((4, 7), 1)):
+        p = feature_spec.parse_example(tf.constant(feature_spec.encode_example(random_sample(1, action_units=aus))))
+        assert int(p["has_action_units"]) == has and p["action_units"].numpy().tolist() == list(aus or ())
 
 
 def test_tf_parser_matches_writer():
@@ -65,6 +72,11 @@ def test_encoding_determinism_mutant_is_caught():
     (dict(flow_seq=np.full((3, 128), np.nan, np.float32)), "NaN"),
     (dict(apex=40), "outside onset..offset"),
     (dict(flow_image=np.zeros((28, 28), np.uint8)), "flow_image"),
+    (dict(action_units=(7, 4)), "action_units"),
+    (dict(action_units=(4, 4)), "action_units"),
+    (dict(action_units=(0,)), "action_units"),
+    (dict(action_units=(100,)), "action_units"),
+    (dict(action_units=(4.0,)), "action_units"),
 ])
 def test_bad_samples_refused(override, match):
     with pytest.raises(SampleError, match=match):

@@ -88,6 +88,7 @@ def test_casme2_plan_and_load(tmp_path):
     assert [s.sample_id for s in samples] == ["casme2-sub01-EP02_01f", "casme2-sub02-EP01_11f"]  # "others" left out
     a, b = samples
     assert (a.label, a.onset, a.apex, a.offset, a.subject, a.clip) == (1, 46, 50, 56, "sub01", "EP02_01f")
+    assert (a.action_units, b.action_units) == ((12,), (15,))    # the sheet's Action Units
     assert a.apex_image.shape == (IMAGE_SIZE, IMAGE_SIZE) and a.flow_seq.shape == (10, 128)
     assert b.label == 0 and b.flow_seq.shape == (7, 128)
     # the texture drifts right: interior blocks point along +x
@@ -159,6 +160,7 @@ def test_smic_plan_and_load_spots_the_apex(tmp_path):
     assert abs(ne.apex - 559760) <= 1 and ne.apex_source == "spotted"
     assert ne.flow_seq.shape == (15, 128) and ne.flow_image is not None
     assert (sur.sample_id, sur.label, sur.apex_source) == ("smic-s01-s01_sur_01", 2, "spotted")
+    assert ne.action_units is None and sur.action_units is None      # the SMIC sheet codes no AUs
     assert 1000 <= sur.apex <= 1005 and sur.flow_seq.shape[0] == 5
 
 

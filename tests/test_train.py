@@ -22,7 +22,8 @@ TINY = dict(image_size=32, width=4, lstm_units=8, batch_size=8, log_every=5, see
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    return build_megc_records(tmp_path_factory.mktemp("megc"), subjects_per_db=3, clips_per_subject=3, num_shards=1)
+    return build_megc_records(tmp_path_factory.mktemp("megc"), subjects_per_db=3, clips_per_subject=3, num_shards=1,
+                              coding_sheets=True)
 
 
 def _run_worker(config: TrainConfig, tmp_path, env_extra=None, name="cfg.json"):
@@ -220,6 +221,56 @@ def test_head_weights_change_the_prediction_not_the_training(data_dir):
             TrainConfig(model="atn_flow", fusion="late" if match != "fusion=late" else "concat", head_weights=bad)
     with pytest.raises(ValueError, match=r"no \['flow'\] head"):
         build_model("atn", **TrainConfig(model="atn", fusion="late", head_weights="flow=2").model_kwargs())
+
+
+def test_au_loss_trains_action_unit_heads_on_the_coded_clips(data_dir):
+    """--au_loss: an AU head per motion branch learns the coding sheets' action units
+    (FAKE_CODING: one AU pattern per label) from the clips that have them, SMIC's (none
+    coded) left out; without --au_class_heads the prediction is the heads' average as
+    before, with it the AU class heads join that average."""
+    from atn_tf import input_pipeline, train_lib
+    from atn_tf.config import AU_VOCAB
+    cfg = TrainConfig(data_dir=data_dir, model="atn_flow", train_steps=40, fusion="late", input_norm=True,
+                      optimizer="adamw", learning_rate=0.01, dropout=0.0, au_loss=1.0, au_vocab="1,2,4,7,12",
+                      **TINY)
+    data = _arrays(data_dir, cfg.image_size)
+    targets = input_pipeline.au_targets(data, [1, 2, 4, 7, 12])
+    smic = data["database"] == "smic"
+    assert np.all(targets[smic] == -1) and set(np.unique(targets[~smic])) == {0.0, 1.0}
+    for label, pattern in ((0, [0, 0, 1, 1, 0]), (1, [0, 0, 0, 0, 1]), (2, [1, 1, 0, 0, 0])):
+        np.testing.assert_array_equal(targets[~smic & (data["label"] == label)], [pattern] * 6)
+    x = {k: data[k] for k in ("apex_image", "flow_seq", "flow_len", "flow_image")}
+
+    def au_error(session):
+        out = session.model(x, training=False)
+        p = 1 / (1 + np.exp(-np.mean([np.asarray(out[k]) for k in ("au_time", "au_flow")], axis=0)))
+        return float(np.mean(np.abs(p - targets)[~smic]))
+
+    session = _session(cfg, data)
+    before = au_error(session)
+    train_lib.fit(session, data)
+    out = session.model(x, training=False)
+    heads = ("apex_logits", "time_logits", "flow_logits")
+    np.testing.assert_allclose(out["logits"], np.mean([out[h] for h in heads], axis=0), atol=1e-5)
+    assert au_error(session) < 0.85 * before, (before, au_error(session))
+
+    with_cls = _session(cfg.replace(au_class_heads=True, train_steps=2), data)
+    train_lib.fit(with_cls, data)
+    out = with_cls.model(x, training=False)
+    heads += ("timeaucls_logits", "flowaucls_logits")
+    np.testing.assert_allclose(out["logits"], np.mean([out[h] for h in heads], axis=0), atol=1e-5)
+
+    for bad, match in ((dict(au_loss=-1.0), "au_loss"), (dict(au_loss=1.0, mixup=0.2), "mixup"),
+                       (dict(au_class_heads=True), "au_class_heads"), (dict(au_loss=1.0, au_vocab="4,x"), "bad item"),
+                       (dict(au_loss=1.0, au_vocab="4,4"), "bad item"), (dict(au_vocab="100"), "bad item")):
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(model="atn_flow", fusion="late", **bad)
+    assert TrainConfig().au_vocab == AU_VOCAB
+    from atn_tf.models import build_model
+    with pytest.raises(ValueError, match="AU heads sit on the motion branches"):
+        build_model("apex_only", **TrainConfig(model="apex_only", au_loss=1.0).model_kwargs())
+    with pytest.raises(input_pipeline.DataError, match="no training clip has coded action units"):
+        input_pipeline.au_targets({**data, "has_action_units": np.zeros_like(data["has_action_units"])}, [4])
 
 
 def test_late_fusion_trains_each_branch_on_its_own_loss(data_dir):

@@ -17,6 +17,8 @@ What the real sheets give (checked by tests/test_coding_sheets.py):
   (164 = 70/51/43); 7 of its clips are not in the -E sheet, and the sheet calls
   s18_sur_03 "negative" where MEGC2019 (and the clip's name) say surprise; the sheet is
   followed as written. The sheet has no apex column.
+- Action units: every CASME II and SAMM row codes them ("4+L10", "R6A+R12"); the SMIC sheet
+  has none, so its clips carry `action_units=None`.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ _COLUMNS = {
     "apex": ("apexframe", "apex", "apexf"),
     "offset": ("offsetframe", "offset", "offsetf"),
     "emotion": ("estimatedemotion", "emotion"),
+    "action_units": ("actionunits", "actionunit", "aus"),
 }
 REQUIRED = {
     "casme2": ("subject", "filename", "onset", "apex", "offset", "emotion"),
@@ -56,6 +59,7 @@ REQUIRED = {
 }
 PREFERRED_SHEET = {"smic": "HS"}   # the SMIC-HS-E workbook also holds the VIS camera's sheet
 UNKNOWN_APEX = ("/", "?", "-", "")
+MAX_AU = 99                 # FACS numbers its action units and behaviour codes below 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +74,9 @@ class ClipAnnotation:
     label: Optional[int]    # None = excluded by the MEGC2019 mapping ("others")
     folder: str = ""        # the clip's folder name as in the database (SMIC: s1_ne_01)
     sheet_row: int = 0      # 1-based row in the sheet, for error messages
+    # The FACS action units coded for the clip (`parse_action_units`); None when the sheet
+    # has no Action Units column (SMIC).
+    action_units: Optional[tuple[int, ...]] = None
 
     @property
     def sample_id(self) -> str:
@@ -182,6 +189,22 @@ def _ids(kind: str, subject, filename: str) -> tuple[str, str]:
     return subj, clip
 
 
+def parse_action_units(cell) -> tuple[int, ...]:
+    """An Action Units cell -> the sorted AU numbers in it. Laterality (L, R), intensity
+    (A-E), brackets and notes are dropped, and every number counts: "4+L10", "R6A+R12",
+    "(R6 or R12)+R15", "ref(7B)+43C" -> (4, 10), (6, 12), (6, 12, 15), (7, 43). A number
+    outside 1..MAX_AU raises ValueError."""
+    if cell is None:
+        return ()
+    if isinstance(cell, float) and cell.is_integer():
+        cell = int(cell)
+    numbers = sorted({int(n) for n in re.findall(r"\d+", str(cell))})
+    bad = [n for n in numbers if not 1 <= n <= MAX_AU]
+    if bad:
+        raise ValueError(f"action unit {bad[0]} not in 1..{MAX_AU}")
+    return tuple(numbers)
+
+
 def _parse_row(path, title, rownum, row, columns, kind, database) -> ClipAnnotation:
     def cell(name):
         j = columns.get(name)
@@ -206,7 +229,13 @@ def _parse_row(path, title, rownum, row, columns, kind, database) -> ClipAnnotat
     if emotion not in table:
         raise BuildError(path, f"sheet {title!r} row {rownum}: unknown emotion {emotion!r} "
                                f"(known: {', '.join(sorted(table))})")
+    action_units = None
+    if "action_units" in columns:
+        try:
+            action_units = parse_action_units(cell("action_units"))
+        except ValueError as e:
+            raise BuildError(path, f"sheet {title!r} row {rownum}: Action Units {cell('action_units')!r}: {e}") from None
     subj, clip = _ids(kind, subject, filename)
     return ClipAnnotation(database=database, subject=subj, clip=clip, onset=onset, apex=apex,
                           offset=offset, emotion=emotion, label=table[emotion], folder=filename,
-                          sheet_row=rownum)
+                          sheet_row=rownum, action_units=action_units)

@@ -1,7 +1,8 @@
 """Sources that start from released crops rather than raw frames.
 
 `Megc2019CropsSource`: the layout of `shared/reference/megc2019` (manifest.csv,
-apex_faces/, flow_uvs/, flow_phases/). `SeedSource`: the ATN release's `Data/` folder
+apex_faces/, flow_uvs/, flow_phases/, and the coding sheets in annotations/ for the clips'
+action units). `SeedSource`: the ATN release's `Data/` folder
 (Apex_Cropped_images.txt, Apex_Cropped_images/, OpticalFlowFeatureData.txt).
 """
 
@@ -22,6 +23,8 @@ from tfrecords_builder.images import read_image, to_square_gray
 from tfrecords_builder.source import BuildError, SampleSpec, safe_join
 
 NUM_PHASES = 4
+# annotations/ file name prefix (lower case) -> coding sheet kind (tfrecords_builder.coding_sheets)
+SHEET_KINDS = {"casme2": "casme2", "samm": "samm", "smic": "smic"}
 
 
 def read_manifest_rows(path: str) -> list:
@@ -53,6 +56,7 @@ class Megc2019CropsSource:
 
     def plan(self):
         manifest = os.path.join(self.input_dir, "manifest.csv")
+        action_units = read_action_units(os.path.join(self.input_dir, "annotations"))
         specs, errors = [], []
         for row in read_manifest_rows(manifest):
             sid = row.sample_id
@@ -66,7 +70,8 @@ class Megc2019CropsSource:
                 errors.append(e)
                 continue
             specs.append(SampleSpec(sid, row.database, row.subject,
-                                    {"clip": row.clip, "label": row.label, **paths}))
+                                    {"clip": row.clip, "label": row.label, **paths,
+                                     "action_units": action_units.get(sid)}))
         return specs, errors
 
     def load(self, spec: SampleSpec) -> Sample:
@@ -79,7 +84,25 @@ class Megc2019CropsSource:
                  for path in p["phases"]]
         return Sample(sample_id=spec.sample_id, database=spec.database, subject=spec.subject,
                       clip=p["clip"], label=p["label"], apex_image=apex,
-                      flow_seq=np.stack(steps), flow_image=uv)
+                      flow_seq=np.stack(steps), flow_image=uv, action_units=p.get("action_units"))
+
+
+def read_action_units(folder: str) -> dict:
+    """sample id -> the action units its database's coding sheet gives (sheets named after
+    their database: CASME2-coding-*.xlsx, SAMM_*.xlsx; SMIC's has none). {} when `folder`
+    does not exist; a sheet that cannot be read raises BuildError naming it."""
+    from tfrecords_builder.coding_sheets import read_coding_sheet
+
+    if not os.path.isdir(folder):
+        return {}
+    out = {}
+    for name in sorted(os.listdir(folder)):
+        kind = next((k for prefix, k in SHEET_KINDS.items() if name.lower().startswith(prefix)), None)
+        if kind is None or not name.lower().endswith(".xlsx"):
+            continue
+        annotations, _ = read_coding_sheet(os.path.join(folder, name), kind)   # bad rows: no AUs
+        out.update({a.sample_id: a.action_units for a in annotations if a.action_units is not None})
+    return out
 
 
 # ---------------------------------------------------------------- seed release

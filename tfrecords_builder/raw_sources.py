@@ -145,7 +145,8 @@ class _RawSource:
         return SampleSpec(ann.sample_id, ann.database, ann.subject, {
             "clip": ann.clip, "label": ann.label, "clip_dir": clip_dir,
             "frames": window, "apex_index": apex_index, "onset_path": frames[0],
-            "onset": ann.onset, "apex": apex, "offset": ann.offset, "face_box": box})
+            "onset": ann.onset, "apex": apex, "offset": ann.offset, "face_box": box,
+            "action_units": ann.action_units})
 
     def _find_clip_dir(self, root: str, ann: ClipAnnotation) -> str:
         candidates = [safe_join(root, rel, self.coding_sheet) for rel in self._clip_candidates(ann)]
@@ -180,7 +181,7 @@ class _RawSource:
         return Sample(sample_id=spec.sample_id, database=spec.database, subject=spec.subject,
                       clip=p["clip"], label=p["label"], apex_image=apex_image, flow_seq=flow_seq,
                       flow_image=fimg, onset=p["onset"], apex=apex, offset=p["offset"],
-                      apex_source=apex_source)
+                      apex_source=apex_source, action_units=p.get("action_units"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -105,6 +105,8 @@ def _load_one(source: Source, spec: SampleSpec):
 
 def _plan_fingerprint(source: Source, shards: list[ShardPlan]) -> str:
     h = hashlib.sha256(repr(type(source).__name__).encode())
+    # The feature spec too: shards written under another one must not be reused (--resume).
+    h.update(json.dumps(feature_spec.describe(), sort_keys=True).encode())
     for sh in shards:
         h.update(sh.name.encode())
         for s in sh.specs:
@@ -136,11 +138,13 @@ class BuildSummary:
     seconds: float
 
     def table(self) -> str:
-        rows = [("database", "examples", "neg/pos/sur", "subjects")]
+        rows = [("database", "examples", "neg/pos/sur", "subjects", "AUs coded")]
         for db, d in sorted(self.databases.items()):
-            rows.append((db, str(d["num_examples"]), "/".join(map(str, d["label_counts"])), str(len(d["subjects"]))))
-        rows.append(("total", str(self.num_examples), "", str(sum(len(d["subjects"]) for d in self.databases.values()))))
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+            rows.append((db, str(d["num_examples"]), "/".join(map(str, d["label_counts"])), str(len(d["subjects"])),
+                         str(d.get("action_units_coded", 0))))
+        rows.append(("total", str(self.num_examples), "", str(sum(len(d["subjects"]) for d in self.databases.values())),
+                     str(sum(d.get("action_units_coded", 0) for d in self.databases.values()))))
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
         lines.append(f"shards written {self.shards_written}, reused {self.shards_reused}, "
@@ -213,6 +217,7 @@ def build(source: Source, output_dir: str, num_shards: int = 1, workers: int = 1
             state["shards"][sh.name] = {
                 "sha256": atomic_io.sha256_file(staged), "num_examples": len(samples),
                 "labels": [s.label for s in samples], "subjects": sorted({s.subject for s in samples}),
+                "action_units_coded": sum(s.action_units is not None for s in samples),
                 "apex_sources": dict(sorted(collections.Counter(s.apex_source or "unknown"
                                                                 for s in samples).items())),
                 "rejects": [{"path": r.path, "reason": r.reason, "sample_id": r.sample_id} for r in shard_rejects]}
@@ -244,6 +249,8 @@ def _read_state(path: str) -> dict:
 
 def _read_published(output_dir: str) -> dict:
     info = _read_state(os.path.join(output_dir, INFO_FILE))
+    if info.get("features") != feature_spec.describe():     # written under another feature spec
+        return {}
     return {s["path"]: s for s in info.get("shards", []) if {"path", "sha256", "labels"} <= set(s)}
 
 
@@ -253,8 +260,9 @@ def _dataset_info(source: Source, shards: list[ShardPlan], state: dict) -> dict:
     for sh in shards:
         rec = state["shards"][sh.name]
         d = dbs.setdefault(sh.database, {"num_examples": 0, "label_counts": [0] * len(CLASS_NAMES),
-                                         "subjects": set()})
+                                         "subjects": set(), "action_units_coded": 0})
         d["num_examples"] += rec["num_examples"]
+        d["action_units_coded"] += rec.get("action_units_coded", 0)
         for lab in rec["labels"]:
             d["label_counts"][lab] += 1
         d["subjects"].update(rec["subjects"])

@@ -130,7 +130,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                 flow_seq_repr: str = "polar", fusion: str = "concat", members: int = 1, mirror_tta: bool = False,
                 branch_dropout: float = 0.0, apex_distill: bool = False,
                 apex_label_grad: float = 1.0, apex_head_input: str = "embedding", flow_sample_norm: bool = False,
-                head_weights: dict | None = None, flow_seq_mirror: str = "reflect") -> keras.Model:
+                head_weights: dict | None = None, flow_seq_mirror: str = "reflect", au_heads: int = 0,
+                au_class_heads: bool = False) -> keras.Model:
     """Builds one of `MODEL_NAMES`.
 
     * `atn`: apex branch + time branch, concatenated -> dropout -> dense -> softmax.
@@ -214,6 +215,14 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     * `head_weights` (late fusion): branch -> weight of its heads in the average that
       predicts (`WeightedMean`; unnamed branches 1); the heads' own outputs, and so their
       losses, are unchanged.
+    * `au_heads` = K > 0: a linear action-unit head on each motion branch's (scaled)
+      embedding, output `au_<branch>` [B, K] (logits of K independent AUs), for the
+      auxiliary AU loss (`TrainConfig.au_loss`): the coding sheets' AUs say where on the
+      face the motion is, which the class labels do not. `au_class_heads` (late fusion): a
+      class head on each one's sigmoid probabilities (`<branch>aucls_logits`), weighted 1
+      in the average that predicts (`logits` = WeightedMean of the heads' average, at the
+      heads' total weight, and these). Built after every other layer, so the other layers
+      start from the same seeded weights as without them.
     """
     if name not in _VARIANTS:
         raise ValueError(f"unknown model {name!r}; expected one of {MODEL_NAMES}")
@@ -260,6 +269,11 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         if fusion != "late" or unknown or not sum(head_weights.get(b, 1.0) for b in heads_of) > 0:
             raise ValueError(f"head_weights={head_weights}: weights the late-fusion heads {heads_of} of model "
                              f"{name!r}, not all of them 0" + (f"; it has no {unknown} head" if unknown else ""))
+    if au_heads < 0 or (au_heads and not {"time", "flow"} & set(branches)) \
+            or (au_class_heads and not (au_heads and fusion == "late" and len(branches) > 1)):
+        raise ValueError(f"au_heads={au_heads}, au_class_heads={au_class_heads}: AU heads sit on the motion "
+                         f"branches (time, flow; model {name!r} has {branches}); their class heads need "
+                         "late fusion of several branches")
     if flow_sample_norm and "flow" not in branches:
         raise ValueError(f"flow_sample_norm standardises the flow image: model {name!r} has no flow branch")
     if apex_init and not fer:
@@ -339,7 +353,35 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         # so recipes up to v7 start from the weights they were run with.
         readout = _distill_readout(embeddings["apex_embedding"]) if readout is None else readout
         outputs[DISTILL_OUTPUT] = merge({DISTILL_OUTPUT: readout}, "first")[DISTILL_OUTPUT]
+    if au_heads:
+        outputs.update(_au_outputs(embeddings, dict(zip(head_inputs, features)), au_heads, au_class_heads,
+                                   num_classes, logits, sum((head_weights or {}).get(k.split("_")[0], 1.0)
+                                                            for k in heads), merge))
     return _finish(keras.Model(inputs=model_in, outputs=outputs, name=name), sync_batchnorm, apex_init, freeze_apex, fer)
+
+
+def _au_outputs(embeddings: dict, features: dict, k: int, class_heads: bool, num_classes: int, logits,
+                heads_weight: float, merge) -> dict:
+    """The `au_heads` outputs of `build_model`: `au_<branch>` per motion branch and, with
+    `class_heads`, their class heads and new `logits` / `probabilities` (the old average at
+    `heads_weight`, each class head at 1)."""
+    out = {}
+    for branch in ("time", "flow"):
+        if f"{branch}_embedding" in embeddings:
+            key = f"au_{branch}"
+            out[key] = merge({key: keras.layers.Dense(k, name=key)(features[f"{branch}_embedding"])})[key]
+    if not class_heads:
+        return out
+    extra = []
+    for branch in ("time", "flow"):
+        if f"au_{branch}" in out:
+            p = keras.layers.Activation("sigmoid", name=f"{branch}_au_sigmoid")(out[f"au_{branch}"])
+            out[f"{branch}aucls_logits"] = keras.layers.Dense(num_classes, name=f"{branch}aucls_logits")(p)
+            extra.append(out[f"{branch}aucls_logits"])
+    out["logits"] = WeightedMean([heads_weight] + [1.0] * len(extra), name="logits_with_au")([logits] + extra)
+    out["probabilities"] = keras.layers.Activation("softmax", dtype="float32",
+                                                   name="probabilities_with_au")(out["logits"])
+    return out
 
 
 def _nested_branch(build, tensors: list, name: str):
