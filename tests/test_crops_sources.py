@@ -7,11 +7,11 @@ import time
 import numpy as np
 import pytest
 
+from tfrecords_builder.coding_sheets import parse_action_units
 from tfrecords_builder.crops_sources import (Megc2019CropsSource, SeedSource, parse_flow_text,
                                              parse_seed_name, phase_map_to_flow, read_manifest_rows)
 from tfrecords_builder.source import BuildError
 from tfrecords_builder.writer import build
-from tfrecords_builder.coding_sheets import parse_action_units
 from tests.fakes import FAKE_CODING, make_megc_layout
 
 
