@@ -111,6 +111,8 @@ class FoldRunner:
 
         info = input_pipeline.read_dataset_info(config.data_dir)
         config = self.config = provenance.check_training_config(config, info)
+        if config.au_loss > 0:
+            input_pipeline.require_action_units(info, config.data_dir)
         data = input_pipeline.load_arrays(config.data_dir, info, input_pipeline.Selection())
         self.data = input_pipeline.resize_apex(data, config.image_size)
         self.data["row"] = np.arange(len(self.data["label"]))           # place in the stream tables

@@ -273,6 +273,14 @@ def load_arrays(data_dir: str, info: dict, selection: Selection, held_out: bool 
     return out
 
 
+def require_action_units(info: dict, data_dir: str) -> None:
+    """DataError naming the folder when its records code no action units (--au_loss needs them)."""
+    if not sum(d.get("action_units_coded", 0) for d in info.get("databases", {}).values()):
+        raise DataError(f"{os.path.join(data_dir, 'dataset_info.json')}: no record has coded action units: "
+                        "build the records with the databases' coding sheets (megc2019_crops: its "
+                        "annotations/ folder), or drop --au_loss")
+
+
 def au_targets(data: dict, vocab) -> np.ndarray:
     """The auxiliary action-unit targets [N, len(vocab)] float32: 1 where the clip's coding
     codes that AU, 0 where not, and -1 on every AU of a clip whose source codes none (SMIC),

@@ -517,6 +517,8 @@ def _training_data(config: TrainConfig) -> tuple[TrainConfig, dict, Optional[dic
     selection = input_pipeline.Selection(config.test_subjects, config.test_databases)
     input_pipeline.validate_selection(info, selection, config.data_dir)
     config = provenance.check_training_config(config, info)   # one encoding per input; kept in config.json
+    if config.au_loss > 0:
+        input_pipeline.require_action_units(info, config.data_dir)
     data = input_pipeline.load_arrays(config.data_dir, info, selection)
     if data["label"].size == 0:
         raise input_pipeline.DataError(f"{config.data_dir}: no training records left after holding out "

@@ -160,7 +160,8 @@ def test_smic_sheet_prefers_hs_and_pads_subjects(tmp_path):
     (["01", "EP1", None, "ten", 12, 20, None, "4", "disgust"], "row 2: onset 'ten' is not a frame number"),
     (["01", "EP1", None, 10, 12, None, None, "4", "disgust"], "row 2: offset None is not a frame number"),
     (["01", "EP1", None, 30, None, 20, None, "4", "disgust"], "row 2: offset 20 before onset 30"),
-    (["01", "EP1", None, 10, 12, 20, None, "4+120", "disgust"], "row 2: Action Units '4+120': action unit 120 not in 1..99"),
+    (["01", "EP1", None, 10, 12, 20, None, "4+120", "disgust"],
+     "row 2: Action Units '4+120': action unit 120 not in 1..99"),
     (["01", "../x", None, 10, 12, 20, None, "4", "disgust"], "clip name '../x' refused"),
 ])
 def test_bad_rows_name_sheet_and_row(tmp_path, row, reason):

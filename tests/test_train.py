@@ -273,6 +273,16 @@ def test_au_loss_trains_action_unit_heads_on_the_coded_clips(data_dir):
         input_pipeline.au_targets({**data, "has_action_units": np.zeros_like(data["has_action_units"])}, [4])
 
 
+def test_au_loss_on_records_without_action_units_names_the_folder(tmp_path):
+    """Records built without coding sheets: --au_loss stops before training, naming the folder."""
+    from atn_tf import train_lib
+    from atn_tf.input_pipeline import DataError
+    plain = build_megc_records(tmp_path, num_shards=1)
+    with pytest.raises(DataError, match=f"{plain}/dataset_info.json: no record has coded action units"):
+        train_lib.train(TrainConfig(data_dir=plain, model_dir=str(tmp_path / "run"), model="atn_flow",
+                                    train_steps=1, au_loss=1.0, **TINY), progress=False)
+
+
 def test_late_fusion_trains_each_branch_on_its_own_loss(data_dir):
     """--fusion=late: a branch's weights never see another branch's head. Two runs that differ
     only in the apex head's starting weights end with the same time and flow branches and

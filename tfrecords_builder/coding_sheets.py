@@ -234,7 +234,8 @@ def _parse_row(path, title, rownum, row, columns, kind, database) -> ClipAnnotat
         try:
             action_units = parse_action_units(cell("action_units"))
         except ValueError as e:
-            raise BuildError(path, f"sheet {title!r} row {rownum}: Action Units {cell('action_units')!r}: {e}") from None
+            raise BuildError(path, f"sheet {title!r} row {rownum}: "
+                                   f"Action Units {cell('action_units')!r}: {e}") from None
     subj, clip = _ids(kind, subject, filename)
     return ClipAnnotation(database=database, subject=subj, clip=clip, onset=onset, apex=apex,
                           offset=offset, emotion=emotion, label=table[emotion], folder=filename,
