@@ -28,6 +28,7 @@ import re
 import zipfile
 from typing import Optional
 
+from atn_tf.feature_spec import MAX_AU
 from tfrecords_builder.source import BuildError
 
 HEADER_SEARCH_ROWS = 40     # SAMM's table starts on row 14
@@ -59,7 +60,6 @@ REQUIRED = {
 }
 PREFERRED_SHEET = {"smic": "HS"}   # the SMIC-HS-E workbook also holds the VIS camera's sheet
 UNKNOWN_APEX = ("/", "?", "-", "")
-MAX_AU = 99                 # FACS numbers its action units and behaviour codes below 100
 
 
 @dataclasses.dataclass(frozen=True)

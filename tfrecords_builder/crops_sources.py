@@ -23,8 +23,8 @@ from tfrecords_builder.images import read_image, to_square_gray
 from tfrecords_builder.source import BuildError, SampleSpec, safe_join
 
 NUM_PHASES = 4
-# annotations/ file name prefix (lower case) -> coding sheet kind (tfrecords_builder.coding_sheets)
-SHEET_KINDS = {"casme2": "casme2", "samm": "samm", "smic": "smic"}
+# annotations/ sheets start with their kind's name (tfrecords_builder.coding_sheets), any case
+SHEET_KINDS = ("casme2", "samm", "smic")
 
 
 def read_manifest_rows(path: str) -> list:
@@ -97,7 +97,7 @@ def read_action_units(folder: str) -> dict:
         return {}
     out = {}
     for name in sorted(os.listdir(folder)):
-        kind = next((k for prefix, k in SHEET_KINDS.items() if name.lower().startswith(prefix)), None)
+        kind = next((k for k in SHEET_KINDS if name.lower().startswith(k)), None)
         if kind is None or not name.lower().endswith(".xlsx"):
             continue
         annotations, _ = read_coding_sheet(os.path.join(folder, name), kind)   # bad rows: no AUs
