@@ -257,12 +257,11 @@ def load_arrays(data_dir: str, info: dict, selection: Selection, held_out: bool 
     if not parts:
         return {"label": np.zeros([0], np.int32)}
     t_max = max(p["flow_seq"].shape[1] for p in parts)
-    out = {k: np.concatenate([p[k] for p in parts]) for k in ARRAY_KEYS if k != "flow_seq"}
+    out = {k: np.concatenate([p[k] for p in parts]) for k in (*ARRAY_KEYS, "has_action_units") if k != "flow_seq"}
     out["flow_seq"] = np.concatenate(
         [np.pad(p["flow_seq"], ((0, 0), (0, t_max - p["flow_seq"].shape[1]), (0, 0))) for p in parts])
     for k in META_KEYS:
         out[k] = np.asarray([v.decode() for p in parts for v in p[k]])
-    out["has_action_units"] = np.concatenate([p["has_action_units"] for p in parts])
     out["action_units"] = np.zeros([len(out["label"]), feature_spec.MAX_AU + 1], np.uint8)
     rows = 0
     for p in parts:     # padded with 0, which is no action unit: column 0 is cleared below

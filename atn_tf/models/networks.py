@@ -333,12 +333,13 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         if linear:
             heads.update(merge({"linear_logits": linear_path(inputs, branches, num_classes, linear_steps, linear_l2,
                                                              flow_seq, linear_inputs, linear_trainable)}))
+        weights = [(head_weights or {}).get(key.split("_")[0], 1.0) for key in heads]
         if head_weights:
-            weights = [head_weights.get(key.split("_")[0], 1.0) for key in heads]
             logits = WeightedMean(weights, name="logits")(list(heads.values()))
         else:
             logits = keras.layers.Average(name="logits")(list(heads.values()))
     else:
+        weights = []        # (au_class_heads, which reads them, needs late fusion: checked above)
         if branch_dropout > 0 and len(features) > 1:
             features = BranchDropout(branch_dropout, name="branch_dropout")(features)
         fused = features[0] if len(features) == 1 else keras.layers.Concatenate(name="fusion")(features)
@@ -355,8 +356,7 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         outputs[DISTILL_OUTPUT] = merge({DISTILL_OUTPUT: readout}, "first")[DISTILL_OUTPUT]
     if au_heads:
         outputs.update(_au_outputs(embeddings, dict(zip(head_inputs, features)), au_heads, au_class_heads,
-                                   num_classes, logits, sum((head_weights or {}).get(k.split("_")[0], 1.0)
-                                                            for k in heads), merge))
+                                   num_classes, logits, sum(weights), merge))
     return _finish(keras.Model(inputs=model_in, outputs=outputs, name=name), sync_batchnorm, apex_init, freeze_apex, fer)
 
 
@@ -373,6 +373,8 @@ def _au_outputs(embeddings: dict, features: dict, k: int, class_heads: bool, num
     if not class_heads:
         return out
     extra = []
+    # A loop of its own: every AU head is built before any class head, the order in which
+    # the seeded initial weights were drawn for the recipe-log rows.
     for branch in ("time", "flow"):
         if f"au_{branch}" in out:
             p = keras.layers.Activation("sigmoid", name=f"{branch}_au_sigmoid")(out[f"au_{branch}"])
