@@ -30,6 +30,11 @@ def parse_au_vocab(text: str) -> tuple[int, ...]:
     return tuple(out)
 
 
+def parse_domains(text: str) -> tuple[str, ...]:
+    """`adversary_domains` ("casme2,samm,smic" or "casme2/sub01,...") as a tuple, in head order."""
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
 def parse_head_weights(text: str) -> dict[str, float]:
     """`"apex=0.5,time=0.5"` -> {"apex": 0.5, "time": 0.5}; ValueError naming the bad item."""
     weights = {}
@@ -51,6 +56,7 @@ CHOICES = {"balance_by": ("class", "database_class"), "optimizer": ("sgd", "adam
            "lr_schedule": ("step", "cosine"), "embedding_scale": ("none", "learned"),
            "apex_backbone": ("resnet", "fer_xception"), "apex_init": ("", "fer2013"), "time_pool": ("mean", "last"),
            "flow_seq_repr": ("polar", "cartesian"), "fusion": ("concat", "late"),
+           "adversary": ("", "database", "subject"),
            "linear_inputs": ("all", "flow_seq"), "linear_fit": ("train", "probe"),
            "apex_head_input": ("embedding", "distill"), "flow_seq_mirror": feature_spec.FLOW_SEQ_MIRRORS}
 
@@ -143,6 +149,14 @@ class TrainConfig:
     # With au_loss and fusion=late: a class head on each AU head's probabilities, trained on
     # the labels and weighted 1 in the average that predicts.
     au_class_heads: bool = False
+    # Domain-adversarial training: "database" | "subject" adds a head on each motion branch
+    # (time, flow) that predicts the clip's database / subject through a gradient reversal,
+    # trained with adversary_weight x its cross-entropy, so the branches learn to make the
+    # domain unreadable. Prediction is unchanged. adversary_domains: the domains, in head
+    # order, filled from the data folder's dataset_info.json at the start of training.
+    adversary: str = ""
+    adversary_weight: float = 0.1
+    adversary_domains: str = ""
     # Test-time mirroring inside the model: at inference, the mean of the logits of the
     # inputs and of their horizontal mirrors (networks.build_model); training unchanged.
     mirror_tta: bool = False
@@ -239,6 +253,9 @@ class TrainConfig:
         if self.au_class_heads and not (self.au_loss > 0 and self.fusion == "late"):
             raise ValueError("au_class_heads reads the action-unit heads into the late-fusion average: "
                              "it needs au_loss > 0 and fusion=late")
+        if self.adversary and (self.adversary_weight <= 0 or self.mixup > 0):
+            raise ValueError(f"adversary={self.adversary!r}: needs adversary_weight > 0 (got "
+                             f"{self.adversary_weight}) and no mixup (mixup blends the inputs, not their domains)")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0 <= self.label_smoothing < 1:
@@ -296,4 +313,5 @@ class TrainConfig:
                     branch_dropout=self.branch_dropout, flow_sample_norm=self.flow_sample_norm,
                     head_weights=parse_head_weights(self.head_weights),
                     au_heads=len(parse_au_vocab(self.au_vocab)) if self.au_loss > 0 else 0,
-                    au_class_heads=self.au_class_heads)
+                    au_class_heads=self.au_class_heads,
+                    adversary_heads=len(parse_domains(self.adversary_domains)) if self.adversary else 0)

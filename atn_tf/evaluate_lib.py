@@ -29,7 +29,7 @@ from absl import logging
 import numpy as np
 
 from atn_tf import atomic_io, host, input_pipeline, protocols
-from atn_tf.config import TrainConfig
+from atn_tf.config import TrainConfig, parse_domains
 
 REPORT_JSON = "report.json"
 PREDICTIONS = "predictions.json"
@@ -107,17 +107,14 @@ class FoldRunner:
 
         t0 = time.time()
         self.config, self.protocol = config, protocol
-        from atn_tf import provenance
-
         info = input_pipeline.read_dataset_info(config.data_dir)
-        config = self.config = provenance.check_training_config(config, info)
-        if config.au_loss > 0:
-            input_pipeline.require_action_units(info, config.data_dir)
+        config = self.config = train_lib.config_for_data(config, info)
         data = input_pipeline.load_arrays(config.data_dir, info, input_pipeline.Selection())
         self.data = input_pipeline.resize_apex(data, config.image_size)
         self.data["row"] = np.arange(len(self.data["label"]))           # place in the stream tables
         self.tables = input_pipeline.stream_tables(self.data, config.image_size, config.augment,
-                                                   config.flow_seq_mirror, train_lib.au_vocab(config))
+                                                   config.flow_seq_mirror, train_lib.au_vocab(config),
+                                                   config.adversary, parse_domains(config.adversary_domains))
         self.index = dataset_index(config.data_dir)
         if [r["sample_id"] for r in self.index] != self.data["sample_id"].tolist():
             raise input_pipeline.DataError(f"{config.data_dir}: record order changed while reading")

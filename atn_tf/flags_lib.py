@@ -92,6 +92,12 @@ HELP = {
                 "BP4D's and DISFA's AU sets).",
     "au_class_heads": "With --au_loss and fusion=late: a class head on each AU head's probabilities joins "
                       "the average that predicts.",
+    "adversary": "database | subject: domain-adversarial training; a head on each motion branch (time, flow) "
+                 "predicts the clip's database / subject through a gradient reversal, so the branches learn "
+                 "to hide it. Prediction unchanged. Empty: off.",
+    "adversary_weight": "With --adversary: weight of its heads' cross-entropy (and so of the reversed gradient).",
+    "adversary_domains": "With --adversary: the domains in head order, filled from the data folder's "
+                         "dataset_info.json at the start of training (leave empty).",
     "fused_loss": "fusion=late: > 0 adds this weight x the cross-entropy of the averaged logits to the "
                   "heads' own losses (0: each head on its own loss only).",
     "linear_path": "A linear path on the standardised flow_seq / flow_image inputs (the model then "

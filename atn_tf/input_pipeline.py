@@ -295,6 +295,30 @@ def au_targets(data: dict, vocab) -> np.ndarray:
     return targets
 
 
+def adversary_domains(info: dict, adversary: str) -> tuple[str, ...]:
+    """The domains an `--adversary` head tells apart, from dataset_info.json: the databases,
+    or every database/subject, sorted (so a fold's held-out domains keep their place)."""
+    databases = info.get("databases", {})
+    if adversary == "database":
+        return tuple(sorted(databases))
+    if adversary == "subject":
+        return tuple(sorted(f"{db}/{s}" for db, d in databases.items() for s in d.get("subjects", ())))
+    raise ValueError(f"adversary must be 'database' or 'subject', got {adversary!r}")
+
+
+def domain_targets(data: dict, adversary: str, domains) -> np.ndarray:
+    """Each clip's index in `domains` (`adversary_domains`), int32 [N]; DataError naming a
+    clip whose domain is not among them."""
+    keys = data["database"] if adversary == "database" else \
+        [f"{db}/{s}" for db, s in zip(data["database"], data["subject"])]
+    index = {d: i for i, d in enumerate(domains)}
+    missing = sorted(set(keys) - set(index))
+    if missing:
+        raise DataError(f"--adversary={adversary}: clips of {missing[:3]} are not among the "
+                        f"{len(index)} domains of the model (adversary_domains)")
+    return np.asarray([index[k] for k in keys], np.int32)
+
+
 def take_rows(data: dict, rows) -> dict:
     """The arrays of `data` at `rows` (sequences trimmed to their longest real length)."""
     rows = np.asarray(rows, dtype=np.int64)
@@ -344,16 +368,19 @@ def train_dataset(data_dir: str, selection: Selection, batch_size: int, image_si
 
 
 def stream_tables(data: dict, image_size: int = IMAGE_SIZE, augment_data: bool = True,
-                  flow_seq_mirror: str = "reflect", au_vocab=()) -> dict:
+                  flow_seq_mirror: str = "reflect", au_vocab=(), adversary: str = "", domains=()) -> dict:
     """What a training stream gathers from, as constants: the arrays at `image_size`, with
     (when augmenting) every rotation of each apex and every flow input with its mirror
     (see atn_tf.augment; `flow_seq_mirror`: `augment.mirror_flow_seq`'s mode), and with an
     `au_vocab`, the action-unit targets (`au_targets`; AU numbers have no side, so a
-    mirror keeps them)."""
+    mirror keeps them), and with an `adversary`, each clip's domain (`domain_targets`)."""
     targets = au_targets(data, au_vocab) if len(au_vocab) else None
+    domain = domain_targets(data, adversary, domains) if adversary else None
     data = resize_apex({k: data[k] for k in ARRAY_KEYS}, image_size)   # once, not per batch
     if targets is not None:
         data["au_target"] = targets
+    if domain is not None:
+        data["domain_target"] = domain
     if augment_data:
         data["apex_image"] = augment.rotation_table(data["apex_image"])
         data["flow_seq"], data["flow_image"] = augment.mirror_tables(
@@ -367,7 +394,8 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
                         skip_batches: int = 0, balance_by: str = "class",
                         tables: Optional[dict] = None, flow_shift: int = 0,
                         apex_shift: int = 0, flow_seq_mirror: str = "reflect",
-                        flow_u_flip: float = 0.0, flow_erase: int = 0, au_vocab=()) -> tf.data.Dataset:
+                        flow_u_flip: float = 0.0, flow_erase: int = 0, au_vocab=(), adversary: str = "",
+                        domains=()) -> tf.data.Dataset:
     """An endless stream of (inputs, label) batches from training arrays (`load_arrays`).
 
     The stream is a pure function of `seed`; `skip_batches` global batches are skipped
@@ -391,9 +419,9 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
     other augmentation is unchanged. `flow_u_flip` = p > 0 negates the horizontal motion of
     both flow inputs where it stands with probability p (`augment.flip_u`, its own draws);
     `flow_erase` = s > 0 sets an s x s square of the flow image to its median with p = 0.5
-    (`augment.erase_patches`, its own draws). With `au_vocab` (or tables that hold them),
-    the inputs also carry `au_target` (`au_targets`), which the training step takes out
-    before the model reads the batch.
+    (`augment.erase_patches`, its own draws). With `au_vocab` / `adversary` (or tables that
+    hold them), the inputs also carry `au_target` (`au_targets`) / `domain_target`
+    (`domain_targets`), which the training step takes out before the model reads the batch.
     """
     for name, shift in (("flow_shift", flow_shift), ("apex_shift", apex_shift), ("flow_erase", flow_erase)):
         if shift < 0 or (shift and not augment_data):
@@ -428,7 +456,8 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
     ids = ids.batch(per_replica * GROUP, drop_remainder=True)
 
     if tables is None:
-        table, row_ids = stream_tables(data, image_size, augment_data, flow_seq_mirror, au_vocab), None
+        table, row_ids = stream_tables(data, image_size, augment_data, flow_seq_mirror, au_vocab, adversary,
+                                       domains), None
     else:   # rows of a larger set whose tables were built once (the fast CDE runner)
         if "row" not in data:
             raise ValueError("prebuilt stream tables need the arrays' 'row' (their row in the tables)")
@@ -465,8 +494,9 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
                  "flow_seq": tf.gather(table["flow_seq"], rows)[:, :t],
                  "flow_image": tf.cast(tf.gather(table["flow_image"], rows), tf.float32)}
         x["flow_len"] = flow_len
-        if "au_target" in table:
-            x["au_target"] = tf.gather(table["au_target"], rows)
+        for target in ("au_target", "domain_target"):       # targets, taken out by the training step
+            if target in table:
+                x[target] = tf.gather(table[target], rows)
         return x, tf.gather(table["label"], rows)
 
     ds = ids.map(make_batch, num_parallel_calls=AUTOTUNE)

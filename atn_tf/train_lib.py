@@ -22,7 +22,7 @@ import keras
 from absl import logging
 
 from atn_tf import atomic_io, augment, distribute, input_pipeline, protocols, provenance
-from atn_tf.config import TrainConfig, parse_au_vocab
+from atn_tf.config import TrainConfig, parse_au_vocab, parse_domains
 from atn_tf.models import build_model, set_input_statistics
 from atn_tf.models.networks import DISTILL_OUTPUT, fer_teacher
 
@@ -255,15 +255,27 @@ class Session:
                      for k in au_keys]
             return config.au_loss * coded * tf.add_n(terms) / len(terms)
 
+        adv_keys = sorted(k for k in model.output if k.startswith("adv_"))   # --adversary's heads
+
+        def adversary_loss(domain_target, out):
+            """--adversary_weight x the mean over the adversary heads of the domain's
+            cross-entropy (their gradient reversal turns it against the branches)."""
+            terms = [tf.nn.sparse_softmax_cross_entropy_with_logits(domain_target, tf.cast(out[k], tf.float32))
+                     for k in adv_keys]
+            return config.adversary_weight * tf.add_n(terms) / len(terms)
+
         def replica_step(inputs, labels):
             inputs = dict(inputs)
-            au_target = inputs.pop("au_target", None)   # a target, not a model input
+            au_target = inputs.pop("au_target", None)   # targets, not model inputs
+            domain_target = inputs.pop("domain_target", None)
             inputs, target_loss = mixed(inputs, labels)
             with tf.GradientTape() as tape:
                 out = model(inputs, training=True)
                 per_example = example_loss(inputs, labels, out, target_loss)
                 if au_keys:
                     per_example += au_loss(au_target, out)
+                if adv_keys:
+                    per_example += adversary_loss(domain_target, out)
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=config.batch_size)
                 if model.losses:    # kernel regularisers (the linear path's ridge penalty)
                     loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
@@ -313,7 +325,8 @@ class Session:
                 balance_by=config.balance_by, tables=tables, flow_shift=config.flow_shift,
                 flow_seq_mirror=config.flow_seq_mirror, flow_u_flip=config.flow_u_flip,
                 flow_erase=config.flow_erase,
-                apex_shift=config.apex_shift, au_vocab=au_vocab(config)))
+                apex_shift=config.apex_shift, au_vocab=au_vocab(config), adversary=config.adversary,
+                domains=parse_domains(config.adversary_domains)))
 
     def predict(self, data: dict, batch_size: int = 64) -> np.ndarray:
         """Class probabilities [N, C] of the arrays `data` (float64)."""
@@ -509,6 +522,18 @@ def train(config: TrainConfig, progress: bool = True, stop_after: Optional[int] 
     return result
 
 
+def config_for_data(config: TrainConfig, info: dict) -> TrainConfig:
+    """`config` checked against the data folder's dataset_info.json, with what it fills in
+    (kept in config.json): the inputs' encodings (one per input), and with --adversary its
+    domains; --au_loss needs records that code action units (DataError naming the file)."""
+    config = provenance.check_training_config(config, info)
+    if config.au_loss > 0:
+        input_pipeline.require_action_units(info, config.data_dir)
+    if config.adversary and not config.adversary_domains:
+        config = config.replace(adversary_domains=",".join(input_pipeline.adversary_domains(info, config.adversary)))
+    return config
+
+
 def _training_data(config: TrainConfig) -> tuple[TrainConfig, dict, Optional[dict]]:
     """The records of `config` minus its held-out subjects/databases, apexes resized once
     (statistics, stream and scoring), split into the training part and the inner validation
@@ -516,9 +541,7 @@ def _training_data(config: TrainConfig) -> tuple[TrainConfig, dict, Optional[dic
     info = input_pipeline.read_dataset_info(config.data_dir)
     selection = input_pipeline.Selection(config.test_subjects, config.test_databases)
     input_pipeline.validate_selection(info, selection, config.data_dir)
-    config = provenance.check_training_config(config, info)   # one encoding per input; kept in config.json
-    if config.au_loss > 0:
-        input_pipeline.require_action_units(info, config.data_dir)
+    config = config_for_data(config, info)
     data = input_pipeline.load_arrays(config.data_dir, info, selection)
     if data["label"].size == 0:
         raise input_pipeline.DataError(f"{config.data_dir}: no training records left after holding out "

@@ -638,6 +638,44 @@ def test_branch_dropout_zeroes_at_most_one_branch_per_example_in_training(tmp_pa
             build_model("atn", **bad, **SMALL)
 
 
+def test_adversary_heads_reverse_their_gradient_into_the_motion_branches():
+    """adversary_heads: the `adv_<branch>` outputs' gradient reaches the motion branches
+    negated (GradientScale(-1)): the same magnitude as without the reversal, the opposite
+    sign; the forward pass is the identity and the prediction does not read them."""
+    import tensorflow as tf
+    x = tf.constant([[1.0, -2.0, 3.0]])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y = GradientScale(-1.0)(x)
+        loss = tf.reduce_sum(y * tf.constant([1.0, 2.0, -1.0]))
+    np.testing.assert_array_equal(y, x)
+    np.testing.assert_array_equal(tape.gradient(loss, x), [[-1.0, -2.0, 1.0]])
+    with pytest.raises(ValueError, match=r"in \[-1, 1\]"):
+        GradientScale(-2.0)
+    batch = make_batch(seed=53)
+    keras.utils.set_random_seed(4)
+    model = build_model("atn_flow", fusion="late", adversary_heads=5, dropout=0.0, **SMALL)
+    keras.utils.set_random_seed(4)
+    plain = build_model("atn_flow", fusion="late", dropout=0.0, **SMALL)
+    out, ref = as_numpy(model(batch, training=False)), as_numpy(plain(batch, training=False))
+    np.testing.assert_allclose(out["logits"], ref["logits"], rtol=1e-6, atol=1e-6)   # built last: same weights
+    assert out["adv_time"].shape == out["adv_flow"].shape == (len(batch["flow_len"]), 5)
+    # Through the reversal the branch receives minus what the same head sends back without it.
+    embedding = keras.Model(model.input, model.get_layer("adv_reverse_flow").input)
+    hidden, head = model.get_layer("adv_hidden_flow"), model.get_layer("adv_flow")
+    branch = [v for v in model.trainable_variables if v.path.startswith("flow_")]
+    assert branch
+    with tf.GradientTape(persistent=True) as tape:
+        reversed_sum = tf.reduce_sum(model(batch, training=False)["adv_flow"])
+        plain_sum = tf.reduce_sum(head(hidden(embedding(batch, training=False))))
+    np.testing.assert_allclose(float(reversed_sum), float(plain_sum), rtol=1e-5)
+    pairs = [(r, p) for r, p in zip(tape.gradient(reversed_sum, branch), tape.gradient(plain_sum, branch))
+             if p is not None]                   # (the class head is not on the path)
+    assert pairs and any(float(tf.reduce_sum(tf.abs(p))) > 0 for _, p in pairs)
+    for g_rev, g_plain in pairs:
+        np.testing.assert_allclose(g_rev, -np.asarray(g_plain), rtol=1e-4, atol=1e-6)
+
+
 def test_apex_label_grad_scales_only_the_label_gradient_into_the_resnet_apex(tmp_path):
     """--apex_label_grad: the forward pass is unchanged; the label loss's gradient reaches the
     ResNet apex branch times the scale (0: not at all), the other branches and the head in

@@ -283,6 +283,51 @@ def test_au_loss_on_records_without_action_units_names_the_folder(tmp_path):
                                     train_steps=1, au_loss=1.0, **TINY), progress=False)
 
 
+def test_adversary_heads_read_the_domain_and_push_back_into_the_motion_branches(data_dir):
+    """--adversary: the domains come from dataset_info.json (kept in the config), each clip
+    gets its domain's index, and a head per motion branch reads it through a gradient
+    reversal: the heads learn, the branches train differently, the prediction stays the
+    class heads' average, and the frozen-apex head is untouched by it."""
+    from atn_tf import input_pipeline, train_lib
+    info = input_pipeline.read_dataset_info(data_dir)
+    cfg = TrainConfig(data_dir=data_dir, model="atn_flow", train_steps=6, fusion="late", input_norm=True,
+                      optimizer="adamw", learning_rate=0.01, dropout=0.0, **TINY)
+    data = _arrays(data_dir, cfg.image_size)
+    x = {k: data[k] for k in ("apex_image", "flow_seq", "flow_len", "flow_image")}
+    subjects = train_lib.config_for_data(cfg.replace(adversary="subject"), info)
+    assert len(subjects.adversary_domains.split(",")) == 9 and subjects.adversary_domains.startswith("casme2/")
+    runs = {}
+    for adversary in ("", "database"):
+        run = train_lib.config_for_data(cfg.replace(adversary=adversary, adversary_weight=1.0), info)
+        session = _session(run, data)
+        before = [np.array(w) for w in session.model.trainable_weights]
+        train_lib.fit(session, data)
+        out = session.model(x, training=False)
+        runs[adversary] = session, before, out
+    session, before, out = runs["database"]
+    assert session.config.adversary_domains == "casme2,samm,smic"
+    targets = input_pipeline.domain_targets(data, "database", ("casme2", "samm", "smic"))
+    np.testing.assert_array_equal(targets, [("casme2", "samm", "smic").index(d) for d in data["database"]])
+    assert {k: tuple(out[k].shape) for k in out if k.startswith("adv_")} == {"adv_time": (27, 3), "adv_flow": (27, 3)}
+    heads = ("apex_logits", "time_logits", "flow_logits")
+    np.testing.assert_allclose(out["logits"], np.mean([out[h] for h in heads], axis=0), atol=1e-5)
+    weights = {w.path: (np.array(w), b) for w, b in zip(session.model.trainable_weights, before)}
+    assert not np.allclose(*weights["adv_flow/kernel"])                       # the heads learn
+    plain = {w.path: np.array(w) for w in runs[""][0].model.trainable_weights}
+    shared = [p for p in plain if p.startswith(("time_", "flow_")) and not p.endswith("logits/kernel")]
+    assert any(not np.allclose(plain[p], weights[p][0]) for p in shared)     # the branches feel them
+    with pytest.raises(input_pipeline.DataError, match="not among the 2 domains"):
+        input_pipeline.domain_targets(data, "database", ("casme2", "samm"))
+    for bad, match in ((dict(adversary="face"), "adversary must be one of"),
+                       (dict(adversary="database", adversary_weight=0.0), "adversary_weight > 0"),
+                       (dict(adversary="database", mixup=0.2), "mixup")):
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(model="atn_flow", **bad)
+    from atn_tf.models import build_model
+    with pytest.raises(ValueError, match="adversary heads sit on the motion branches"):
+        build_model("apex_only", image_size=32, width=4, adversary_heads=3)
+
+
 def test_late_fusion_trains_each_branch_on_its_own_loss(data_dir):
     """--fusion=late: a branch's weights never see another branch's head. Two runs that differ
     only in the apex head's starting weights end with the same time and flow branches and

@@ -355,17 +355,19 @@ class BranchDropout(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class GradientScale(keras.layers.Layer):
-    """The identity forward; backward, the gradient is multiplied by `scale` (0: none passes).
+    """The identity forward; backward, the gradient is multiplied by `scale` (0: none passes;
+    negative: reversed, the gradient reversal of domain-adversarial training).
 
     `scale * x + (1 - scale) * stop_gradient(x)`: the value is `x`, the gradient `scale`.
     Used on the ResNet apex embedding before fusion (`apex_label_grad`), so the label loss
-    trains the apex branch less, or not at all, while the distillation loss still does.
+    trains the apex branch less, or not at all, while the distillation loss still does; and
+    at -1 before the `--adversary` heads, so the branches learn to confuse them.
     """
 
     def __init__(self, scale: float, **kwargs):
         super().__init__(**kwargs)
-        if not 0.0 <= scale <= 1.0:
-            raise ValueError(f"GradientScale scale must be in [0, 1], got {scale}")
+        if not -1.0 <= scale <= 1.0:
+            raise ValueError(f"GradientScale scale must be in [-1, 1], got {scale}")
         self.scale = float(scale)
 
     def call(self, inputs):

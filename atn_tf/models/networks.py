@@ -131,7 +131,7 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                 branch_dropout: float = 0.0, apex_distill: bool = False,
                 apex_label_grad: float = 1.0, apex_head_input: str = "embedding", flow_sample_norm: bool = False,
                 head_weights: dict | None = None, flow_seq_mirror: str = "reflect", au_heads: int = 0,
-                au_class_heads: bool = False) -> keras.Model:
+                au_class_heads: bool = False, adversary_heads: int = 0) -> keras.Model:
     """Builds one of `MODEL_NAMES`.
 
     * `atn`: apex branch + time branch, concatenated -> dropout -> dense -> softmax.
@@ -223,6 +223,11 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
       in the average that predicts (`logits` = WeightedMean of the heads' average, at the
       heads' total weight, and these). Built after every other layer, so the other layers
       start from the same seeded weights as without them.
+    * `adversary_heads` = D > 0: on each motion branch's (scaled) embedding, a gradient
+      reversal, a 64-unit ReLU layer and D logits, output `adv_<branch>`, that the
+      training step fits to the clip's domain (`TrainConfig.adversary`: its database or
+      subject); the reversed gradient trains the branch to hide the domain (Ganin &
+      Lempitsky, 2015). Built last, after the AU heads; prediction unchanged.
     """
     if name not in _VARIANTS:
         raise ValueError(f"unknown model {name!r}; expected one of {MODEL_NAMES}")
@@ -274,6 +279,9 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         raise ValueError(f"au_heads={au_heads}, au_class_heads={au_class_heads}: AU heads sit on the motion "
                          f"branches (time, flow; model {name!r} has {branches}); their class heads need "
                          "late fusion of several branches")
+    if adversary_heads < 0 or (adversary_heads and not {"time", "flow"} & set(branches)):
+        raise ValueError(f"adversary_heads={adversary_heads}: the adversary heads sit on the motion branches "
+                         f"(time, flow; model {name!r} has {branches})")
     if flow_sample_norm and "flow" not in branches:
         raise ValueError(f"flow_sample_norm standardises the flow image: model {name!r} has no flow branch")
     if apex_init and not fer:
@@ -357,6 +365,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     if au_heads:
         outputs.update(_au_outputs(embeddings, dict(zip(head_inputs, features)), au_heads, au_class_heads,
                                    num_classes, logits, sum(weights), merge))
+    if adversary_heads:
+        outputs.update(_adversary_outputs(dict(zip(head_inputs, features)), adversary_heads, merge))
     return _finish(keras.Model(inputs=model_in, outputs=outputs, name=name), sync_batchnorm, apex_init, freeze_apex, fer)
 
 
@@ -383,6 +393,21 @@ def _au_outputs(embeddings: dict, features: dict, k: int, class_heads: bool, num
     out["logits"] = WeightedMean([heads_weight] + [1.0] * len(extra), name="logits_with_au")([logits] + extra)
     out["probabilities"] = keras.layers.Activation("softmax", dtype="float32",
                                                    name="probabilities_with_au")(out["logits"])
+    return out
+
+
+ADVERSARY_HIDDEN = 64
+
+
+def _adversary_outputs(features: dict, domains: int, merge) -> dict:
+    """The `adversary_heads` outputs of `build_model`: `adv_<branch>` per motion branch."""
+    out = {}
+    for branch in ("time", "flow"):
+        if f"{branch}_embedding" in features:
+            x = GradientScale(-1.0, name=f"adv_reverse_{branch}")(features[f"{branch}_embedding"])
+            x = keras.layers.Dense(ADVERSARY_HIDDEN, activation="relu", name=f"adv_hidden_{branch}")(x)
+            key = f"adv_{branch}"
+            out[key] = merge({key: keras.layers.Dense(domains, name=key)(x)})[key]
     return out
 
 
