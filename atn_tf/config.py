@@ -299,6 +299,9 @@ class TrainConfig:
         return atomic_io.write_text(os.path.join(model_dir, CONFIG_FILE), self.to_json())
 
     def model_kwargs(self) -> dict:
+        if self.adversary and not self.adversary_domains:
+            raise ValueError(f"adversary={self.adversary!r} needs adversary_domains, which "
+                             "train_lib.config_for_data fills from the records' dataset_info.json")
         return dict(image_size=self.image_size, width=self.width, lstm_units=self.lstm_units,
                     dropout=self.dropout, input_norm=self.input_norm, embedding_scale=self.embedding_scale,
                     apex_backbone=self.apex_backbone, apex_init=self.apex_init, freeze_apex=self.freeze_apex,

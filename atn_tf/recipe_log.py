@@ -32,9 +32,10 @@ def define_flags() -> None:
     flags.DEFINE_string("output", "docs/results.md", "Markdown file to update.")
 
 BEGIN, END = "<!-- recipe-log:begin -->", "<!-- recipe-log:end -->"
-# Fields that say where a run lives or how it logs, not what it learns.
+# Fields that say where a run lives or how it logs, not what it learns (adversary_domains:
+# filled from the data, as --adversary says which).
 _NOT_RECIPE = {"data_dir", "model_dir", "checkpoint_every", "log_every", "test_subjects", "test_databases",
-               "strategy", "cpu_devices", "val_fraction", "eval_every", "seed"}
+               "strategy", "cpu_devices", "val_fraction", "eval_every", "seed", "adversary_domains"}
 
 
 def changes(config: dict, base: TrainConfig) -> str:

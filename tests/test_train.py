@@ -316,6 +316,8 @@ def test_adversary_heads_read_the_domain_and_push_back_into_the_motion_branches(
     plain = {w.path: np.array(w) for w in runs[""][0].model.trainable_weights}
     shared = [p for p in plain if p.startswith(("time_", "flow_")) and not p.endswith("logits/kernel")]
     assert any(not np.allclose(plain[p], weights[p][0]) for p in shared)     # the branches feel them
+    with pytest.raises(ValueError, match="needs adversary_domains"):
+        cfg.replace(adversary="database").model_kwargs()
     with pytest.raises(input_pipeline.DataError, match="not among the 2 domains"):
         input_pipeline.domain_targets(data, "database", ("casme2", "samm"))
     for bad, match in ((dict(adversary="face"), "adversary must be one of"),
