@@ -127,26 +127,27 @@ def table(reports: list[dict]) -> str:
 
 def seeds_table(reports: list[dict]) -> str:
     """The recipes run with several `--seed`s on the rotating split: their rows, the last-step
-    UF1 of each seed and the mean. Same flags (and the same flow-image mirror) = one recipe;
-    a seed run twice counts once, its latest row. Why: one seed's row moves by about 0.02
-    between seeds (each draws its own partition), so a choice between recipes needs the mean
-    over several."""
+    UF1 of each seed and the mean. Same flags (and the same flow-image mirror) on the same CPU
+    = one recipe; a seed run twice counts once, its latest row. Why: one seed's row moves by
+    about 0.02 between seeds (each draws its own partition), so a choice between recipes
+    needs the mean over several; and the same seed trains a different model on another CPU
+    (the kernels sum in another order), so runs of two CPUs are not pooled."""
     groups: dict = {}
     for k, r in enumerate(reports, 1):
         cfg = r["config"]
         if inner_split(r) != "rotating":
             continue
-        key = (cfg["model"], describe(cfg), reports_lib.old_flow_mirror(r))
+        key = (cfg["model"], describe(cfg), reports_lib.old_flow_mirror(r), reports_lib.cpu(r))
         groups.setdefault(key, {})[cfg.get("seed", 0)] = (k, r["final"]["uf1"])
-    lines = ["| model | changes | seeds | rows | last-step UF1 per seed | mean ± sd |",
-             "|---|---|---:|---|---|---|"]
-    for (model, recipe, old_mirror), by_seed in groups.items():
+    lines = ["| model | changes | CPU | seeds | rows | last-step UF1 per seed | mean ± sd |",
+             "|---|---|---|---:|---|---|---|"]
+    for (model, recipe, old_mirror, processor), by_seed in groups.items():
         if len(by_seed) < 2:
             continue
         seeds = sorted(by_seed)
         uf1 = np.array([by_seed[s][1] for s in seeds])
         mark = OLD_MIRROR_MARK if old_mirror else ""
-        lines.append(f"| {model}{mark} | {recipe} | {len(seeds)} | "
+        lines.append(f"| {model}{mark} | {recipe} | {processor} | {len(seeds)} | "
                      f"{', '.join(str(by_seed[s][0]) for s in seeds)} | "
                      f"{' / '.join(f'{u:.3f}' for u in uf1)} | {uf1.mean():.3f} ± {uf1.std(ddof=1):.3f} |")
     return "\n".join(lines) + "\n"
@@ -204,8 +205,10 @@ def update(dev_dir: str, output: str) -> str:
             f"{reports_lib.FLOW_MIRROR_FIXED[:10]} (commit 0480976): columns flipped, the strain channel inverted and u "
             f"kept; later rows negate u and keep the strain.\n\n" + table(reports)
             + "\nThe recipes run with several seeds on the rotating split (the rows above, grouped by their "
-              "flags; a seed run twice counts once, with its latest row). One seed's row moves by about 0.02 "
-              "between seeds, so recipes are compared by these means:\n\n" + seeds_table(reports))
+              "flags and the CPU they ran on; a seed run twice counts once, with its latest row). One seed's "
+              "row moves by about 0.02 between seeds, so recipes are compared by these means, each against "
+              "runs of the same CPU: the same seed trains a different model on another CPU (seventeenth "
+              "round).\n\n" + seeds_table(reports))
     if probes:
         body += ("\nThe floor on the same inner-validation samples: a linear probe (StandardScaler + logistic "
                  "regression, C chosen by grouped CV on the rest of each training fold) on the records' own "

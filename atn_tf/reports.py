@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 
 from atn_tf import atomic_io
 from atn_tf.feature_spec import CLASS_NAMES
@@ -21,6 +22,18 @@ def old_flow_mirror(report: dict) -> bool:
     cfg = report.get("config") or {}
     return (cfg.get("model") in ("atn_flow", "flow_only") and bool(cfg.get("augment"))
             and report.get("date", "") < FLOW_MIRROR_FIXED)
+
+
+def cpu(report: dict) -> str:
+    """The CPU a report ran on: the head of its `machine` ("AMD EPYC, 2 logical CPUs ..."). The
+    same recipe and seed train a different model on another CPU (docs/results.md, seventeenth
+    round), so the tables name it. Older reports wrote "2 cores (AMD EPYC)" or {"cpu": ...}."""
+    machine = report.get("machine") or ""
+    if isinstance(machine, dict):
+        machine = machine.get("cpu", "")
+    head = machine.split(",")[0].strip()
+    inner = re.fullmatch(r"\d+ cores \((.+)\)", head)
+    return (inner.group(1) if inner else head) or "—"
 
 
 def load_report(path: str) -> dict:

@@ -105,6 +105,11 @@ def test_seeds_table_averages_each_recipe_over_its_seeds(tmp_path):
     rows = [dev("a", 1, 0.70), dev("a_seed1", 2, 0.60, seed=1), dev("a_seed1_again", 3, 0.64, seed=1),
             dev("b", 4, 0.50, dropout=0.3), dev("c", 5, 0.90, split="fixed"), dev("c_seed1", 6, 0.10, split="fixed",
                                                                               seed=1)]
-    lines = recipe_log.seeds_table(rows).splitlines()
-    assert len(lines) == 3                      # header, rule, recipe a only
-    assert "| 2 | 1, 3 | 0.700 / 0.640 | 0.670 ± 0.042 |" in lines[2] and "--input_norm" in lines[2]
+    other_cpu = [dict(dev(f"a_xeon{s}", 7 + s, 0.8, seed=s), machine="Intel Xeon, 2 logical CPUs") for s in (0, 1)]
+    lines = recipe_log.seeds_table(rows + other_cpu).splitlines()
+    assert len(lines) == 4                      # header, rule, recipe a on each CPU
+    assert "| — | 2 | 1, 3 | 0.700 / 0.640 | 0.670 ± 0.042 |" in lines[2] and "--input_norm" in lines[2]
+    assert "| Intel Xeon | 2 | 7, 8 | 0.800 / 0.800 | 0.800 ± 0.000 |" in lines[3]
+    from atn_tf.reports import cpu
+    assert [cpu({"machine": m}) for m in ("AMD EPYC, 2 logical CPUs", "2 cores (AMD EPYC)", {"cpu": "AMD EPYC"}, "")] \
+        == ["AMD EPYC", "AMD EPYC", "AMD EPYC", "—"]
