@@ -286,8 +286,8 @@ def test_au_loss_on_records_without_action_units_names_the_folder(tmp_path):
 def test_adversary_heads_read_the_domain_and_push_back_into_the_motion_branches(data_dir):
     """--adversary: the domains come from dataset_info.json (kept in the config), each clip
     gets its domain's index, and a head per motion branch reads it through a gradient
-    reversal: the heads learn, the branches train differently, the prediction stays the
-    class heads' average, and the frozen-apex head is untouched by it."""
+    reversal: the heads learn, the branches train differently, and the prediction stays the
+    class heads' average."""
     from atn_tf import input_pipeline, train_lib
     info = input_pipeline.read_dataset_info(data_dir)
     cfg = TrainConfig(data_dir=data_dir, model="atn_flow", train_steps=6, fusion="late", input_norm=True,
