@@ -52,9 +52,11 @@ class ClipInputs:
     apex_rule: str = ""                          # "spotted" | "given" | "middle frame"
     motion_curve: Optional[np.ndarray] = None    # the spotting curve, onset..offset
     apex_crop: Optional[np.ndarray] = None       # uint8 [224, 224] gray, for --clip_dir
+    database: str = ""                           # for models with per-database head weights
 
-    def arrays(self, with_flow_image: bool) -> dict:
-        """Batch-1 arrays keyed by the `predict_images` input names."""
+    def arrays(self, with_flow_image: bool, with_database: bool = False) -> dict:
+        """Batch-1 arrays keyed by the `predict_images` input names (`database` only for a
+        model trained with --database_head_weights; "" gives its default weights)."""
         out = {IMAGE_BYTES_INPUT: np.array([self.apex_bytes], dtype=object),
                "flow_seq": np.asarray(self.flow_seq, np.float32)[None],
                "flow_len": np.array([self.flow_seq.shape[0]], np.int32)}
@@ -62,6 +64,8 @@ class ClipInputs:
             f = feature_spec.FLOW_IMAGE_SIZE
             fi = self.flow_image if self.flow_image is not None else np.zeros((f, f, 3), np.float32)
             out["flow_image"] = np.asarray(fi, np.float32)[None]
+        if with_database:
+            out["database"] = np.array([self.database.encode()], dtype=object)
         return out
 
 
@@ -235,6 +239,8 @@ def define_flags() -> None:
     flags.DEFINE_boolean("allow_feature_mismatch", False, "Predict even when the input's feature "
                          "encodings differ from the model's training data (prints a warning).")
     flags.DEFINE_boolean("json", False, "Print the result as JSON.")
+    flags.DEFINE_string("database", "", "The clip's database (e.g. smic), for a model trained with "
+                        "--database_head_weights; default: none (the model's default head weights).")
     flags.mark_flags_as_mutual_exclusive(["flow", "clip_dir"])
 
 
@@ -277,7 +283,8 @@ def inputs_from_flags(fv=None) -> ClipInputs:
                       encodings=encodings, apex_spotted=bool(clip and clip.apex_spotted),
                       apex_rule=clip.apex_rule if clip else "",
                       motion_curve=clip.motion_curve if clip else None,
-                      apex_crop=clip.apex_crop if clip and not fv.apex else None)
+                      apex_crop=clip.apex_crop if clip and not fv.apex else None,
+                      database=fv.database or "")
 
 
 # ------------------------------------------------------------------ results

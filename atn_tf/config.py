@@ -51,6 +51,20 @@ def parse_head_weights(text: str) -> dict[str, float]:
     return weights
 
 
+def parse_database_head_weights(text: str) -> dict[str, dict[str, float]]:
+    """`"samm:apex=2,linear=2;smic:apex=0"` -> {"samm": {...}, "smic": {...}}, sorted by
+    database (each entry as `parse_head_weights`); ValueError naming the bad entry."""
+    out = {}
+    for entry in (x.strip() for x in text.split(";") if x.strip()):
+        database, sep, weights = entry.partition(":")
+        database = database.strip()
+        if not sep or not database or database in out:
+            raise ValueError(f"database_head_weights: bad entry {entry!r}: expected "
+                             "<database>:<branch>=<weight>,... once per database, entries separated by ';'")
+        out[database] = parse_head_weights(weights)
+    return dict(sorted(out.items()))
+
+
 # The allowed values of the recipe's string fields.
 CHOICES = {"balance_by": ("class", "database_class"), "optimizer": ("sgd", "adamw"),
            "lr_schedule": ("step", "cosine"), "embedding_scale": ("none", "learned"),
@@ -140,6 +154,9 @@ class TrainConfig:
     # the average that predicts (unnamed: 1; copies of `members` take their branch's);
     # training is unchanged, as each head learns from its own loss.
     head_weights: str = ""
+    # fusion=late: the head weights of clips of these databases (a model input says which);
+    # others use head_weights. "db:branch=w,...;db:..."
+    database_head_weights: str = ""
     # > 0: an auxiliary loss, this weight x the mean sigmoid cross-entropy of an action-unit
     # head on each motion branch (time, flow) against the AUs the coding sheets give
     # (`au_vocab`); clips whose source codes none (SMIC) are left out of it. Prediction is
@@ -223,6 +240,13 @@ class TrainConfig:
                              "(fusion=concat trains the fused head alone already)")
         if parse_head_weights(self.head_weights) and self.fusion != "late":
             raise ValueError(f"head_weights={self.head_weights!r}: weights the heads of fusion=late")
+        if parse_database_head_weights(self.database_head_weights) and (
+                self.fusion != "late" or self.fused_loss > 0 or self.au_loss > 0):
+            # Training feeds no database (the heads learn on their own losses), so nothing
+            # it optimises may read the fused logits.
+            raise ValueError(f"database_head_weights={self.database_head_weights!r}: weights the heads of "
+                             "fusion=late at prediction; not with fused_loss or au_loss, which train on the "
+                             "fused logits")
         if self.linear_fit == "probe" and not (self.linear_path and self.fusion == "late" and not self.mirror_tta):
             raise ValueError("linear_fit=probe fits the late-fusion linear head: it needs linear_path and "
                              "fusion=late, without mirror_tta")
@@ -315,6 +339,7 @@ class TrainConfig:
                     fusion=self.fusion, members=self.members, mirror_tta=self.mirror_tta, flow_seq_mirror=self.flow_seq_mirror,
                     branch_dropout=self.branch_dropout, flow_sample_norm=self.flow_sample_norm,
                     head_weights=parse_head_weights(self.head_weights),
+                    database_head_weights=parse_database_head_weights(self.database_head_weights),
                     au_heads=len(parse_au_vocab(self.au_vocab)) if self.au_loss > 0 else 0,
                     au_class_heads=self.au_class_heads,
                     adversary_heads=len(parse_domains(self.adversary_domains)) if self.adversary else 0)

@@ -151,7 +151,9 @@ class FoldRunner:
                 "samples": [{"sample_id": str(val_data["sample_id"][i]), "database": str(val_data["database"][i]),
                              "subject": str(val_data["subject"][i]), "label": int(val_data["label"][i])}
                             for i in range(len(val_data["label"]))],
-                "curve": selector.probabilities, "history": selector.history})
+                "curve": selector.probabilities, "history": selector.history,
+                # the last step's heads (late fusion), to study their weights without retraining
+                "head_logits": {k: np.round(v, 5).tolist() for k, v in session.head_logits(val_data).items()}})
             return [], {"fit_seconds": round(fit_seconds, 3)}
         if selector is not None:
             session.model.set_weights(selector.best_weights)

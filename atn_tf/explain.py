@@ -163,7 +163,10 @@ def apex_picture(inputs, size: int = feature_spec.IMAGE_SIZE) -> np.ndarray:
 def explain_inputs(model, inputs, image_size: int) -> Explanation:
     import cv2
 
-    probs, cid, cam, sal = compute(model, model_arrays(inputs, image_size))
+    from atn_tf.models import complete_inputs
+
+    feeds = complete_inputs(model, model_arrays(inputs, image_size), [inputs.database])
+    probs, cid, cam, sal = compute(model, feeds)
     crop = apex_picture(inputs)
     if cam is not None:
         cam = _normalise(cv2.resize(cam, crop.shape[::-1], interpolation=cv2.INTER_CUBIC))

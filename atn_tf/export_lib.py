@@ -12,12 +12,15 @@ Signatures (B = batch, unknown; T = time steps, unknown, 1..64; S = the model's 
     flow_seq    float32 [B, T, 128]    flow features, right-padded with zeros
     flow_len    int32   [B]            real steps of each row, 1..T
     flow_image  float32 [B, F, F, 3]   onset->apex flow image, raw 0..255 (`atn_flow` only)
+    database    string  [B]            each clip's database, e.g. "smic" (only models trained with
+                                       --database_head_weights; a name without weights, or
+                                       "", predicts with the default --head_weights)
 
 `predict_images` — for REST clients that send an encoded image (base64 JPEG/PNG/BMP/GIF):
     apex_image_bytes  string [B]       encoded apex face crop, any size, colour or gray;
                                        decoded, converted to gray and resized to S x S in
                                        the graph (area interpolation when shrinking)
-    flow_seq, flow_len (and flow_image for `atn_flow`) as above
+    flow_seq, flow_len (and flow_image for `atn_flow`, database) as above
 
 Both return
     probabilities  float32 [B, 3]      softmax over negative, positive, surprise
@@ -49,6 +52,7 @@ import tensorflow as tf
 
 from atn_tf import feature_spec
 from atn_tf.config import TrainConfig
+from atn_tf.models import DATABASE_INPUT, fusion_databases
 
 SIGNATURE_DEFAULT = "serving_default"
 SIGNATURE_IMAGES = "predict_images"
@@ -66,8 +70,13 @@ def uses_flow_image(model_name: str) -> bool:
     return model_name in MODELS_WITH_FLOW_IMAGE
 
 
-def input_signature(image_size: int, with_flow_image: bool, image_bytes: bool = False) -> list:
-    """The TensorSpecs of one signature, in argument order."""
+DATABASE_SERVING_INPUT = "database"   # models with per-database head weights (`models.fusion_databases`)
+
+
+def input_signature(image_size: int, with_flow_image: bool, image_bytes: bool = False,
+                    with_database: bool = False) -> list:
+    """The TensorSpecs of one signature, in argument order (the signature functions take
+    them by name)."""
     f = feature_spec.FLOW_IMAGE_SIZE
     specs = [tf.TensorSpec([None], tf.string, IMAGE_BYTES_INPUT) if image_bytes
              else tf.TensorSpec([None, image_size, image_size, 1], tf.float32, "apex_image"),
@@ -75,6 +84,8 @@ def input_signature(image_size: int, with_flow_image: bool, image_bytes: bool = 
              tf.TensorSpec([None], tf.int32, "flow_len")]
     if with_flow_image:
         specs.append(tf.TensorSpec([None, f, f, 3], tf.float32, "flow_image"))
+    if with_database:   # each clip's database name; one the model has no weights of (or ""): default
+        specs.append(tf.TensorSpec([None], tf.string, DATABASE_SERVING_INPUT))
     return specs
 
 
@@ -177,15 +188,25 @@ class ServingFunctions:
         self.with_flow_image = uses_flow_image(model_name)
         self.class_names = tf.constant(feature_spec.CLASS_NAMES)
         self.encodings = [item for item in feature_encodings.split(",") if item]
+        self.databases = fusion_databases(model)
 
-    def _run(self, apex_image, flow_seq, flow_len, flow_image, checks):
+    def _run(self, apex_image, flow_seq, flow_len, flow_image, checks, database=None):
         batch = tf.shape(flow_seq)[0]
         if flow_image is None:
             f = feature_spec.FLOW_IMAGE_SIZE
             flow_image = tf.zeros([batch, f, f, 3], tf.float32)
+        if self.databases:
+            database = tf.ensure_shape(database, [None], name="check_database")
+            checks = checks + [tf.debugging.assert_equal(tf.shape(database)[0], batch,
+                                                         message="database and flow_seq batch sizes differ")]
         with tf.control_dependencies(checks):
             inputs = {"apex_image": tf.identity(apex_image), "flow_seq": tf.identity(flow_seq),
                       "flow_len": tf.identity(flow_len), "flow_image": tf.identity(flow_image)}
+            if self.databases:
+                match = tf.equal(database[:, None], tf.constant(self.databases)[None, :])
+                inputs[DATABASE_INPUT] = tf.where(tf.reduce_any(match, axis=1),
+                                                  tf.argmax(tf.cast(match, tf.int32), axis=1, output_type=tf.int32),
+                                                  -1)
         probabilities = tf.cast(self.model(inputs, training=False)["probabilities"], tf.float32)
         class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         return {"probabilities": probabilities, "class_id": class_id,
@@ -205,14 +226,14 @@ class ServingFunctions:
             out.append(tf.ensure_shape(apex_image, [None, s, s, 1], name="check_apex_image"))
         return out
 
-    def serving_default(self, apex_image, flow_seq, flow_len, flow_image=None):
+    def serving_default(self, apex_image, flow_seq, flow_len, flow_image=None, database=None):
         flow_seq, flow_len, flow_image, apex_image = self._ensure_shapes(
             flow_seq, flow_len, flow_image, apex_image)
         checks = _check_flow(tf.shape(apex_image)[0], flow_seq, flow_len, flow_image)
         checks.append(tf.debugging.assert_all_finite(apex_image, message="apex_image has NaN or Inf"))
-        return self._run(apex_image, flow_seq, flow_len, flow_image, checks)
+        return self._run(apex_image, flow_seq, flow_len, flow_image, checks, database)
 
-    def predict_images(self, apex_image_bytes, flow_seq, flow_len, flow_image=None):
+    def predict_images(self, apex_image_bytes, flow_seq, flow_len, flow_image=None, database=None):
         flow_seq, flow_len, flow_image = self._ensure_shapes(flow_seq, flow_len, flow_image)
         apex_image_bytes = tf.ensure_shape(apex_image_bytes, [None], name="check_apex_image_bytes")
         checks = _check_flow(tf.shape(apex_image_bytes)[0], flow_seq, flow_len, flow_image)
@@ -220,7 +241,12 @@ class ServingFunctions:
             apex = tf.map_fn(lambda b: decode_apex(b, self.image_size), apex_image_bytes,
                              fn_output_signature=tf.TensorSpec([self.image_size, self.image_size, 1],
                                                                tf.float32))
-        return self._run(apex, flow_seq, flow_len, flow_image, checks)
+        return self._run(apex, flow_seq, flow_len, flow_image, checks, database)
+
+    def endpoint(self, fn, specs: list):
+        """`fn` taking the signature's inputs by name (flow_image and database are optional)."""
+        names = [spec.name for spec in specs]
+        return lambda *args: fn(**dict(zip(names, args)))
 
 
 def write_saved_model(model: keras.Model, model_name: str, image_size: int, path: str,
@@ -229,11 +255,11 @@ def write_saved_model(model: keras.Model, model_name: str, image_size: int, path
     fns = ServingFunctions(model, model_name, image_size, feature_encodings)
     archive = keras.export.ExportArchive()
     archive.track(model)
-    with_fi = fns.with_flow_image
-    archive.add_endpoint(SIGNATURE_DEFAULT, fns.serving_default,
-                         input_signature=input_signature(image_size, with_fi))
-    archive.add_endpoint(SIGNATURE_IMAGES, fns.predict_images,
-                         input_signature=input_signature(image_size, with_fi, image_bytes=True))
+    with_fi, with_db = fns.with_flow_image, bool(fns.databases)
+    for name, fn, image_bytes in ((SIGNATURE_DEFAULT, fns.serving_default, False),
+                                  (SIGNATURE_IMAGES, fns.predict_images, True)):
+        specs = input_signature(image_size, with_fi, image_bytes=image_bytes, with_database=with_db)
+        archive.add_endpoint(name, fns.endpoint(fn, specs), input_signature=specs)
     archive.write_out(path, verbose=False)
 
 
@@ -248,6 +274,8 @@ def warmup_request(config: TrainConfig, steps: int = feature_spec.MAX_STEPS):
               "flow_len": np.full([1], steps, np.int32)}
     if uses_flow_image(config.model):
         inputs["flow_image"] = np.zeros([1, f, f, 3], np.float32)
+    if config.database_head_weights:
+        inputs[DATABASE_SERVING_INPUT] = np.array([b""])
     request = predict_pb2.PredictRequest()
     request.model_spec.signature_name = SIGNATURE_DEFAULT
     for k, v in inputs.items():

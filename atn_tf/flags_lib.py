@@ -85,6 +85,9 @@ HELP = {
     "branch_loss": "> 0: weight of an auxiliary cross-entropy on a linear head per branch.",
     "head_weights": "fusion=late: 'branch=w,...' (apex, time, flow, linear) weights the heads in the "
                     "average that predicts (others 1); training unchanged. E.g. apex=0.5,time=0.5.",
+    "database_head_weights": "fusion=late: 'db:branch=w,...;db:...': head weights for the clips of "
+                             "these databases (the model then reads a database_id input; other clips "
+                             "use --head_weights); training unchanged. E.g. smic:apex=0,linear=0.",
     "au_loss": "> 0: weight of an auxiliary sigmoid cross-entropy of an action-unit head on each motion "
                "branch (time, flow) against the records' coded AUs (clips with none coded, e.g. SMIC, left "
                "out); prediction unchanged. Needs records built with the coding sheets.",

@@ -70,7 +70,8 @@ class LocalPredictor:
         return {k: v.numpy() for k, v in self.fn(**feeds).items()}
 
     def predict(self, inputs: clip_inputs.ClipInputs) -> clip_inputs.Prediction:
-        arrays = inputs.arrays(with_flow_image="flow_image" in self.input_names)
+        arrays = inputs.arrays(with_flow_image="flow_image" in self.input_names,
+                               with_database="database" in self.input_names)
         return clip_inputs.Prediction.from_outputs(self.run(arrays))
 
     def training_encodings(self) -> tuple[dict, str | None]:

@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from atn_tf import input_pipeline
+from atn_tf.models import complete_inputs
 
 
 def predict_records(model, data_dir: str, selection: input_pipeline.Selection, image_size: int,
@@ -19,7 +20,7 @@ def predict_records(model, data_dir: str, selection: input_pipeline.Selection, i
     ds = input_pipeline.eval_dataset(data_dir, selection, batch_size=batch_size, image_size=image_size,
                                      held_out=held_out)
     for x, meta in ds:
-        probs = forward(x).numpy().astype(np.float64)
+        probs = forward(complete_inputs(model, x, meta["database"].numpy())).numpy().astype(np.float64)
         for i in range(probs.shape[0]):
             rows.append({"sample_id": meta["sample_id"][i].numpy().decode(),
                          "database": meta["database"][i].numpy().decode(),

@@ -22,7 +22,7 @@ from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
 from atn_tf.baselines import probe
-from atn_tf.models.networks import layer_input_values
+from atn_tf.models.networks import DATABASE_INPUT, layer_input_values
 
 LAYER = "linear_logits"
 ABSENT_CLASS_LOGIT = -30.0      # a class the training part lacks: probability ~ 0
@@ -30,7 +30,8 @@ ABSENT_CLASS_LOGIT = -30.0      # a class the training part lacks: probability ~
 
 def head_inputs(model: keras.Model, data: dict) -> np.ndarray:
     """What the linear head reads, for every row of the arrays `data` (inference mode)."""
-    return layer_input_values(model, LAYER, {k: data[k] for k in model.input})
+    # (not the database_id: the head's inputs never depend on it)
+    return layer_input_values(model, LAYER, {k: data[k] for k in model.input if k != DATABASE_INPUT})
 
 
 def pipeline_to_dense(pipeline, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -195,17 +195,25 @@ def main(argv):
 def predict_with_flow_image(call, inputs: clip_inputs.ClipInputs, computed_flow_image: bool):
     """(outputs, whether flow_image was sent). A computed flow image (--clip_dir) is offered;
     if the server's signature does not take one it refuses the input by name, and the
-    request goes again without it."""
-    send = inputs.flow_image is not None
-    kwargs = (FLAGS.server, inputs.arrays(with_flow_image=send), FLAGS.model_name, FLAGS.signature,
-              FLAGS.model_version, FLAGS.timeout)
-    try:
-        return call(*kwargs), send
-    except (ServingError, request_validation.RequestError) as e:
-        if not (send and computed_flow_image and "flow_image" in str(e)):
-            raise
-    return call(FLAGS.server, inputs.arrays(with_flow_image=False), FLAGS.model_name, FLAGS.signature,
-                FLAGS.model_version, FLAGS.timeout), False
+    request goes again without it. A signature that takes `database` (per-database head
+    weights) gets --database, or "" when none was given."""
+    send, database = inputs.flow_image is not None, bool(inputs.database)
+
+    def request():
+        return call(FLAGS.server, inputs.arrays(with_flow_image=send, with_database=database), FLAGS.model_name,
+                    FLAGS.signature, FLAGS.model_version, FLAGS.timeout)
+
+    while True:     # each retry turns one switch, so this ends
+        try:
+            return request(), send
+        except (ServingError, request_validation.RequestError) as e:
+            # A model with per-database head weights takes `database` ("" when no --database).
+            if not database and "'database'" in str(e):
+                database = True
+            elif send and computed_flow_image and "flow_image" in str(e):
+                send = False
+            else:
+                raise
 
 
 if __name__ == "__main__":

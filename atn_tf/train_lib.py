@@ -23,7 +23,7 @@ from absl import logging
 
 from atn_tf import atomic_io, augment, distribute, input_pipeline, protocols, provenance
 from atn_tf.config import TrainConfig, parse_au_vocab, parse_domains
-from atn_tf.models import build_model, set_input_statistics
+from atn_tf.models import DATABASE_INPUT, build_model, complete_inputs, fusion_databases, set_input_statistics
 from atn_tf.models.networks import DISTILL_OUTPUT, fer_teacher
 
 CHECKPOINT_DIR = "checkpoints"
@@ -139,8 +139,7 @@ class Session:
         self.rng_states = [v.value for v in self.model.non_trainable_variables if "seed_generator" in v.path]
         self._initial = [v.numpy() for v in self.model.variables]
         self._train_loop = self._make_train_loop()
-        self._forward = tf.function(lambda x: self.model(x, training=False)["probabilities"],
-                                    reduce_retracing=True)
+        self._forward = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
 
     def set_statistics(self, data: dict) -> None:
         """The training part's statistics: the model's (`set_model_statistics`) and the
@@ -264,11 +263,15 @@ class Session:
                      for k in adv_keys]
             return config.adversary_weight * tf.add_n(terms) / len(terms)
 
+        reads_database = bool(fusion_databases(model))
+
         def replica_step(inputs, labels):
             inputs = dict(inputs)
             au_target = inputs.pop("au_target", None)   # targets, not model inputs
             domain_target = inputs.pop("domain_target", None)
             inputs, target_loss = mixed(inputs, labels)
+            if reads_database:   # only the fused logits read it, and no loss does
+                inputs[DATABASE_INPUT] = tf.fill(tf.shape(inputs["flow_len"]), -1)
             with tf.GradientTape() as tape:
                 out = model(inputs, training=True)
                 per_example = example_loss(inputs, labels, out, target_loss)
@@ -330,16 +333,28 @@ class Session:
 
     def predict(self, data: dict, batch_size: int = 64) -> np.ndarray:
         """Class probabilities [N, C] of the arrays `data` (float64)."""
+        return self.predict_outputs(data, ("probabilities",), batch_size)["probabilities"]
+
+    def head_logits(self, data: dict, batch_size: int = 64) -> dict[str, np.ndarray]:
+        """Late fusion: each head's logits [N, C] (`<branch>_logits`, the ones the fused
+        prediction averages), e.g. to study the fusion weights on inner validation."""
+        names = [k for k in self.model.output if k.endswith("_logits") and not k.startswith(("adv_", "au_"))]
+        return self.predict_outputs(data, tuple(names), batch_size)
+
+    def predict_outputs(self, data: dict, names: tuple, batch_size: int = 64) -> dict[str, np.ndarray]:
+        """The model's outputs `names` on the arrays `data`, in inference mode (float64)."""
         data = input_pipeline.resize_apex(data, self.config.image_size)
-        out = []
+        out = {k: [] for k in names}
         for i in range(0, len(data["label"]), batch_size):
             part = input_pipeline.take_rows(data, np.arange(i, min(i + batch_size, len(data["label"]))))
             x = {"apex_image": tf.constant(part["apex_image"], tf.float32),
                  "flow_seq": tf.constant(part["flow_seq"], tf.float32),
                  "flow_len": tf.constant(part["flow_len"], tf.int32),
                  "flow_image": tf.constant(part["flow_image"], tf.float32)}
-            out.append(self._forward(x).numpy().astype(np.float64))
-        return np.concatenate(out) if out else np.zeros([0, 3])
+            y = self._forward(complete_inputs(self.model, x, part["database"]))
+            for k in names:
+                out[k].append(y[k].numpy().astype(np.float64))
+        return {k: np.concatenate(v) if v else np.zeros([0, 3]) for k, v in out.items()}
 
 
 @dataclasses.dataclass

@@ -312,6 +312,7 @@ def test_checkpoint_selection_uses_inner_validation_and_never_the_test_fold(megc
         inner = json.load(open(tmp_path / "dev" / "folds" / fold / evaluate_lib.DEV_PREDICTIONS))
         assert inner["samples"] and all(s["database"] != fold for s in inner["samples"])
         assert not os.path.exists(tmp_path / "dev" / "folds" / fold / "predictions.json")
+        assert inner["head_logits"] == {}   # one branch: no late-fusion heads
     assert [c["step"] for c in dev["curve"]] == [2, 4, 6] and dev["best"]["step"] in (2, 4, 6)
     # rotating inner split (the default): each development fold validates on other subjects
     validated = [{(s["database"], s["subject"]) for s in json.load(open(

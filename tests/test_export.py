@@ -278,6 +278,29 @@ def test_atn_flow_takes_flow_image(tmp_path, recipe):
     np.testing.assert_allclose(run_signature(loaded, "serving_default", **x)["probabilities"], want, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["atn_flow", "atn"])
+def test_database_head_weights_take_the_database_by_name(tmp_path, name):
+    """--database_head_weights: both signatures take each clip's database as a string and
+    predict as the Keras model does with that database's id; an unknown name or "" gets the
+    default weights. A model without the flow image still takes the database (by name)."""
+    from atn_tf.models import complete_inputs
+    model = save_run(tmp_path / "run", name=name, seed=2, fusion="late", input_norm=True,
+                     head_weights="apex=0.5", database_head_weights="smic:apex=0;samm:time=3")
+    loaded = tf.saved_model.load(export_lib.export(str(tmp_path / "run"), str(tmp_path / "sm")))
+    for sig in export_lib.SIGNATURES:
+        wanted = loaded.signatures[sig].structured_input_signature[1]
+        assert "database" in wanted and ("flow_image" in wanted) == (name == "atn_flow")
+    x = random_inputs(4, seed=6)
+    names = ["smic", "samm", "casme2", ""]
+    want = model(complete_inputs(model, x, names), training=False)["probabilities"].numpy()
+    default = model(complete_inputs(model, x), training=False)["probabilities"].numpy()
+    assert not np.allclose(want[:2], default[:2], atol=1e-4) and np.allclose(want[2:], default[2:], atol=1e-6)
+    got = run_signature(loaded, "serving_default", database=np.array([n.encode() for n in names]), **x)
+    np.testing.assert_allclose(got["probabilities"], want, atol=1e-5)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="database and flow_seq batch sizes differ"):
+        run_signature(loaded, "serving_default", database=np.array([b"smic"]), **x)
+
+
 def _cli(*args):
     exe = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     return subprocess.run([exe, *args], capture_output=True, text=True, env=ENV, timeout=300)

@@ -330,6 +330,13 @@ JAX_SCRIPT = textwrap.dedent("""
             a = np.asarray(out["time_embedding"][0])
             b = np.asarray(model(short, training=False)["time_embedding"][0])
             assert np.allclose(a, b, atol=1e-5), name
+    # per-database head weights (DatabaseWeightedMean): database 0 has only the flow head
+    model = build_model("atn_flow", image_size=64, width=8, lstm_units=16, fusion="late",
+                        database_head_weights={"smic": {"apex": 0.0, "time": 0.0}})
+    out = model(dict(batch, database_id=np.array([0, -1], "int32")), training=False)
+    heads = [np.asarray(out[k]) for k in ("apex_logits", "time_logits", "flow_logits")]
+    assert np.allclose(np.asarray(out["logits"])[0], heads[2][0], atol=1e-5)
+    assert np.allclose(np.asarray(out["logits"])[1], np.mean(heads, axis=0)[1], atol=1e-5)
     print(json.dumps(shapes))
 """)
 

@@ -4,6 +4,7 @@ and `--clip_dir` through the builder's own face/flow code (tiny model, no traini
 
 import base64
 import concurrent.futures
+import dataclasses
 import http.server
 import json
 import os
@@ -373,3 +374,41 @@ def test_cli_predict_and_serve_client(demo_clip, export_base, grpc_server, tmp_p
         assert abs(sum(answer["probabilities"].values()) - 1) < 1e-4
     local = json.loads(results[0][0].strip().splitlines()[-1])
     assert local["flow_steps"] == sample.flow_seq.shape[0]
+
+
+def test_database_input_reaches_the_model_through_both_clients(tmp_path):
+    """A model with per-database head weights: `predict` and `serve_client` send `--database`
+    (or "", the default weights, when none is given), and answer as the Keras model does."""
+    from atn_tf.models import complete_inputs
+    model = save_run(tmp_path / "run", name="atn", seed=3, fusion="late", input_norm=True,
+                     database_head_weights="smic:apex=0,time=2")
+    base = str(tmp_path / "saved_models" / "db")
+    export_lib.export(str(tmp_path / "run"), base)
+    x = random_inputs(1, seed=8)
+    cv2.imwrite(str(tmp_path / "apex.png"), x["apex_image"][0, :, :, 0].astype(np.uint8))
+    seq = x["flow_seq"][0, :int(x["flow_len"][0])]
+    np.save(tmp_path / "seq.npy", seq)
+    inputs = clip_inputs.ClipInputs(apex_bytes=open(tmp_path / "apex.png", "rb").read(), flow_seq=seq)
+    local = LocalPredictor(base)
+    plain = local.predict(inputs).probabilities
+    smic = local.predict(dataclasses.replace(inputs, database="smic")).probabilities
+    keras_x = {**x, "flow_seq": seq[None]}
+    for database, got in ((None, plain), (["smic"], smic)):
+        want = model(complete_inputs(model, keras_x, database), training=False)["probabilities"].numpy()[0]
+        np.testing.assert_allclose(list(got.values()), want, atol=1e-4)
+    assert not np.allclose(list(plain.values()), list(smic.values()), atol=1e-4)
+    service = SavedModelPredictionService("db", resolve_version_dir(base))
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        for extra, want in (([], plain), (["--database=smic"], smic)):
+            r = subprocess.run([sys.executable, "-m", "atn_tf.serve_client", f"--server=127.0.0.1:{port}",
+                                "--model_name=db", f"--apex={tmp_path / 'apex.png'}", f"--flow={tmp_path / 'seq.npy'}",
+                                "--json", *extra], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
+            assert r.returncode == 0, r.stderr
+            got = json.loads(r.stdout.strip().splitlines()[-1])["probabilities"]
+            np.testing.assert_allclose(list(got.values()), list(want.values()), atol=1e-5)
+    finally:
+        server.stop(0)

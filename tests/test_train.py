@@ -196,31 +196,56 @@ def test_head_weights_change_the_prediction_not_the_training(data_dir):
     """--head_weights: the late-fusion logits are the weighted mean of the heads, and the
     heads, trained on their own losses, end where they end without it."""
     from atn_tf import train_lib
-    from atn_tf.models import build_model
+    from atn_tf.models import build_model, complete_inputs
     cfg = TrainConfig(data_dir=data_dir, model="atn_flow", train_steps=4, fusion="late", input_norm=True,
                       optimizer="adamw", learning_rate=0.01, linear_path=True, linear_inputs="flow_seq", **TINY)
     data = _arrays(data_dir, cfg.image_size)
     x = {k: data[k][:5] for k in ("apex_image", "flow_seq", "flow_len", "flow_image")}
     runs = []
-    for weights in ("", "apex=0.25,time=0.5,linear=0"):
-        session = _session(cfg.replace(head_weights=weights), data)
+    for weights, per_db in (("", ""), ("apex=0.25,time=0.5,linear=0", ""), ("", "smic:flow=0;casme2:apex=3")):
+        session = _session(cfg.replace(head_weights=weights, database_head_weights=per_db), data)
         train_lib.fit(session, data)
-        runs.append(({k: np.asarray(v) for k, v in session.model(x, training=False).items()},
-                     [np.array(w) for w in session.model.trainable_weights]))
-    (plain, plain_w), (weighted, weighted_w) = runs
-    for a, b in zip(plain_w, weighted_w):
+        runs.append(({k: np.asarray(v) for k, v in session.model(
+            complete_inputs(session.model, x, data["database"][:5]), training=False).items()},
+            [np.array(w) for w in session.model.trainable_weights]))
+    (plain, plain_w), (weighted, weighted_w), (per_db, per_db_w) = runs
+    for a, b, c in zip(plain_w, weighted_w, per_db_w):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6)
+    # --database_head_weights: each clip's database picks its row; others take --head_weights (here 1)
     heads = ("apex_logits", "time_logits", "flow_logits", "linear_logits")
+    rows = {"smic": dict(flow=0.0), "casme2": dict(apex=3.0)}
+    for i, db in enumerate(data["database"][:5]):
+        w = [rows.get(str(db), {}).get(h.split("_")[0], 1.0) for h in heads]
+        want = sum(wi * per_db[h][i] for wi, h in zip(w, heads)) / sum(w)
+        np.testing.assert_allclose(per_db["logits"][i], want, atol=1e-5)
+    assert len(set(map(str, data["database"][:5]))) > 1
+    np.testing.assert_allclose(session.predict({k: v[:5] for k, v in data.items()}), per_db["probabilities"], atol=1e-5)
     np.testing.assert_allclose(plain["logits"], np.mean([plain[h] for h in heads], axis=0), atol=1e-5)
     want = (0.25 * weighted["apex_logits"] + 0.5 * weighted["time_logits"] + weighted["flow_logits"]) / 1.75
     np.testing.assert_allclose(weighted["logits"], want, atol=1e-5)
     assert not np.allclose(plain["logits"], weighted["logits"], atol=1e-3)
+    # Session.head_logits (stored by development runs) gives the heads the fused logits average
+    stored = session.head_logits({k: v[:5] for k, v in data.items()}, batch_size=2)
+    weighted = per_db
+    assert sorted(stored) == sorted(heads)
+    for h in heads:
+        np.testing.assert_allclose(stored[h], weighted[h], atol=1e-5)
     for bad, match in (("apex=0.5", "fusion=late"), ("apex", "bad item"), ("face=1", "bad item"),
                        ("time=-1", "bad item")):
         with pytest.raises(ValueError, match=match):
             TrainConfig(model="atn_flow", fusion="late" if match != "fusion=late" else "concat", head_weights=bad)
     with pytest.raises(ValueError, match=r"no \['flow'\] head"):
         build_model("atn", **TrainConfig(model="atn", fusion="late", head_weights="flow=2").model_kwargs())
+    for bad, match in (("smic", "bad entry"), ("smic:apex=1;smic:time=1", "bad entry"), ("smic:face=1", "bad item"),
+                       (":apex=1", "bad entry")):
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(model="atn_flow", fusion="late", database_head_weights=bad)
+    for other in (dict(fusion="concat"), dict(fusion="late", fused_loss=1.0)):
+        with pytest.raises(ValueError, match="database_head_weights="):
+            TrainConfig(model="atn_flow", database_head_weights="smic:apex=0", **other)
+    with pytest.raises(ValueError, match=r"database_head_weights\['smic'\].*no \['flow'\] head"):
+        build_model("atn", **TrainConfig(model="atn", fusion="late", database_head_weights="smic:flow=2").model_kwargs())
 
 
 def test_au_loss_trains_action_unit_heads_on_the_coded_clips(data_dir):

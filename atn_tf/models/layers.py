@@ -180,6 +180,42 @@ class WeightedMean(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class DatabaseWeightedMean(keras.layers.Layer):
+    """`WeightedMean` with one row of weights per database: inputs `[database_id, x_1, ..., x_H]`,
+    `database_id` int [B] indexing the rows of `weights` [D + 1, H]; an id outside 0..D-1
+    (e.g. -1: a clip of no listed database) takes the last row, the default weights."""
+
+    def __init__(self, weights, databases=(), **kwargs):
+        super().__init__(**kwargs)
+        self.head_weights = [[float(w) for w in row] for row in weights]
+        self.databases = [str(d) for d in databases]    # the names of rows 0..D-1
+        if self.databases and len(self.databases) != len(self.head_weights) - 1:
+            raise ValueError(f"{len(self.databases)} database names for {len(self.head_weights) - 1} rows")
+        if len(self.head_weights) < 2 or len({len(r) for r in self.head_weights}) != 1 \
+                or any(min(r) < 0 or sum(r) <= 0 for r in self.head_weights):
+            raise ValueError(f"weights: two or more rows of as many weights >= 0, each with a positive sum, "
+                             f"got {self.head_weights}")
+
+    def call(self, inputs):
+        ids, heads = inputs[0], inputs[1:]
+        rows = [[w / sum(r) for w in r] for r in self.head_weights]
+        default = len(rows) - 1
+        ids = ops.cast(ids, "int32")
+        ids = ops.where((ids >= 0) & (ids < default), ids, default)
+        w = ops.take(ops.convert_to_tensor(rows, dtype="float32"), ids, axis=0)    # [B, H]
+        stacked = ops.stack(heads, axis=1)                                        # [B, H, C]
+        return ops.sum(stacked * ops.cast(w[:, :, None], stacked.dtype), axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[1]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(weights=self.head_weights, databases=self.databases)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class SampleStandardize(keras.layers.Layer):
     """Each image [B, H, W, C] standardised per channel over its own pixels
     (`feature_spec.sample_standardize` is its NumPy twin).
@@ -487,5 +523,5 @@ CUSTOM_OBJECTS = {
     f"{PACKAGE}>{cls.__name__}": cls
     for cls in (L2Normalize, SequenceMask, FlattenSteps, MaskedMean, AttentionGate, Standardize, LearnedScale,
                 Subsample2x, ScaleToUnit, PolarToCartesian, MirrorView, MergeViews, BranchDropout,
-                GradientScale, SampleStandardize, WeightedMean)
+                GradientScale, SampleStandardize, WeightedMean, DatabaseWeightedMean)
 }

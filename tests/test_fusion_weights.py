@@ -1,0 +1,67 @@
+"""Late fusion's head weights chosen on development runs' stored head logits."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from atn_tf import fusion_weights
+
+
+def _run(tmp_path, name, seed, flip_db="samm", n=60):
+    """A fake development run: 'flow' knows the label everywhere but weakly; 'time' knows it
+    strongly except in `flip_db`, where it is noise."""
+    rng = np.random.default_rng(seed)
+    folds = []
+    for f, db in enumerate(("casme2", "samm", "smic")):
+        y = rng.integers(0, 3, n)
+        onehot = np.eye(3)[y]
+        flow = 0.6 * onehot + rng.normal(0, 0.5, (n, 3))
+        time = 3.0 * onehot if db != flip_db else 3.0 * rng.normal(0, 1, (n, 3))
+        folds.append((db, y, {"flow_logits": flow, "time_logits": time}))
+    for f, (db, y, heads) in enumerate(folds):
+        d = tmp_path / name / "folds" / f"fold{f}"
+        d.mkdir(parents=True)
+        (d / "inner_validation.json").write_text(json.dumps({
+            "samples": [{"sample_id": f"{db}-{i}", "database": db, "subject": "s", "label": int(l)}
+                        for i, l in enumerate(y)],
+            "head_logits": {k: v.tolist() for k, v in heads.items()}}))
+    return str(tmp_path / name)
+
+
+def test_search_finds_the_informative_head_and_per_database_weights(tmp_path):
+    runs = [fusion_weights.RunHeads(_run(tmp_path, f"r{s}", s)) for s in range(2)]
+    assert sorted(runs[0].heads) == ["flow", "time"] and len(runs[0].labels) == 180
+    equal = fusion_weights.mean_uf1(runs, {})
+    glob_w = fusion_weights.search(runs)
+    assert fusion_weights.mean_uf1(runs, glob_w) >= equal
+    per_db = fusion_weights.search(runs, per_database=True)
+    assert set(per_db) == {"casme2", "samm", "smic"}
+    assert per_db["samm"]["time"] < per_db["casme2"]["time"]   # time is noise on samm only
+    assert fusion_weights.mean_uf1(runs, per_db) > fusion_weights.mean_uf1(runs, glob_w)
+    # scored on other runs, and the per-database rows use only each clip's own database's weights
+    check = [fusion_weights.RunHeads(_run(tmp_path, "c0", 7))]
+    text = fusion_weights.compare(runs, check, {"time": 0.5})
+    assert "baseline (time=0.5)" in text and "per database: mean gain" in text
+    only_samm = {"casme2": {}, "smic": {}, "samm": {"time": 0.0}}
+    rows = check[0].databases == "samm"
+    assert np.array_equal(check[0].predictions(only_samm)[rows], check[0].heads["flow"][rows].argmax(1))
+
+
+def test_bad_runs_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="no folds/.*inner_validation.json"):
+        fusion_weights.RunHeads(str(tmp_path / "empty"))
+    d = tmp_path / "old" / "folds" / "f"
+    d.mkdir(parents=True)
+    (d / "inner_validation.json").write_text(json.dumps({"samples": [], "curve": []}))
+    with pytest.raises(ValueError, match="inner_validation.json: no head_logits"):
+        fusion_weights.RunHeads(str(tmp_path / "old"))
+    runs = [fusion_weights.RunHeads(_run(tmp_path, "r", 0))]
+    with pytest.raises(ValueError, match="reference head 'apex'"):
+        fusion_weights.search(runs, reference="apex")
+    r = subprocess.run([sys.executable, "-m", "atn_tf.fusion_weights", f"--choose={tmp_path / 'old'}"],
+                       capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert r.returncode != 0 and "no head_logits" in r.stderr and "Traceback" not in r.stderr
