@@ -70,8 +70,8 @@ RECIPE_VERSION = re.compile(r"_(v\d+)(?:_|$)")
 
 def _size(report: dict) -> str:
     """The report's recipe (named by the experiment, `<...>_v3_seed0` -> recipe v3), its size,
-    its apex network, fitted probe head and members, and whether it trained with the
-    flow-image mirror of before 2026-12-05 (`reports.old_flow_mirror`)."""
+    its apex network, fitted probe head, members and per-database head weights, and whether
+    it trained with the flow-image mirror of before 2026-12-05 (`reports.old_flow_mirror`)."""
     cfg, experiment = report.get("config"), report.get("experiment", "")
     if not cfg:
         return "?"
@@ -88,6 +88,8 @@ def _size(report: dict) -> str:
         parts += ", fitted probe head"
     if cfg.get("members", 1) > 1:
         parts += f", {cfg['members']} members"
+    if cfg.get("database_head_weights"):
+        parts += ", head weights per database"
     mirror = "; old flow-image mirror" if reports.old_flow_mirror(report) else ""
     return recipe + f" ({cfg['image_size']}px, width {cfg['width']}, LSTM {cfg['lstm_units']}, " \
         f"{cfg['train_steps']} steps{parts}{mirror})"

@@ -212,3 +212,4 @@ def test_size_cell_names_the_apex_network_probe_head_and_members():
     assert "ResNet apex distilled from FER2013" in size(apex_backbone="resnet", apex_distill=1.0)
     assert size(linear_path=True, linear_fit="probe", members=3).endswith("fitted probe head, 3 members)")
     assert "probe head" not in size(linear_path=True, linear_fit="train")
+    assert size(database_head_weights="smic:apex=0").endswith("400 steps, head weights per database)")
