@@ -351,7 +351,7 @@ class Session:
                  "flow_seq": tf.constant(part["flow_seq"], tf.float32),
                  "flow_len": tf.constant(part["flow_len"], tf.int32),
                  "flow_image": tf.constant(part["flow_image"], tf.float32)}
-            y = self._forward(complete_inputs(self.model, x, part["database"]))
+            y = self._forward(complete_inputs(self.model, x, part.get("database")))
             for k in names:
                 out[k].append(y[k].numpy().astype(np.float64))
         return {k: np.concatenate(v) if v else np.zeros([0, 3]) for k, v in out.items()}
