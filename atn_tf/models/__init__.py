@@ -7,8 +7,7 @@ from atn_tf.models.networks import (APEX_BACKBONES, DATABASE_INPUT, INPUT_NAMES,
                                     set_input_statistics)
 
 __all__ = [
-    "APEX_BACKBONES", "AttentionGate", "CUSTOM_OBJECTS", "DATABASE_INPUT", "FlattenSteps", "INPUT_NAMES", "L2Normalize", "LearnedScale",
-    "MODEL_NAMES", "MaskedMean", "SequenceMask", "Standardize", "build_model", "complete_inputs",
-    "fusion_databases", "input_statistics",
-    "model_inputs", "set_input_statistics",
+    "APEX_BACKBONES", "AttentionGate", "CUSTOM_OBJECTS", "DATABASE_INPUT", "FlattenSteps", "INPUT_NAMES",
+    "L2Normalize", "LearnedScale", "MODEL_NAMES", "MaskedMean", "SequenceMask", "Standardize", "build_model",
+    "complete_inputs", "fusion_databases", "input_statistics", "model_inputs", "set_input_statistics",
 ]
