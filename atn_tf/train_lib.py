@@ -139,7 +139,10 @@ class Session:
         self.rng_states = [v.value for v in self.model.non_trainable_variables if "seed_generator" in v.path]
         self._initial = [v.numpy() for v in self.model.variables]
         self._train_loop = self._make_train_loop()
-        self._forward = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+        # Only the outputs asked for (a Python tuple, one trace each): a graph that also returns
+        # the heads computes the probabilities in another order, off in the last digit.
+        self._forward = tf.function(lambda x, names: {k: self.model(x, training=False)[k] for k in names},
+                                    reduce_retracing=True)
 
     def set_statistics(self, data: dict) -> None:
         """The training part's statistics: the model's (`set_model_statistics`) and the
@@ -351,7 +354,7 @@ class Session:
                  "flow_seq": tf.constant(part["flow_seq"], tf.float32),
                  "flow_len": tf.constant(part["flow_len"], tf.int32),
                  "flow_image": tf.constant(part["flow_image"], tf.float32)}
-            y = self._forward(complete_inputs(self.model, x, part.get("database")))
+            y = self._forward(complete_inputs(self.model, x, part.get("database")), tuple(names))
             for k in names:
                 out[k].append(y[k].numpy().astype(np.float64))
         return {k: np.concatenate(v) if v else np.zeros([0, 3]) for k, v in out.items()}
