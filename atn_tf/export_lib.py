@@ -89,7 +89,7 @@ def input_signature(image_size: int, with_flow_image: bool, image_bytes: bool = 
     return specs
 
 
-def _check_flow(apex_batch, flow_seq, flow_len, flow_image=None) -> list:
+def _check_flow(apex_batch, flow_seq, flow_len, flow_image=None, database=None) -> list:
     """Run-time checks of the parts the signature leaves open; returns the assert ops."""
     batch = tf.shape(flow_seq)[0]
     steps = tf.shape(flow_seq)[1]
@@ -110,6 +110,10 @@ def _check_flow(apex_batch, flow_seq, flow_len, flow_image=None) -> list:
     if flow_image is not None:
         checks.append(tf.debugging.assert_equal(tf.shape(flow_image)[0], batch,
                                                 message="flow_image and flow_seq batch sizes differ"))
+    if database is not None:    # (the EnsureShape runs first: the assert reads its output)
+        database = tf.ensure_shape(database, [None], name="check_database")
+        checks.append(tf.debugging.assert_equal(tf.shape(database)[0], batch,
+                                                message="database and flow_seq batch sizes differ"))
     return checks
 
 
@@ -195,10 +199,6 @@ class ServingFunctions:
         if flow_image is None:
             f = feature_spec.FLOW_IMAGE_SIZE
             flow_image = tf.zeros([batch, f, f, 3], tf.float32)
-        if self.databases:
-            database = tf.ensure_shape(database, [None], name="check_database")
-            checks = checks + [tf.debugging.assert_equal(tf.shape(database)[0], batch,
-                                                         message="database and flow_seq batch sizes differ")]
         with tf.control_dependencies(checks):
             inputs = {"apex_image": tf.identity(apex_image), "flow_seq": tf.identity(flow_seq),
                       "flow_len": tf.identity(flow_len), "flow_image": tf.identity(flow_image)}
@@ -229,14 +229,14 @@ class ServingFunctions:
     def serving_default(self, apex_image, flow_seq, flow_len, flow_image=None, database=None):
         flow_seq, flow_len, flow_image, apex_image = self._ensure_shapes(
             flow_seq, flow_len, flow_image, apex_image)
-        checks = _check_flow(tf.shape(apex_image)[0], flow_seq, flow_len, flow_image)
+        checks = _check_flow(tf.shape(apex_image)[0], flow_seq, flow_len, flow_image, database)
         checks.append(tf.debugging.assert_all_finite(apex_image, message="apex_image has NaN or Inf"))
         return self._run(apex_image, flow_seq, flow_len, flow_image, checks, database)
 
     def predict_images(self, apex_image_bytes, flow_seq, flow_len, flow_image=None, database=None):
         flow_seq, flow_len, flow_image = self._ensure_shapes(flow_seq, flow_len, flow_image)
         apex_image_bytes = tf.ensure_shape(apex_image_bytes, [None], name="check_apex_image_bytes")
-        checks = _check_flow(tf.shape(apex_image_bytes)[0], flow_seq, flow_len, flow_image)
+        checks = _check_flow(tf.shape(apex_image_bytes)[0], flow_seq, flow_len, flow_image, database)
         with tf.control_dependencies(checks):
             apex = tf.map_fn(lambda b: decode_apex(b, self.image_size), apex_image_bytes,
                              fn_output_signature=tf.TensorSpec([self.image_size, self.image_size, 1],

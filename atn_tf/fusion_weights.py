@@ -31,15 +31,17 @@ from atn_tf import protocols
 from atn_tf.config import parse_head_weights
 
 DEFAULT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+# evaluate_lib.DEV_PREDICTIONS (a test pins it), not imported: that would load TensorFlow
+DEV_PREDICTIONS = "inner_validation.json"
 
 
 class RunHeads:
     """One development run's inner-validation clips: labels, databases and each head's logits."""
 
     def __init__(self, work_dir: str):
-        files = sorted(glob.glob(os.path.join(work_dir, "folds", "*", "inner_validation.json")))
+        files = sorted(glob.glob(os.path.join(work_dir, "folds", "*", DEV_PREDICTIONS)))
         if not files:
-            raise ValueError(f"{work_dir}: no folds/*/inner_validation.json (not a development run?)")
+            raise ValueError(f"{work_dir}: no folds/*/{DEV_PREDICTIONS} (not a development run?)")
         labels, dbs, heads = [], [], {}
         for path in files:
             with open(path) as f:
@@ -61,7 +63,7 @@ class RunHeads:
         """Argmax of the weighted heads; `weights` maps a head, or a database to such a map."""
         out = np.zeros(len(self.labels), dtype=int)
         for db in np.unique(self.databases):
-            w = weights.get(db, weights) if isinstance(weights.get(db), dict) else weights
+            w = weights[db] if isinstance(weights.get(db), dict) else weights
             rows = self.databases == db
             fused = sum(w.get(h, 1.0) * logits[rows] for h, logits in self.heads.items())
             out[rows] = np.argmax(fused, axis=1)

@@ -51,6 +51,11 @@ def test_search_finds_the_informative_head_and_per_database_weights(tmp_path):
     assert np.array_equal(check[0].predictions(only_samm)[rows], check[0].heads["flow"][rows].argmax(1))
 
 
+def test_reads_the_files_development_runs_write():
+    from atn_tf import evaluate_lib
+    assert fusion_weights.DEV_PREDICTIONS == evaluate_lib.DEV_PREDICTIONS
+
+
 def test_bad_runs_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="no folds/.*inner_validation.json"):
         fusion_weights.RunHeads(str(tmp_path / "empty"))

@@ -274,21 +274,13 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     if apex_head_input not in APEX_HEAD_INPUTS or (apex_head_input == "distill" and not apex_distill):
         raise ValueError(f"apex_head_input={apex_head_input!r}: one of {APEX_HEAD_INPUTS}; 'distill' needs "
                          "apex_distill (the read-out it reads)")
+    heads_of = (*branches, "linear") if linear else branches
     if head_weights:
-        heads_of = (*branches, "linear") if linear else branches
-        unknown = sorted(set(head_weights) - set(heads_of))
-        if fusion != "late" or unknown or not sum(head_weights.get(b, 1.0) for b in heads_of) > 0:
-            raise ValueError(f"head_weights={head_weights}: weights the late-fusion heads {heads_of} of model "
-                             f"{name!r}, not all of them 0" + (f"; it has no {unknown} head" if unknown else ""))
-    if database_head_weights:
-        heads_of = (*branches, "linear") if linear else branches
-        for db, weights in database_head_weights.items():
-            unknown = sorted(set(weights) - set(heads_of))
-            if fusion != "late" or members > 1 or au_class_heads or unknown \
-                    or not sum(weights.get(b, 1.0) for b in heads_of) > 0:
-                raise ValueError(f"database_head_weights[{db!r}]={weights}: weights the late-fusion heads "
-                                 f"{heads_of} of model {name!r} (one member, no AU class heads), not all of "
-                                 "them 0" + (f"; it has no {unknown} head" if unknown else ""))
+        _check_head_weights("head_weights", head_weights, heads_of, fusion == "late", name)
+    for db, weights in (database_head_weights or {}).items():
+        _check_head_weights(f"database_head_weights[{db!r}]", weights, heads_of,
+                            fusion == "late" and members == 1 and not au_class_heads, name,
+                            " (one member, no AU class heads)")
     if au_heads < 0 or (au_heads and not {"time", "flow"} & set(branches)) \
             or (au_class_heads and not (au_heads and fusion == "late" and len(branches) > 1)):
         raise ValueError(f"au_heads={au_heads}, au_class_heads={au_class_heads}: AU heads sit on the motion "
@@ -358,9 +350,12 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         if linear:
             heads.update(merge({"linear_logits": linear_path(inputs, branches, num_classes, linear_steps, linear_l2,
                                                              flow_seq, linear_inputs, linear_trainable)}))
-        weights = [(head_weights or {}).get(key.split("_")[0], 1.0) for key in heads]
+        def row(w: dict) -> list:     # each head's weight: its branch's, else 1
+            return [w.get(key.split("_")[0], 1.0) for key in heads]
+
+        weights = row(head_weights or {})
         if database_head_weights:
-            rows = [[w.get(key.split("_")[0], 1.0) for key in heads] for w in database_head_weights.values()]
+            rows = [row(w) for w in database_head_weights.values()]
             logits = DatabaseWeightedMean(rows + [weights], databases=list(database_head_weights), name="logits")(
                 [model_in[DATABASE_INPUT], *heads.values()])
         elif head_weights:
@@ -493,6 +488,15 @@ def fer_teacher(image_size: int, weights: str | None = None) -> keras.Model:
     fer_xception.load_fer2013_weights(teacher, prefix=FER_PREFIX, path=weights)
     teacher.trainable = False
     return teacher
+
+
+def _check_head_weights(what: str, weights: dict, heads_of: tuple, allowed: bool, name: str, needs: str = ""):
+    """ValueError unless `weights` (branch -> weight) name only heads of the model, not all 0,
+    where `allowed` (late fusion, and what else `needs` says)."""
+    unknown = sorted(set(weights) - set(heads_of))
+    if not allowed or unknown or not sum(weights.get(b, 1.0) for b in heads_of) > 0:
+        raise ValueError(f"{what}={weights}: weights the late-fusion heads {heads_of} of model {name!r}{needs}, "
+                         "not all of them 0" + (f"; it has no {unknown} head" if unknown else ""))
 
 
 def _reads_database(model: keras.Model) -> bool:
