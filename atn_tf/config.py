@@ -68,7 +68,8 @@ def parse_database_head_weights(text: str) -> dict[str, dict[str, float]]:
 # The allowed values of the recipe's string fields.
 CHOICES = {"balance_by": ("class", "database_class"), "optimizer": ("sgd", "adamw"),
            "lr_schedule": ("step", "cosine"), "embedding_scale": ("none", "learned"),
-           "apex_backbone": ("resnet", "fer_xception"), "apex_init": ("", "fer2013"), "time_pool": ("mean", "last"),
+           "apex_backbone": ("resnet", "fer_xception"), "apex_init": ("", "fer2013"),
+           "flow_backbone": ("cnn", "fer_xception"), "flow_init": ("", "fer2013"), "time_pool": ("mean", "last"),
            "flow_seq_repr": ("polar", "cartesian"), "fusion": ("concat", "late"),
            "adversary": ("", "database", "subject"),
            "linear_inputs": ("all", "flow_seq"), "linear_fit": ("train", "probe"),
@@ -96,6 +97,8 @@ class TrainConfig:
     image_size: int = 224
     width: int = 64
     flow_width: int = 0                     # flow-image CNN channels (0: the apex's width)
+    flow_backbone: str = "cnn"              # cnn (shallow, from scratch) | fer_xception (per channel)
+    flow_init: str = ""                     # "" (from scratch) | fer2013 (fer_xception only)
     lstm_units: int = 512
     sync_batchnorm: bool = True             # replicas share BN statistics: same curve as one device
     augment: bool = True
@@ -335,7 +338,8 @@ class TrainConfig:
                     embedding_scale_init=self.embedding_scale_init, time_pool=self.time_pool,
                     linear=self.linear_path, linear_steps=self.linear_steps, linear_l2=self.linear_l2,
                     linear_inputs=self.linear_inputs, linear_trainable=self.linear_fit == "train",
-                    flow_width=self.flow_width, flow_seq_repr=self.flow_seq_repr,
+                    flow_width=self.flow_width, flow_backbone=self.flow_backbone, flow_init=self.flow_init,
+                    flow_seq_repr=self.flow_seq_repr,
                     fusion=self.fusion, members=self.members, mirror_tta=self.mirror_tta, flow_seq_mirror=self.flow_seq_mirror,
                     branch_dropout=self.branch_dropout, flow_sample_norm=self.flow_sample_norm,
                     head_weights=parse_head_weights(self.head_weights),

@@ -20,7 +20,8 @@ from atn_tf.models import (CUSTOM_OBJECTS, INPUT_NAMES, MODEL_NAMES, AttentionGa
                            MaskedMean, SequenceMask, build_model, input_statistics, set_input_statistics)
 from atn_tf.feature_spec import polar_to_cartesian
 from atn_tf import augment
-from atn_tf.models.layers import BranchDropout, GradientScale, MergeViews, MirrorView, PolarToCartesian
+from atn_tf.models.layers import (BatchToChannels, BranchDropout, ChannelsToBatch, GradientScale, MergeViews, MirrorView,
+                                  PolarToCartesian)
 from atn_tf.models import backbone
 
 SMALL = dict(image_size=64, width=8, lstm_units=16)
@@ -152,6 +153,8 @@ def test_functional_config_round_trip(small_models, name):
     MergeViews("first", name="merge"),
     BranchDropout(0.3, seed=2, name="branch_dropout"),
     GradientScale(0.25, name="apex_label_grad"),
+    ChannelsToBatch(name="channels"),
+    BatchToChannels(3, name="per_channel"),
 ])
 def test_custom_layer_config_round_trip(layer):
     config = layer.get_config()
@@ -337,6 +340,14 @@ JAX_SCRIPT = textwrap.dedent("""
     heads = [np.asarray(out[k]) for k in ("apex_logits", "time_logits", "flow_logits")]
     assert np.allclose(np.asarray(out["logits"])[0], heads[2][0], atol=1e-5)
     assert np.allclose(np.asarray(out["logits"])[1], np.mean(heads, axis=0)[1], atol=1e-5)
+    # the flow image's channels through the shared mini-Xception (ChannelsToBatch / BatchToChannels)
+    model = build_model("atn_flow", image_size=64, width=8, lstm_units=16, fusion="late",
+                        flow_backbone="fer_xception")
+    per_channel = keras.Model(model.inputs, model.get_layer("flowfer_per_channel").output)
+    both = np.asarray(per_channel(batch, training=False))
+    swapped = dict(batch, flow_image=batch["flow_image"][..., ::-1])
+    assert both.shape == (2, 384)
+    assert np.allclose(np.asarray(per_channel(swapped, training=False))[:, :128], both[:, 256:], atol=1e-5)
     print(json.dumps(shapes))
 """)
 

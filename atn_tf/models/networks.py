@@ -39,6 +39,7 @@ _VARIANTS = {
 MODEL_NAMES = tuple(_VARIANTS)
 APEX_BACKBONES = ("resnet", "fer_xception")
 APEX_INITS = ("", "fer2013")
+FLOW_BACKBONES = ("cnn", "fer_xception")
 EMBEDDING_SCALES = ("none", "learned")
 FLOW_SEQ_REPRS = ("polar", "cartesian")
 FUSIONS = ("concat", "late")
@@ -46,6 +47,7 @@ APEX_HEAD_INPUTS = ("embedding", "distill")
 CARTESIAN_LAYER = "flow_seq_cartesian"
 FLOW_SAMPLE_NORM = "flow_image_sample_norm"
 FER_PREFIX = "fer_"
+FLOW_FER_PREFIX = "flowfer_"     # the flow image's mini-Xception (flow_backbone=fer_xception)
 APEX_FEATURE_NORM = "apex_feature_norm"
 DISTILL_OUTPUT = "apex_distill"
 
@@ -133,7 +135,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                 apex_label_grad: float = 1.0, apex_head_input: str = "embedding", flow_sample_norm: bool = False,
                 head_weights: dict | None = None, flow_seq_mirror: str = "reflect", au_heads: int = 0,
                 au_class_heads: bool = False, adversary_heads: int = 0,
-                database_head_weights: dict | None = None) -> keras.Model:
+                database_head_weights: dict | None = None, flow_backbone: str = "cnn",
+                flow_init: str = "") -> keras.Model:
     """Builds one of `MODEL_NAMES`.
 
     * `atn`: apex branch + time branch, concatenated -> dropout -> dense -> softmax.
@@ -293,6 +296,12 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         raise ValueError(f"flow_sample_norm standardises the flow image: model {name!r} has no flow branch")
     if apex_init and not fer:
         raise ValueError(f"apex_init={apex_init!r} needs apex_backbone=fer_xception and an apex branch")
+    flow_fer = flow_backbone == "fer_xception"
+    if flow_backbone not in FLOW_BACKBONES or flow_init not in APEX_INITS or (flow_init and not flow_fer) \
+            or (flow_fer and ("flow" not in branches or members > 1)):
+        raise ValueError(f"flow_backbone={flow_backbone!r} (one of {FLOW_BACKBONES}), flow_init={flow_init!r} "
+                         f"(one of {APEX_INITS}, only with fer_xception): fer_xception needs a flow branch "
+                         f"(model {name!r} has {branches}) and one member")
     if members > 1 and (len(branches) < 2 or ("apex" in branches and not (fer and freeze_apex))):
         raise ValueError(f"members={members} copies the trained branches of a late-fusion model: it needs "
                          "two or more branches, and an apex branch frozen (fer_xception with freeze_apex)")
@@ -300,6 +309,7 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     inputs = mirror_views(model_in, flow_seq_mirror) if mirror_tta else model_in
     if database_head_weights:
         model_in = {**model_in, DATABASE_INPUT: keras.Input((), dtype="int32", name=DATABASE_INPUT)}
+    raw_flow_image = inputs["flow_image"]     # the mini-Xception reads 0..255 maps, as its faces
     if flow_sample_norm:      # after the mirror, which flips the raw 0..255 horizontal flow
         inputs = {**inputs, "flow_image": SampleStandardize(name=FLOW_SAMPLE_NORM)(inputs["flow_image"])}
     flow_seq = PolarToCartesian(name=CARTESIAN_LAYER)(inputs["flow_seq"]) \
@@ -315,7 +325,9 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     if "time" in branches:
         embeddings["time_embedding"] = backbone.time_branch(
             flow_seq, inputs["flow_len"], lstm_units, max_steps, input_norm=input_norm, pool=time_pool)
-    if "flow" in branches:
+    if "flow" in branches and flow_fer:
+        embeddings["flow_embedding"] = flow_fer_branch(raw_flow_image)
+    elif "flow" in branches:
         embeddings["flow_embedding"] = backbone.flow_branch(inputs["flow_image"], flow_width or width,
                                                               input_norm=input_norm)
     readout = None
@@ -383,7 +395,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                                    num_classes, logits, sum(weights), merge))
     if adversary_heads:
         outputs.update(_adversary_outputs(dict(zip(head_inputs, features)), adversary_heads, merge))
-    return _finish(keras.Model(inputs=model_in, outputs=outputs, name=name), sync_batchnorm, apex_init, freeze_apex, fer)
+    return _finish(keras.Model(inputs=model_in, outputs=outputs, name=name), sync_batchnorm, apex_init, freeze_apex, fer,
+                   flow_init)
 
 
 def _au_outputs(embeddings: dict, features: dict, k: int, class_heads: bool, num_classes: int, logits,
@@ -478,6 +491,15 @@ def fer_features(apex, feature_norm: bool):
     return Standardize((pooled.shape[-1],), name=APEX_FEATURE_NORM)(pooled) if feature_norm else pooled
 
 
+def flow_fer_branch(flow_image):
+    """`flow_backbone="fer_xception"`: the flow image's u, v and strain maps, each through one
+    shared FER2013 mini-Xception (layers prefixed `FLOW_FER_PREFIX`, trained with the rest),
+    their 3 x 128 pooled features -> a linear dense layer -> L2 normalisation, as the CNN's."""
+    pooled = fer_xception.fer_xception_per_channel(flow_image, prefix=FLOW_FER_PREFIX)
+    x = keras.layers.Dense(fer_xception.EMBEDDING_DIM, name="flow_dense")(pooled)
+    return L2Normalize(name="flow_embedding")(x)
+
+
 def fer_teacher(image_size: int, weights: str | None = None) -> keras.Model:
     """The distillation teacher of `apex_distill`: {"apex_image": [B, S, S, 1] raw gray} ->
     the FER2013 mini-Xception's pooled features [B, 128], standardised by a `Standardize`
@@ -554,7 +576,8 @@ def branch_logits(embeddings: dict, features: list, num_classes: int, dropout: f
     return heads
 
 
-def _finish(model: keras.Model, sync_batchnorm: bool, apex_init: str, freeze_apex: bool, fer: bool) -> keras.Model:
+def _finish(model: keras.Model, sync_batchnorm: bool, apex_init: str, freeze_apex: bool, fer: bool,
+            flow_init: str = "") -> keras.Model:
     """Synchronised BatchNorm, the FER2013 weights and the frozen apex layers, in that order."""
     if sync_batchnorm:
         config = model.get_config()
@@ -562,6 +585,8 @@ def _finish(model: keras.Model, sync_batchnorm: bool, apex_init: str, freeze_ape
         model = keras.Model.from_config(config)
     if apex_init == "fer2013":
         fer_xception.load_fer2013_weights(model, prefix=FER_PREFIX)
+    if flow_init == "fer2013":
+        fer_xception.load_fer2013_weights(model, prefix=FLOW_FER_PREFIX)
     if freeze_apex:
         frozen = [layer for layer in model.layers if layer.name.startswith(FER_PREFIX)] if fer else \
             [model.get_layer(n) for n in _resnet_layer_names(model)]
