@@ -12,6 +12,14 @@ own weights (the clip's database is known when it is predicted).
     python -m atn_tf.fusion_weights --choose runs/dev/a_s0,runs/dev/a_s1 \\
         --check runs/dev/a_s4,runs/dev/a_s5 --baseline apex=0.5,time=0.5
 
+`--agreement` asks instead how much averaging seeds can buy: each run's UF1 under the
+recipe's weights (`--baseline`, `--database_baseline`) on the clips every run predicted, the
+mean-probability ensemble's, and the clips that every run gets wrong (an error all seeds
+share is bias, which more seeds do not remove).
+
+    python -m atn_tf.fusion_weights --agreement runs/dev/a_s0,...,runs/dev/a_s7 \\
+        --baseline apex=0.5,time=0.5 --database_baseline "samm:apex=2;smic:apex=0"
+
 No outer test fold is read: development runs never predict one.
 """
 
@@ -22,13 +30,14 @@ import itertools
 import json
 import os
 import sys
+from collections import Counter
 from typing import Sequence
 
 import numpy as np
 from absl import app, flags
 
 from atn_tf import protocols
-from atn_tf.config import parse_head_weights
+from atn_tf.config import parse_database_head_weights, parse_head_weights
 
 DEFAULT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 # evaluate_lib.DEV_PREDICTIONS (a test pins it), not imported: that would load TensorFlow
@@ -42,7 +51,7 @@ class RunHeads:
         files = sorted(glob.glob(os.path.join(work_dir, "folds", "*", DEV_PREDICTIONS)))
         if not files:
             raise ValueError(f"{work_dir}: no folds/*/{DEV_PREDICTIONS} (not a development run?)")
-        labels, dbs, heads = [], [], {}
+        labels, dbs, ids, heads = [], [], [], {}
         for path in files:
             with open(path) as f:
                 stored = json.load(f)
@@ -51,23 +60,27 @@ class RunHeads:
                                  "or a model without late fusion)")
             labels += [s["label"] for s in stored["samples"]]
             dbs += [s["database"] for s in stored["samples"]]
+            ids += [s["sample_id"] for s in stored["samples"]]
             for name, logits in stored["head_logits"].items():
                 heads.setdefault(name.removesuffix("_logits"), []).append(np.asarray(logits, np.float64))
         if len({len(v) for v in heads.values()}) != 1 or len(next(iter(heads.values()))) != len(files):
             raise ValueError(f"{work_dir}: folds store different heads")
         self.name = os.path.basename(os.path.normpath(work_dir))
-        self.labels, self.databases = np.asarray(labels), np.asarray(dbs)
+        self.labels, self.databases, self.sample_ids = np.asarray(labels), np.asarray(dbs), ids
         self.heads = {k: np.concatenate(v) for k, v in heads.items()}
 
-    def predictions(self, weights: dict) -> np.ndarray:
-        """Argmax of the weighted heads; `weights` maps a head, or a database to such a map."""
-        out = np.zeros(len(self.labels), dtype=int)
+    def fused(self, weights: dict) -> np.ndarray:
+        """The weighted sum of the heads' logits; `weights` maps a head, or a database to such a map."""
+        out = np.zeros_like(next(iter(self.heads.values())))
         for db in np.unique(self.databases):
             w = weights[db] if isinstance(weights.get(db), dict) else weights
             rows = self.databases == db
-            fused = sum(w.get(h, 1.0) * logits[rows] for h, logits in self.heads.items())
-            out[rows] = np.argmax(fused, axis=1)
+            out[rows] = sum(w.get(h, 1.0) * logits[rows] for h, logits in self.heads.items())
         return out
+
+    def predictions(self, weights: dict) -> np.ndarray:
+        """Argmax of the weighted heads (`fused`)."""
+        return np.argmax(self.fused(weights), axis=1)
 
     def uf1(self, weights: dict) -> float:
         return protocols.metrics(self.labels, self.predictions(weights))["uf1"]
@@ -140,20 +153,66 @@ def compare(choose: Sequence[RunHeads], check: Sequence[RunHeads], baseline: dic
     return "\n".join(out)
 
 
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def agreement(runs: Sequence[RunHeads], weights: dict) -> str:
+    """Each run's UF1 and the mean-probability ensemble's on the clips all runs predicted,
+    and the clips every run gets wrong (by database and label). Rotating development splits
+    validate a clip in most seeds, not all: clips some run did not predict are left out."""
+    common = sorted(set.intersection(*(set(r.sample_ids) for r in runs)))
+    if not common:
+        raise ValueError("the runs share no inner-validation clip")
+    probs, right = [], []
+    for r in runs:
+        rows = [r.sample_ids.index(s) for s in common]
+        labels = r.labels[rows]
+        probs.append(_softmax(r.fused(weights)[rows]))
+        right.append(probs[-1].argmax(axis=1) == labels)
+    ref = runs[0]
+    databases = ref.databases[[ref.sample_ids.index(s) for s in common]]
+    single = [protocols.metrics(labels, p.argmax(axis=1))["uf1"] for p in probs]
+    ensemble = protocols.metrics(labels, np.mean(probs, axis=0).argmax(axis=1))["uf1"]
+    right = np.asarray(right)
+    all_wrong = ~right.any(axis=0)
+    lines = [f"clips every run predicted: {len(common)} (of {max(len(r.labels) for r in runs)} in the largest run)",
+             "| run | UF1 |", "|---|---:|"]
+    lines += [f"| {r.name} | {u:.3f} |" for r, u in zip(runs, single)]
+    lines += [f"| mean of the runs | {np.mean(single):.3f} |",
+              f"| ensemble of the {len(runs)} (mean probability) | {ensemble:.3f} |", "",
+              f"wrong in every run: {int(all_wrong.sum())} clips ({all_wrong.mean():.1%}); "
+              f"in at least one: {int((~right.all(axis=0)).sum())} ({(~right.all(axis=0)).mean():.1%})",
+              "wrong in every run, by database and label: " + ", ".join(
+                  f"{db} {label}: {n}" for (db, label), n in sorted(
+                      Counter(zip(databases[all_wrong].tolist(), labels[all_wrong].tolist())).items()))]
+    return "\n".join(lines)
+
+
 def define_flags() -> None:
     flags.DEFINE_list("choose", [], "Development work dirs whose inner validation chooses the weights.")
     flags.DEFINE_list("check", [], "Development work dirs that score the chosen weights (not used to choose).")
     flags.DEFINE_string("baseline", "", "The recipe's --head_weights, to compare against (e.g. apex=0.5,time=0.5).")
     flags.DEFINE_string("reference", "flow", "The head whose weight stays 1.")
     flags.DEFINE_list("grid", [str(g) for g in DEFAULT_GRID], "Weights tried for every other head.")
+    flags.DEFINE_list("agreement", [], "Instead of a search: these development work dirs (e.g. one recipe's "
+                      "seeds) under --baseline / --database_baseline, each run's UF1, their ensemble's, and "
+                      "the clips every run gets wrong.")
+    flags.DEFINE_string("database_baseline", "", "With --agreement: the recipe's --database_head_weights.")
 
 
 def main(argv):
     del argv
     FLAGS = flags.FLAGS
-    if not FLAGS.choose:
-        sys.exit("--choose: give at least one development work dir")
+    if not FLAGS.choose and not FLAGS.agreement:
+        sys.exit("--choose: give at least one development work dir (or --agreement)")
     try:
+        if FLAGS.agreement:
+            # as the model reads them: a listed database's own weights (its unlisted heads 1), else --baseline
+            weights = {**parse_head_weights(FLAGS.baseline), **parse_database_head_weights(FLAGS.database_baseline)}
+            print(agreement([RunHeads(d) for d in FLAGS.agreement], weights))
+            return
         choose = [RunHeads(d) for d in FLAGS.choose]
         check = [RunHeads(d) for d in FLAGS.check]
         baseline = parse_head_weights(FLAGS.baseline)

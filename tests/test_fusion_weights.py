@@ -70,3 +70,28 @@ def test_bad_runs_are_clear_errors(tmp_path):
     r = subprocess.run([sys.executable, "-m", "atn_tf.fusion_weights", f"--choose={tmp_path / 'old'}"],
                        capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert r.returncode != 0 and "no head_logits" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_agreement_scores_each_run_their_ensemble_and_the_shared_errors(tmp_path):
+    runs = [fusion_weights.RunHeads(_run(tmp_path, f"r{s}", s)) for s in range(3)]
+    # the fake runs draw their labels per seed: give them one set of clips and labels
+    for r in runs[1:]:
+        r.labels, r.sample_ids = runs[0].labels.copy(), list(runs[0].sample_ids)
+    runs[2].sample_ids[0] = "only-in-r2"                    # a clip not every run predicted
+    text = fusion_weights.agreement(runs, {"time": 0.0})
+    assert "clips every run predicted: 179 (of 180" in text
+    flow_only = [r.heads["flow"].argmax(1) == r.labels for r in runs]
+    shared = ~np.any([ok[1:] for ok in flow_only], axis=0)   # clip 0 left out
+    assert f"wrong in every run: {int(shared.sum())} clips" in text
+    uf1 = [float(line.split("|")[2]) for line in text.splitlines() if line.startswith("| r") and "UF1" not in line]
+    assert len(uf1) == 3 and "| ensemble of the 3 (mean probability) |" in text
+    # the command: per-database weights as the model reads them (a listed database's own row)
+    r = subprocess.run([sys.executable, "-m", "atn_tf.fusion_weights",
+                        f"--agreement={_run(tmp_path, 'a', 0)},{_run(tmp_path, 'b', 0)}",
+                        "--baseline=time=0", "--database_baseline=samm:time=1"],
+                       capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "| ensemble of the 2 (mean probability) |" in r.stdout
+    with pytest.raises(ValueError, match="share no inner-validation clip"):
+        runs[1].sample_ids = [f"x{i}" for i in range(180)]
+        fusion_weights.agreement(runs, {})
