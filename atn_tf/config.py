@@ -73,6 +73,7 @@ CHOICES = {"balance_by": ("class", "database_class"), "optimizer": ("sgd", "adam
            "flow_seq_repr": ("polar", "cartesian"), "fusion": ("concat", "late"),
            "adversary": ("", "database", "subject"),
            "linear_inputs": ("all", "flow_seq"), "linear_fit": ("train", "probe"),
+           "apex_fit": ("train", "probe"),
            "apex_head_input": ("embedding", "distill"), "flow_seq_mirror": feature_spec.FLOW_SEQ_MIRRORS}
 
 
@@ -200,6 +201,9 @@ class TrainConfig:
     # training as the linear probe (logistic regression, C by inner grouped CV on the
     # training subjects; atn_tf.probe_head), then kept fixed.
     linear_fit: str = "train"
+    # train | probe (fusion=late, frozen FER2013 apex): the apex head is fitted the same way
+    # on the apex features it reads, then kept fixed (its trained head lost to that probe).
+    apex_fit: str = "train"
     # Checkpoint selection on an inner validation split of the training subjects (never the
     # held-out part): val_fraction of each database's training subjects, scored every
     # eval_every steps; the step with the best inner-validation UF1 is kept.
@@ -253,6 +257,12 @@ class TrainConfig:
         if self.linear_fit == "probe" and not (self.linear_path and self.fusion == "late" and not self.mirror_tta):
             raise ValueError("linear_fit=probe fits the late-fusion linear head: it needs linear_path and "
                              "fusion=late, without mirror_tta")
+        if self.apex_fit == "probe" and not (
+                self.fusion == "late" and self.model in ("atn", "atn_flow") and self.apex_backbone == "fer_xception"
+                and self.freeze_apex and not self.mirror_tta and self.members == 1):
+            raise ValueError("apex_fit=probe fits the late-fusion apex head on frozen features: it needs an apex "
+                             "branch (atn, atn_flow), fusion=late, apex_backbone=fer_xception with freeze_apex, "
+                             "one member and no mirror_tta")
         if self.members < 1 or (self.members > 1 and self.fusion != "late"):
             raise ValueError(f"members={self.members}: must be >= 1, and > 1 only with fusion=late")
         if not 0.0 <= self.branch_dropout < 1.0 or (self.branch_dropout > 0 and self.fusion == "late"):
@@ -338,6 +348,7 @@ class TrainConfig:
                     embedding_scale_init=self.embedding_scale_init, time_pool=self.time_pool,
                     linear=self.linear_path, linear_steps=self.linear_steps, linear_l2=self.linear_l2,
                     linear_inputs=self.linear_inputs, linear_trainable=self.linear_fit == "train",
+                    apex_head_trainable=self.apex_fit == "train",
                     flow_width=self.flow_width, flow_backbone=self.flow_backbone, flow_init=self.flow_init,
                     flow_seq_repr=self.flow_seq_repr,
                     fusion=self.fusion, members=self.members, mirror_tta=self.mirror_tta, flow_seq_mirror=self.flow_seq_mirror,

@@ -109,6 +109,8 @@ HELP = {
     "linear_path": "A linear path on the standardised flow_seq / flow_image inputs (the model then "
                    "contains the linear probe of those inputs): fusion=concat adds its logits to the "
                    "head's; fusion=late makes it one more head, averaged and trained on its own loss.",
+    "apex_fit": "train: the apex head learns with the network | probe (fusion=late, frozen fer_xception apex): "
+                "fitted before training as the linear probe of the apex features it reads, then fixed.",
     "linear_fit": "train: the linear path learns with the network | probe (fusion=late): its head is "
                   "fitted before training as the linear probe (logistic regression, C by grouped CV on "
                   "the training subjects) and kept fixed.",

@@ -1,4 +1,5 @@
-"""`--linear_fit=probe`: the model's linear head set to the linear probe of its inputs.
+"""`--linear_fit=probe` (and `--apex_fit=probe`): a late-fusion head set to the linear probe
+of its inputs.
 
 The late-fusion linear head (`networks.linear_path`, `linear_logits`) reads the model's own
 standardised flow inputs. With `linear_fit=probe` it is not trained by gradient descent but
@@ -9,7 +10,9 @@ linear, so it folds into the Dense layer's kernel and bias, and saved models and
 carry it. Why: on the development split, averaging a fitted probe into atn_flow's
 prediction gained in 17 of 18 recipe x seed pairs, while the same head trained jointly
 with the network did not; on the 68 CDE folds it was level (docs/results.md, thirteenth
-round).
+round). `--apex_fit=probe` does the same for the apex head on the frozen FER2013 features it
+reads (`apex_logits`): trained with the network, that head scored about 0.05 below the probe of
+those features on the development split (nineteenth round).
 """
 
 from __future__ import annotations
@@ -28,10 +31,10 @@ LAYER = "linear_logits"
 ABSENT_CLASS_LOGIT = -30.0      # a class the training part lacks: probability ~ 0
 
 
-def head_inputs(model: keras.Model, data: dict) -> np.ndarray:
-    """What the linear head reads, for every row of the arrays `data` (inference mode)."""
+def head_inputs(model: keras.Model, data: dict, layer: str = LAYER) -> np.ndarray:
+    """What the head `layer` reads, for every row of the arrays `data` (inference mode)."""
     # (not the database_id: the head's inputs never depend on it)
-    return layer_input_values(model, LAYER, {k: data[k] for k in model.input if k != DATABASE_INPUT})
+    return layer_input_values(model, layer, {k: data[k] for k in model.input if k != DATABASE_INPUT})
 
 
 def pipeline_to_dense(pipeline, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,11 +57,11 @@ def pipeline_to_dense(pipeline, num_classes: int) -> tuple[np.ndarray, np.ndarra
     return kernel, bias
 
 
-def fit_probe_head(model: keras.Model, data: dict, groups: np.ndarray) -> dict:
+def fit_probe_head(model: keras.Model, data: dict, groups: np.ndarray, layer_name: str = LAYER) -> dict:
     """Fit the probe on the training arrays `data` (subjects `groups`) and set the model's
-    linear head to it. The head's input statistics must be set already. -> {"C", "inner_uf1"}."""
-    layer = model.get_layer(LAYER)
-    x, y = head_inputs(model, data), np.asarray(data["label"], dtype=int)
+    head `layer_name` to it. The head's input statistics must be set already. -> {"C", "inner_uf1"}."""
+    layer = model.get_layer(layer_name)
+    x, y = head_inputs(model, data, layer_name), np.asarray(data["label"], dtype=int)
     with threadpool_limits(1), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         C, inner, _ = probe.choose_c(x, y, np.asarray(groups))

@@ -86,6 +86,8 @@ def _size(report: dict) -> str:
         parts = ", ResNet apex distilled from FER2013"
     if cfg.get("linear_path") and cfg.get("linear_fit") == "probe":
         parts += ", fitted probe head"
+    if cfg.get("apex_fit") == "probe":
+        parts += ", apex head fitted as a probe"
     if cfg.get("members", 1) > 1:
         parts += f", {cfg['members']} members"
     if cfg.get("database_head_weights"):

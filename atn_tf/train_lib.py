@@ -152,12 +152,14 @@ class Session:
 
     def set_model_statistics(self, data: dict) -> None:
         """What the model takes from the training part before training (checkpointed with
-        it): its input normalisation and, with --linear_fit=probe, the fitted linear head."""
+        it): its input normalisation and, with --linear_fit=probe / --apex_fit=probe, the
+        fitted linear / apex head."""
         set_input_statistics(self.model, data)
-        if self.config.linear_fit == "probe":
-            from atn_tf import probe_head      # scikit-learn: only for the runs that use it
-            fit = probe_head.fit_probe_head(self.model, data, subject_keys(data))
-            logging.info("linear head: the probe with C=%g (inner UF1 %.3f)", fit["C"], fit["inner_uf1"])
+        for flag, layer in (("linear_fit", "linear_logits"), ("apex_fit", "apex_logits")):
+            if getattr(self.config, flag) == "probe":
+                from atn_tf import probe_head      # scikit-learn: only for the runs that use it
+                fit = probe_head.fit_probe_head(self.model, data, subject_keys(data), layer)
+                logging.info("%s: the probe with C=%g (inner UF1 %.3f)", layer, fit["C"], fit["inner_uf1"])
 
     def set_teacher_statistics(self, data: dict) -> None:
         """(Not checkpointed: its weights are the file's, so a resumed run recomputes them.)"""
@@ -204,6 +206,8 @@ class Session:
         branch_keys = sorted(k for k in model.output if k.endswith("_logits"))   # branch_heads / late fusion
         if config.linear_fit == "probe":    # a fitted, fixed head: out of the loss, which then
             branch_keys.remove("linear_logits")     # trains the branches exactly as without it
+        if config.apex_fit == "probe":      # likewise (its frozen branch has nothing else to learn)
+            branch_keys.remove("apex_logits")
         late = config.fusion == "late" and bool(branch_keys)
         if config.label_smoothing:
             smoothed = keras.losses.CategoricalCrossentropy(

@@ -124,3 +124,62 @@ def test_the_fitted_head_leaves_the_branches_training_as_without_it(tmp_path):
     for name in weights[0]:
         for a, b in zip(weights[0][name], weights[1][name]):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def _apex_probe_config(tmp_path, **changes):
+    from tests.fakes import build_megc_records
+    data_dir = build_megc_records(str(tmp_path / "data"))
+    recipe = dict(data_dir=data_dir, model_dir=str(tmp_path / "run"), model="atn_flow", train_steps=4, fusion="late",
+                  apex_backbone="fer_xception", apex_init="fer2013", freeze_apex=True, apex_feature_norm=True,
+                  embedding_scale="learned", input_norm=True, flow_seq_repr="cartesian", optimizer="adamw",
+                  learning_rate=0.01, image_size=64, width=4, lstm_units=8, batch_size=8, log_every=4,
+                  checkpoint_every=4, seed=3, apex_fit="probe")
+    return TrainConfig(**{**recipe, **changes})
+
+
+def test_apex_fit_probe_fits_the_apex_head_on_its_frozen_features_and_keeps_it(tmp_path):
+    """--apex_fit=probe: before the first step the apex head becomes the probe of the FER2013
+    features it reads (decision values, C by the inner grouped CV); training leaves it and its
+    scale fixed while the other heads learn; the saved model and the export predict with it."""
+    from atn_tf import input_pipeline, train_lib
+    cfg = _apex_probe_config(tmp_path)
+    info = input_pipeline.read_dataset_info(cfg.data_dir)
+    data = input_pipeline.resize_apex(input_pipeline.load_arrays(cfg.data_dir, info, input_pipeline.Selection()), 64)
+    session = train_lib.Session(cfg)
+    session.set_statistics(data)
+    model = session.model
+    x = probe_head.head_inputs(model, data, "apex_logits")
+    assert x.shape == (len(data["label"]), 128)
+    groups = train_lib.subject_keys(data)
+    C, _, _ = probe.choose_c(x, np.asarray(data["label"]), groups)
+    inputs = {k: np.asarray(data[k]) for k in ("apex_image", "flow_seq", "flow_len", "flow_image")}
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(inputs, training=False)["apex_logits"]),
+                               fitted(x, data["label"], C).decision_function(x), rtol=1e-4, atol=1e-4)
+    head = [w.copy() for w in model.get_layer("apex_logits").get_weights()]
+    flow_head = [w.copy() for w in model.get_layer("flow_logits").get_weights()]
+    train_lib.fit(session, data)
+    for a, b in zip(head, model.get_layer("apex_logits").get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert model.get_layer("apex_embedding_scale").get_weights()[0] == cfg.embedding_scale_init
+    assert np.abs(flow_head[0] - model.get_layer("flow_logits").get_weights()[0]).max() > 0
+    train_lib.train(cfg, progress=False)
+    loaded, loaded_cfg = train_lib.load_trained(cfg.model_dir)
+    assert loaded_cfg.apex_fit == "probe" and not loaded.get_layer("apex_logits").trainable
+    import tensorflow as tf
+    from atn_tf import export_lib
+    few = {k: v[:3].astype(np.int32 if k == "flow_len" else np.float32) for k, v in inputs.items()}
+    want = keras.ops.convert_to_numpy(loaded(few, training=False)["probabilities"])
+    fn = tf.saved_model.load(export_lib.export(cfg.model_dir, str(tmp_path / "sm"))).signatures["serving_default"]
+    np.testing.assert_allclose(fn(**{k: tf.constant(v) for k, v in few.items()})["probabilities"], want, atol=1e-5)
+
+
+def test_apex_fit_probe_config():
+    ok = dict(model="atn_flow", fusion="late", apex_backbone="fer_xception", freeze_apex=True, apex_fit="probe")
+    assert TrainConfig(**ok).model_kwargs()["apex_head_trainable"] is False
+    assert TrainConfig(model="atn_flow").model_kwargs()["apex_head_trainable"] is True
+    for bad in (dict(fusion="concat"), dict(freeze_apex=False), dict(apex_backbone="resnet"), dict(model="flow_only"),
+                dict(mirror_tta=True), dict(members=2)):
+        with pytest.raises(ValueError, match="apex_fit=probe"):
+            TrainConfig(**{**ok, **bad})
+    with pytest.raises(ValueError, match="apex_fit"):
+        TrainConfig(apex_fit="svm")

@@ -213,3 +213,6 @@ def test_size_cell_names_the_apex_network_probe_head_and_members():
     assert size(linear_path=True, linear_fit="probe", members=3).endswith("fitted probe head, 3 members)")
     assert "probe head" not in size(linear_path=True, linear_fit="train")
     assert size(database_head_weights="smic:apex=0").endswith("400 steps, head weights per database)")
+    assert size(apex_fit="probe", linear_path=True, linear_fit="probe").endswith(
+        "fitted probe head, apex head fitted as a probe)")
+    assert "apex head" not in size(apex_fit="train")

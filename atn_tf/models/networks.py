@@ -136,7 +136,7 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                 head_weights: dict | None = None, flow_seq_mirror: str = "reflect", au_heads: int = 0,
                 au_class_heads: bool = False, adversary_heads: int = 0,
                 database_head_weights: dict | None = None, flow_backbone: str = "cnn",
-                flow_init: str = "") -> keras.Model:
+                flow_init: str = "", apex_head_trainable: bool = True) -> keras.Model:
     """Builds one of `MODEL_NAMES`.
 
     * `atn`: apex branch + time branch, concatenated -> dropout -> dense -> softmax.
@@ -176,7 +176,9 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
       added to the head's; with `fusion="late"` it is one more head (`linear_logits`),
       averaged with the branches' and trained on its own loss: the linear probe inside the
       model, whose view of the inputs the deep branches do not share. `linear_trainable=False`
-      keeps the head fixed (`linear_fit=probe` sets it to the fitted probe).
+      keeps the head fixed (`linear_fit=probe` sets it to the fitted probe);
+      `apex_head_trainable=False` keeps the late-fusion apex head and its scale fixed
+      (`apex_fit=probe`).
     * `fusion="late"` (models with several branches): each branch has its own dropout and
       linear classifier (`<branch>_logits`) and the model's logits are their mean; the
       training loss is then the mean of the branches' own cross-entropies
@@ -341,11 +343,14 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     if apex_label_grad != 1.0:
         head_inputs["apex_embedding"] = GradientScale(apex_label_grad, name="apex_label_grad")(
             embeddings["apex_embedding"])
+    fixed = () if apex_head_trainable else ("apex",)
+
     def scaled(embs: dict) -> list:
         """What a head reads: the embedding, times a learned scale with embedding_scale=learned."""
         if embedding_scale != "learned":
             return list(embs.values())
-        return [LearnedScale(embedding_scale_init, name=f"{k}_scale")(v) for k, v in embs.items()]
+        return [LearnedScale(embedding_scale_init, name=f"{k}_scale", trainable=k.split("_")[0] not in fixed)(v)
+                for k, v in embs.items()]
 
     features = scaled(head_inputs)
     rate = dropout if use_dropout else 0.0
@@ -354,7 +359,7 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         return {k: MergeViews(mode, name=f"merged_{k}")(v) for k, v in outputs.items()} if mirror_tta else outputs
 
     if fusion == "late" and len(features) > 1:
-        heads = merge(branch_logits(embeddings, features, num_classes, rate))
+        heads = merge(branch_logits(embeddings, features, num_classes, rate, fixed))
         for k in range(1, members):
             copies = member_embeddings(embeddings, k, flow_seq, inputs, lstm_units, max_steps, flow_width or width,
                                        input_norm, time_pool)
@@ -563,16 +568,19 @@ def mirror_views(inputs: dict, flow_seq_mirror: str = "reflect") -> dict:
             "flow_image": MirrorView("flow_image", name="mirror_flow_image")(inputs["flow_image"])}
 
 
-def branch_logits(embeddings: dict, features: list, num_classes: int, dropout: float = 0.0) -> dict:
+def branch_logits(embeddings: dict, features: list, num_classes: int, dropout: float = 0.0,
+                  fixed: tuple = ()) -> dict:
     """A linear classifier per branch, `<branch>_logits`, on that branch's (scaled)
     embedding, after its own dropout when `dropout` > 0: the auxiliary heads of
-    `branch_heads` (no dropout) and the heads of late fusion."""
+    `branch_heads` (no dropout) and the heads of late fusion. The heads of the branches in
+    `fixed` are not trainable (a fitted probe is set into them)."""
     heads = {}
     for key, feature in zip(embeddings, features):
         branch = key.removesuffix("_embedding")
         if dropout > 0:
             feature = keras.layers.Dropout(dropout, name=f"{branch}_dropout")(feature)
-        heads[f"{branch}_logits"] = keras.layers.Dense(num_classes, name=f"{branch}_logits")(feature)
+        heads[f"{branch}_logits"] = keras.layers.Dense(num_classes, name=f"{branch}_logits",
+                                                       trainable=branch not in fixed)(feature)
     return heads
 
 
