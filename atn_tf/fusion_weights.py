@@ -165,17 +165,16 @@ def agreement(runs: Sequence[RunHeads], weights: dict) -> str:
     common = sorted(set.intersection(*(set(r.sample_ids) for r in runs)))
     if not common:
         raise ValueError("the runs share no inner-validation clip")
-    probs, right = [], []
-    for r in runs:
-        rows = [r.sample_ids.index(s) for s in common]
-        labels = r.labels[rows]
-        probs.append(_softmax(r.fused(weights)[rows]))
-        right.append(probs[-1].argmax(axis=1) == labels)
-    ref = runs[0]
-    databases = ref.databases[[ref.sample_ids.index(s) for s in common]]
+
+    def rows(r: RunHeads) -> list:
+        where = {s: i for i, s in enumerate(r.sample_ids)}
+        return [where[s] for s in common]
+
+    labels, databases = runs[0].labels[rows(runs[0])], runs[0].databases[rows(runs[0])]
+    probs = [_softmax(r.fused(weights)[rows(r)]) for r in runs]
+    right = np.asarray([p.argmax(axis=1) == labels for p in probs])
     single = [protocols.metrics(labels, p.argmax(axis=1))["uf1"] for p in probs]
     ensemble = protocols.metrics(labels, np.mean(probs, axis=0).argmax(axis=1))["uf1"]
-    right = np.asarray(right)
     all_wrong = ~right.any(axis=0)
     lines = [f"clips every run predicted: {len(common)} (of {max(len(r.labels) for r in runs)} in the largest run)",
              "| run | UF1 |", "|---|---:|"]

@@ -107,6 +107,13 @@ def _window_metrics(labels: list, preds: list) -> dict:
 
 # ------------------------------------------------------------------ the training session
 
+def probe_fitted_heads(config: TrainConfig) -> list[str]:
+    """The late-fusion heads fitted as linear probes before training and then kept fixed:
+    `linear_logits` with --linear_fit=probe, `apex_logits` (frozen apex) with --apex_fit=probe."""
+    return [layer for flag, layer in (("linear_fit", "linear_logits"), ("apex_fit", "apex_logits"))
+            if getattr(config, flag) == "probe"]
+
+
 class Session:
     """What is built once and reused: strategy, model, optimizer, step counter and the traced
     train step. `reset()` puts every variable back to its state right after building (the
@@ -155,10 +162,12 @@ class Session:
         it): its input normalisation and, with --linear_fit=probe / --apex_fit=probe, the
         fitted linear / apex head."""
         set_input_statistics(self.model, data)
-        for flag, layer in (("linear_fit", "linear_logits"), ("apex_fit", "apex_logits")):
-            if getattr(self.config, flag) == "probe":
-                from atn_tf import probe_head      # scikit-learn: only for the runs that use it
-                fit = probe_head.fit_probe_head(self.model, data, subject_keys(data), layer)
+        fitted = probe_fitted_heads(self.config)
+        if fitted:
+            from atn_tf import probe_head      # scikit-learn: only for the runs that use it
+            groups = subject_keys(data)
+            for layer in fitted:
+                fit = probe_head.fit_probe_head(self.model, data, groups, layer)
                 logging.info("%s: the probe with C=%g (inner UF1 %.3f)", layer, fit["C"], fit["inner_uf1"])
 
     def set_teacher_statistics(self, data: dict) -> None:
@@ -204,10 +213,8 @@ class Session:
         config, model, optimizer, strategy = self.config, self.model, self.optimizer, self.strategy
         num_classes = model.output["logits"].shape[-1]
         branch_keys = sorted(k for k in model.output if k.endswith("_logits"))   # branch_heads / late fusion
-        if config.linear_fit == "probe":    # a fitted, fixed head: out of the loss, which then
-            branch_keys.remove("linear_logits")     # trains the branches exactly as without it
-        if config.apex_fit == "probe":      # likewise (its frozen branch has nothing else to learn)
-            branch_keys.remove("apex_logits")
+        for layer in probe_fitted_heads(config):    # fitted, fixed heads: out of the loss, which then
+            branch_keys.remove(layer)               # trains the branches exactly as without them
         late = config.fusion == "late" and bool(branch_keys)
         if config.label_smoothing:
             smoothed = keras.losses.CategoricalCrossentropy(
