@@ -170,8 +170,9 @@ def agreement(runs: Sequence[RunHeads], weights: dict) -> str:
         where = {s: i for i, s in enumerate(r.sample_ids)}
         return [where[s] for s in common]
 
-    labels, databases = runs[0].labels[rows(runs[0])], runs[0].databases[rows(runs[0])]
-    probs = [_softmax(r.fused(weights)[rows(r)]) for r in runs]
+    aligned = [rows(r) for r in runs]
+    labels, databases = runs[0].labels[aligned[0]], runs[0].databases[aligned[0]]
+    probs = [_softmax(r.fused(weights)[i]) for r, i in zip(runs, aligned)]
     right = np.asarray([p.argmax(axis=1) == labels for p in probs])
     single = [protocols.metrics(labels, p.argmax(axis=1))["uf1"] for p in probs]
     ensemble = protocols.metrics(labels, np.mean(probs, axis=0).argmax(axis=1))["uf1"]
