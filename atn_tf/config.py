@@ -117,6 +117,8 @@ class TrainConfig:
     lr_schedule: str = "step"               # step (x lr_decay_rate every lr_decay_steps) | cosine
     warmup_steps: int = 0                   # linear warm-up before the cosine decay
     label_smoothing: float = 0.0
+    focal_gamma: float = 0.0                # > 0: focal cross-entropy, (1 - p_y)^gamma down-weights easy clips
+    sam_rho: float = 0.0                    # > 0: sharpness-aware minimisation, ball of this radius (2 passes per step)
     input_norm: bool = False                # standardise inputs with training-fold statistics
     flow_sample_norm: bool = False          # standardise each flow image per channel over its own pixels
     embedding_scale: str = "none"           # none | learned (scale on the L2-normalised embeddings)
@@ -297,6 +299,8 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.focal_gamma < 0 or self.sam_rho < 0:
+            raise ValueError(f"focal_gamma and sam_rho must be >= 0, got {self.focal_gamma}, {self.sam_rho}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.warmup_steps < 0 or self.eval_every < 0:

@@ -51,6 +51,8 @@ HELP = {
     "lr_schedule": "step: x lr_decay_rate every lr_decay_steps (seed) | cosine: to 0 at train_steps.",
     "warmup_steps": "Linear learning-rate warm-up steps (cosine schedule).",
     "label_smoothing": "Label smoothing of the cross-entropy.",
+    "focal_gamma": "> 0: focal cross-entropy with this gamma (0: plain cross-entropy).",
+    "sam_rho": "> 0: sharpness-aware minimisation with this radius (two passes per step).",
     "input_norm": "Standardise inputs with statistics of the training fold (kept in the model).",
     "flow_sample_norm": "Standardise each flow image per channel over its own pixels, inside the model "
                         "(the MEGC2019 flow PNGs are min-max scaled per image); models with a flow branch.",

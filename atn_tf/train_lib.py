@@ -107,6 +107,22 @@ def _window_metrics(labels: list, preds: list) -> dict:
 
 # ------------------------------------------------------------------ the training session
 
+def classification_loss(config: TrainConfig, num_classes: int):
+    """(int labels [B], logits [B, C]) -> per-clip loss [B]: cross-entropy with
+    --label_smoothing, or with --focal_gamma > 0 the focal form (alpha 1, so gamma 0 would be
+    the same cross-entropy), which weights each clip by (1 - p_label)^gamma."""
+    if config.focal_gamma > 0:
+        loss = keras.losses.CategoricalFocalCrossentropy(
+            alpha=1.0, gamma=config.focal_gamma, from_logits=True,
+            label_smoothing=config.label_smoothing, reduction=None)
+    elif config.label_smoothing:
+        loss = keras.losses.CategoricalCrossentropy(
+            from_logits=True, label_smoothing=config.label_smoothing, reduction=None)
+    else:
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+    return lambda y, logits: loss(tf.one_hot(y, num_classes), logits)
+
+
 def probe_fitted_heads(config: TrainConfig) -> list[str]:
     """The late-fusion heads fitted as linear probes before training and then kept fixed:
     `linear_logits` with --linear_fit=probe, `apex_logits` (frozen apex) with --apex_fit=probe."""
@@ -216,12 +232,7 @@ class Session:
         for layer in probe_fitted_heads(config):    # fitted, fixed heads: out of the loss, which then
             branch_keys.remove(layer)               # trains the branches exactly as without them
         late = config.fusion == "late" and bool(branch_keys)
-        if config.label_smoothing:
-            smoothed = keras.losses.CategoricalCrossentropy(
-                from_logits=True, label_smoothing=config.label_smoothing, reduction=None)
-            per_example_loss = lambda y, logits: smoothed(tf.one_hot(y, num_classes), logits)  # noqa: E731
-        else:
-            per_example_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+        per_example_loss = classification_loss(config, num_classes)
 
         def mixed(inputs, labels):
             """--mixup: the mixed batch and its loss lam CE(y) + (1 - lam) CE(y'), with draws
@@ -286,18 +297,38 @@ class Session:
             inputs, target_loss = mixed(inputs, labels)
             if reads_database:   # only the fused logits read it, and no loss does
                 inputs[DATABASE_INPUT] = tf.fill(tf.shape(inputs["flow_len"]), -1)
-            with tf.GradientTape() as tape:
-                out = model(inputs, training=True)
-                per_example = example_loss(inputs, labels, out, target_loss)
-                if au_keys:
-                    per_example += au_loss(au_target, out)
-                if adv_keys:
-                    per_example += adversary_loss(domain_target, out)
-                loss = tf.nn.compute_average_loss(per_example, global_batch_size=config.batch_size)
-                if model.losses:    # kernel regularisers (the linear path's ridge penalty)
-                    loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-                scaled = optimizer.scale_loss(loss) if config.mixed_precision else loss
-            grads = tape.gradient(scaled, model.trainable_variables)
+
+            def gradients():
+                with tf.GradientTape() as tape:
+                    out = model(inputs, training=True)
+                    per_example = example_loss(inputs, labels, out, target_loss)
+                    if au_keys:
+                        per_example += au_loss(au_target, out)
+                    if adv_keys:
+                        per_example += adversary_loss(domain_target, out)
+                    loss = tf.nn.compute_average_loss(per_example, global_batch_size=config.batch_size)
+                    if model.losses:    # kernel regularisers (the linear path's ridge penalty)
+                        loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+                    scaled = optimizer.scale_loss(loss) if config.mixed_precision else loss
+                return loss, out, tape.gradient(scaled, model.trainable_variables)
+
+            loss, out, grads = gradients()
+            if config.sam_rho > 0:
+                # Sharpness-aware minimisation (Foret et al. 2021): step with the gradient
+                # taken at the worst weights within an L2 ball of radius rho. The shift comes
+                # from each replica's own gradient, not the all-reduced one, so several
+                # replicas step slightly differently from one device. The loss, labels and
+                # predictions reported are the first pass's.
+                norm = tf.linalg.global_norm([g for g in grads if g is not None]) + 1e-12
+                shifts = [None if g is None else tf.cast(g, v.dtype) * (config.sam_rho / norm)
+                          for g, v in zip(grads, model.trainable_variables)]
+                for v, e in zip(model.trainable_variables, shifts):
+                    if e is not None:
+                        v.assign_add(e)
+                _, _, grads = gradients()
+                for v, e in zip(model.trainable_variables, shifts):
+                    if e is not None:
+                        v.assign_sub(e)
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
             return loss, labels, tf.argmax(out["logits"], axis=-1, output_type=tf.int32)
 

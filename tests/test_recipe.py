@@ -216,6 +216,23 @@ def test_recipe_fields_are_checked():
         build_model("atn", apex_init="fer2013", **SMALL)
 
 
+def test_focal_loss_weights_each_clip_by_its_missing_probability():
+    labels = np.array([0, 1, 2, 1])
+    logits = np.random.RandomState(0).normal(0, 2, (4, 3)).astype("float32")
+    p = keras.ops.convert_to_numpy(keras.ops.softmax(logits))
+    ce = -np.log(p[np.arange(4), labels])
+    plain = train_lib.classification_loss(TrainConfig(), 3)(labels, logits)
+    np.testing.assert_allclose(plain, ce, rtol=1e-5)
+    focal = train_lib.classification_loss(TrainConfig(focal_gamma=2.0), 3)(labels, logits)
+    np.testing.assert_allclose(focal, (1 - p[np.arange(4), labels]) ** 2 * ce, rtol=1e-4)
+    # with smoothing, gamma -> 0 gives the smoothed cross-entropy back
+    smooth = train_lib.classification_loss(TrainConfig(label_smoothing=0.1), 3)(labels, logits)
+    near = train_lib.classification_loss(TrainConfig(label_smoothing=0.1, focal_gamma=1e-9), 3)(labels, logits)
+    np.testing.assert_allclose(near, smooth, rtol=1e-5)
+    with pytest.raises(ValueError, match="focal_gamma"):
+        TrainConfig(focal_gamma=-1)
+
+
 def test_cosine_schedule_warms_up_then_decays_to_zero():
     cfg = TrainConfig(train_steps=100, learning_rate=0.1, lr_schedule="cosine", warmup_steps=10)
     lr = train_lib.learning_rate_schedule(cfg)

@@ -490,6 +490,38 @@ def test_mixup_is_keyed_by_step_and_changes_the_training_loss(data_dir):
         TrainConfig(mixup=-0.1)
 
 
+def test_sam_steps_with_the_gradient_at_the_perturbed_weights(data_dir):
+    """--sam_rho: one SGD step (no momentum or decay, lr 1, so a step's weight change is its
+    gradient) moves the weights by the plain gradient taken at w + rho g / ||g||, and
+    leaves them there, not at the perturbed point."""
+    from atn_tf import train_lib
+    data = _arrays(data_dir)
+    rho = 0.05
+    cfg = TrainConfig(data_dir=data_dir, model="time_only", train_steps=1, dropout=0.0, augment=False,
+                      momentum=0.0, weight_decay=0.0, learning_rate=1.0, lr_decay_steps=1000, **TINY)
+
+    plain = _session(cfg, data)
+    w0 = [v.numpy() for v in plain.model.trainable_variables]
+
+    def step(session, start):
+        for v, w in zip(session.model.trainable_variables, start):
+            v.assign(w)
+        session._train_loop(iter(session.dataset(data)), 1)
+        return [v.numpy() for v in session.model.trainable_variables]
+
+    g = [a - b for a, b in zip(w0, step(plain, w0))]
+    norm = np.sqrt(sum(float(np.sum(x.astype(np.float64) ** 2)) for x in g))
+    assert norm > 0
+    perturbed = [w + rho * x / norm for w, x in zip(w0, g)]
+    g_at_perturbed = [a - b for a, b in zip(perturbed, step(_session(cfg, data), perturbed))]
+    sam = step(_session(cfg.replace(sam_rho=rho), data), w0)
+    for w, want, x in zip(sam, w0, g_at_perturbed):
+        np.testing.assert_allclose(w, want - x, rtol=1e-4, atol=2e-5)
+    assert not all(np.allclose(a, b, atol=1e-5) for a, b in zip(g, g_at_perturbed))
+    with pytest.raises(ValueError, match="sam_rho"):
+        TrainConfig(sam_rho=-0.1)
+
+
 def test_mirrored_on_two_virtual_cpus_matches_one_device(data_dir, tmp_path):
     # Same global batch; dropout off (its masks differ per replica) and BatchNorm statistics
     # synchronised across replicas, so the two runs compute the same function. With a
