@@ -118,6 +118,7 @@ class TrainConfig:
     warmup_steps: int = 0                   # linear warm-up before the cosine decay
     label_smoothing: float = 0.0
     focal_gamma: float = 0.0                # > 0: focal cross-entropy, (1 - p_y)^gamma down-weights easy clips
+    gce_q: float = 0.0                      # > 0: generalised cross-entropy (1 - p_y^q) / q, robust to label noise
     sam_rho: float = 0.0                    # > 0: sharpness-aware minimisation, ball of this radius (2 passes per step)
     input_norm: bool = False                # standardise inputs with training-fold statistics
     flow_sample_norm: bool = False          # standardise each flow image per channel over its own pixels
@@ -301,6 +302,8 @@ class TrainConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.focal_gamma < 0 or self.sam_rho < 0:
             raise ValueError(f"focal_gamma and sam_rho must be >= 0, got {self.focal_gamma}, {self.sam_rho}")
+        if not 0 <= self.gce_q <= 1 or (self.gce_q and self.focal_gamma):
+            raise ValueError(f"gce_q={self.gce_q}: must be in [0, 1], and not with focal_gamma")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.warmup_steps < 0 or self.eval_every < 0:

@@ -109,8 +109,19 @@ def _window_metrics(labels: list, preds: list) -> dict:
 
 def classification_loss(config: TrainConfig, num_classes: int):
     """(int labels [B], logits [B, C]) -> per-clip loss [B]: cross-entropy with
-    --label_smoothing, or with --focal_gamma > 0 the focal form (alpha 1, so gamma 0 would be
-    the same cross-entropy), which weights each clip by (1 - p_label)^gamma."""
+    --label_smoothing; with --focal_gamma > 0 the focal form (alpha 1, so gamma 0 would be
+    the same cross-entropy), which weights each clip by (1 - p_label)^gamma, more on the
+    clips the model gets wrong; with --gce_q > 0 the generalised cross-entropy (Zhang and
+    Sabuncu 2018), sum_c t_c (1 - p_c^q) / q over the (smoothed) target t, whose gradient is
+    the cross-entropy's times p_label^q: less on those clips (q -> 0 is the cross-entropy)."""
+    if config.gce_q > 0:
+        q, smoothing = config.gce_q, config.label_smoothing
+
+        def gce(y, logits):
+            target = tf.one_hot(y, num_classes) * (1.0 - smoothing) + smoothing / num_classes
+            p = tf.nn.softmax(tf.cast(logits, tf.float32))
+            return tf.reduce_sum(target * (1.0 - tf.pow(p + 1e-12, q)), axis=-1) / q
+        return gce
     if config.focal_gamma > 0:
         loss = keras.losses.CategoricalFocalCrossentropy(
             alpha=1.0, gamma=config.focal_gamma, from_logits=True,

@@ -216,7 +216,7 @@ def test_recipe_fields_are_checked():
         build_model("atn", apex_init="fer2013", **SMALL)
 
 
-def test_focal_loss_weights_each_clip_by_its_missing_probability():
+def test_focal_and_generalised_cross_entropy_follow_their_formulas():
     labels = np.array([0, 1, 2, 1])
     logits = np.random.RandomState(0).normal(0, 2, (4, 3)).astype("float32")
     p = keras.ops.convert_to_numpy(keras.ops.softmax(logits))
@@ -231,6 +231,17 @@ def test_focal_loss_weights_each_clip_by_its_missing_probability():
     np.testing.assert_allclose(near, smooth, rtol=1e-5)
     with pytest.raises(ValueError, match="focal_gamma"):
         TrainConfig(focal_gamma=-1)
+    # generalised cross-entropy: (1 - p^q) / q; near q = 0 it is the cross-entropy
+    gce = train_lib.classification_loss(TrainConfig(gce_q=0.7), 3)(labels, logits)
+    np.testing.assert_allclose(gce, (1 - p[np.arange(4), labels] ** 0.7) / 0.7, rtol=1e-4)
+    near_ce = train_lib.classification_loss(TrainConfig(gce_q=1e-4), 3)(labels, logits)
+    np.testing.assert_allclose(near_ce, ce, rtol=1e-3)
+    smoothed_gce = train_lib.classification_loss(TrainConfig(gce_q=0.7, label_smoothing=0.3), 3)(labels, logits)
+    target = np.eye(3)[labels] * 0.7 + 0.1
+    np.testing.assert_allclose(smoothed_gce, np.sum(target * (1 - p ** 0.7), -1) / 0.7, rtol=1e-4)
+    for bad in ({"gce_q": 1.5}, {"gce_q": 0.5, "focal_gamma": 2.0}):
+        with pytest.raises(ValueError, match="gce_q"):
+            TrainConfig(**bad)
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
