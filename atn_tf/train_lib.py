@@ -330,16 +330,14 @@ class Session:
                 # from each replica's own gradient, not the all-reduced one, so several
                 # replicas step slightly differently from one device. The loss, labels and
                 # predictions reported are the first pass's.
-                norm = tf.linalg.global_norm([g for g in grads if g is not None]) + 1e-12
-                shifts = [None if g is None else tf.cast(g, v.dtype) * (config.sam_rho / norm)
-                          for g, v in zip(grads, model.trainable_variables)]
-                for v, e in zip(model.trainable_variables, shifts):
-                    if e is not None:
-                        v.assign_add(e)
+                moved = [(v, g) for v, g in zip(model.trainable_variables, grads) if g is not None]
+                scale = config.sam_rho / (tf.linalg.global_norm([g for _, g in moved]) + 1e-12)
+                shifts = [(v, tf.cast(g, v.dtype) * scale) for v, g in moved]
+                for v, e in shifts:
+                    v.assign_add(e)
                 _, _, grads = gradients()
-                for v, e in zip(model.trainable_variables, shifts):
-                    if e is not None:
-                        v.assign_sub(e)
+                for v, e in shifts:
+                    v.assign_sub(e)
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
             return loss, labels, tf.argmax(out["logits"], axis=-1, output_type=tf.int32)
 
