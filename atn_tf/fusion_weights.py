@@ -15,10 +15,12 @@ own weights (the clip's database is known when it is predicted).
 `--agreement` asks instead how much averaging seeds can buy: each run's UF1 under the
 recipe's weights (`--baseline`, `--database_baseline`) on the clips every run predicted, the
 mean-probability ensemble's, and the clips that every run gets wrong (an error all seeds
-share is bias, which more seeds do not remove).
+share is bias, which more seeds do not remove). `--subsets=k` adds the ensembles of every k
+of the runs (mean, min, max UF1): with k = 3, a development estimate of the three-seed
+ensemble that a CDE headline reports, and of its spread over draws of seeds.
 
     python -m atn_tf.fusion_weights --agreement runs/dev/a_s0,...,runs/dev/a_s7 \\
-        --baseline apex=0.5,time=0.5 --database_baseline "samm:apex=2;smic:apex=0"
+        --baseline apex=0.5,time=0.5 --database_baseline "samm:apex=2;smic:apex=0" --subsets=3
 
 No outer test fold is read: development runs never predict one.
 """
@@ -158,10 +160,13 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def agreement(runs: Sequence[RunHeads], weights: dict) -> str:
+def agreement(runs: Sequence[RunHeads], weights: dict, subsets: int = 0) -> str:
     """Each run's UF1 and the mean-probability ensemble's on the clips all runs predicted,
     and the clips every run gets wrong (by database and label). Rotating development splits
-    validate a clip in most seeds, not all: clips some run did not predict are left out."""
+    validate a clip in most seeds, not all: clips some run did not predict are left out.
+    `subsets` = k in 2..len(runs) - 1 adds the UF1 of the ensembles of every k runs."""
+    if subsets and not 2 <= subsets < len(runs):
+        raise ValueError(f"subsets={subsets}: must be in 2..{len(runs) - 1} for {len(runs)} runs (0: off)")
     common = sorted(set.intersection(*(set(r.sample_ids) for r in runs)))
     if not common:
         raise ValueError("the runs share no inner-validation clip")
@@ -180,8 +185,13 @@ def agreement(runs: Sequence[RunHeads], weights: dict) -> str:
     lines = [f"clips every run predicted: {len(common)} (of {max(len(r.labels) for r in runs)} in the largest run)",
              "| run | UF1 |", "|---|---:|"]
     lines += [f"| {r.name} | {u:.3f} |" for r, u in zip(runs, single)]
-    lines += [f"| mean of the runs | {np.mean(single):.3f} |",
-              f"| ensemble of the {len(runs)} (mean probability) | {ensemble:.3f} |", "",
+    lines += [f"| mean of the runs | {np.mean(single):.3f} |"]
+    if subsets:
+        ensembles = [protocols.metrics(labels, np.mean([probs[i] for i in c], axis=0).argmax(axis=1))["uf1"]
+                     for c in itertools.combinations(range(len(runs)), subsets)]
+        lines.append(f"| ensembles of {subsets} runs ({len(ensembles)} subsets): mean [min, max] | "
+                     f"{np.mean(ensembles):.3f} [{min(ensembles):.3f}, {max(ensembles):.3f}] |")
+    lines += [f"| ensemble of the {len(runs)} (mean probability) | {ensemble:.3f} |", "",
               f"wrong in every run: {int(all_wrong.sum())} clips ({all_wrong.mean():.1%}); "
               f"in at least one: {int((~right.all(axis=0)).sum())} ({(~right.all(axis=0)).mean():.1%})",
               "wrong in every run, by database and label: " + ", ".join(
@@ -200,6 +210,8 @@ def define_flags() -> None:
                       "seeds) under --baseline / --database_baseline, each run's UF1, their ensemble's, and "
                       "the clips every run gets wrong.")
     flags.DEFINE_string("database_baseline", "", "With --agreement: the recipe's --database_head_weights.")
+    flags.DEFINE_integer("subsets", 0, "With --agreement: also the ensembles of every k of the runs "
+                         "(mean, min, max UF1; e.g. 3 for the three-seed ensemble); 0: off.")
 
 
 def main(argv):
@@ -211,7 +223,7 @@ def main(argv):
         if FLAGS.agreement:
             # as the model reads them: a listed database's own weights (its unlisted heads 1), else --baseline
             weights = {**parse_head_weights(FLAGS.baseline), **parse_database_head_weights(FLAGS.database_baseline)}
-            print(agreement([RunHeads(d) for d in FLAGS.agreement], weights))
+            print(agreement([RunHeads(d) for d in FLAGS.agreement], weights, FLAGS.subsets))
             return
         choose = [RunHeads(d) for d in FLAGS.choose]
         check = [RunHeads(d) for d in FLAGS.check]

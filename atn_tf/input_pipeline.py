@@ -394,7 +394,8 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
                         skip_batches: int = 0, balance_by: str = "class",
                         tables: Optional[dict] = None, flow_shift: int = 0,
                         apex_shift: int = 0, flow_seq_mirror: str = "reflect",
-                        flow_u_flip: float = 0.0, flow_erase: int = 0, au_vocab=(), adversary: str = "",
+                        flow_u_flip: float = 0.0, flow_erase: int = 0, flow_zoom: float = 0.0,
+                        au_vocab=(), adversary: str = "",
                         domains=()) -> tf.data.Dataset:
     """An endless stream of (inputs, label) batches from training arrays (`load_arrays`).
 
@@ -419,13 +420,17 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
     other augmentation is unchanged. `flow_u_flip` = p > 0 negates the horizontal motion of
     both flow inputs where it stands with probability p (`augment.flip_u`, its own draws);
     `flow_erase` = s > 0 sets an s x s square of the flow image to its median with p = 0.5
-    (`augment.erase_patches`, its own draws). With `au_vocab` / `adversary` (or tables that
+    (`augment.erase_patches`, its own draws). `flow_zoom` = z > 0 scales the flow image about its
+    centre by a factor in [1 / (1 + z), 1 + z] with p = 0.5 (`augment.zoom_images`, its own
+    draws), before any translation. With `au_vocab` / `adversary` (or tables that
     hold them), the inputs also carry `au_target` (`au_targets`) / `domain_target`
     (`domain_targets`), which the training step takes out before the model reads the batch.
     """
     for name, shift in (("flow_shift", flow_shift), ("apex_shift", apex_shift), ("flow_erase", flow_erase)):
         if shift < 0 or (shift and not augment_data):
             raise ValueError(f"{name}={shift}: must be >= 0, and > 0 only with augmentation")
+    if not 0.0 <= flow_zoom < 1.0 or (flow_zoom and not augment_data):
+        raise ValueError(f"flow_zoom={flow_zoom}: must be in [0, 1), and > 0 only with augmentation")
     if not 0.0 <= flow_u_flip <= 1.0 or (flow_u_flip and not augment_data):
         raise ValueError(f"flow_u_flip={flow_u_flip}: must be in [0, 1], and > 0 only with augmentation")
     if flow_erase > np.shape(data["flow_image"])[1]:
@@ -474,6 +479,9 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
         if augment_data:
             u = augment.draws(seed, stream_offset + index)
             apex, flow_image = augment.augment_images(table["apex_image"], table["flow_image"], rows, u)
+            if flow_zoom:
+                flow_image = augment.zoom_images(
+                    flow_image, augment.draws(seed, stream_offset + index, salt=augment.ZOOM_SALT), flow_zoom)
             if flow_shift:
                 flow_image = augment.shift_images(
                     flow_image, augment.draws(seed, stream_offset + index, salt=augment.SHIFT_SALT), flow_shift)

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from atn_tf import fusion_weights
+from atn_tf import fusion_weights, protocols
 
 
 def _run(tmp_path, name, seed, flip_db="samm", n=60):
@@ -85,10 +85,20 @@ def test_agreement_scores_each_run_their_ensemble_and_the_shared_errors(tmp_path
     assert f"wrong in every run: {int(shared.sum())} clips" in text
     uf1 = [float(line.split("|")[2]) for line in text.splitlines() if line.startswith("| r") and "UF1" not in line]
     assert len(uf1) == 3 and "| ensemble of the 3 (mean probability) |" in text
+    # every pair's ensemble, recomputed here on the shared clips
+    pairs = fusion_weights.agreement(runs, {"time": 0.0}, subsets=2)
+    probs = [fusion_weights._softmax(r.fused({"time": 0.0})[1:]) for r in runs]
+    labels = runs[0].labels[1:]
+    expect = [protocols.metrics(labels, (probs[a] + probs[b]).argmax(1))["uf1"] for a, b in ((0, 1), (0, 2), (1, 2))]
+    assert (f"| ensembles of 2 runs (3 subsets): mean [min, max] | {np.mean(expect):.3f} "
+            f"[{min(expect):.3f}, {max(expect):.3f}] |") in pairs
+    for bad in (1, 3):
+        with pytest.raises(ValueError, match="subsets"):
+            fusion_weights.agreement(runs, {}, subsets=bad)
     # the command: per-database weights as the model reads them (a listed database's own row)
     r = subprocess.run([sys.executable, "-m", "atn_tf.fusion_weights",
                         f"--agreement={_run(tmp_path, 'a', 0)},{_run(tmp_path, 'b', 0)}",
-                        "--baseline=time=0", "--database_baseline=samm:time=1"],
+                        "--baseline=time=0", "--database_baseline=samm:time=1", "--subsets=0"],
                        capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "| ensemble of the 2 (mean probability) |" in r.stdout

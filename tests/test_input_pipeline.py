@@ -351,6 +351,63 @@ def test_shift_images_translates_with_repeated_edges_or_not_at_all():
     assert not np.allclose(u.numpy()[:4], augment.draws(5, tf.range(4, dtype=tf.int64)).numpy())
 
 
+def _zoom_reference(img, scale):
+    """Bilinear scaling of [h, w, c] about its centre, edges repeated (NumPy, point by point)."""
+    h, w = img.shape[:2]
+    out = np.empty_like(img)
+    for i in range(h):
+        for j in range(w):
+            y = min(max((h - 1) / 2 + (i - (h - 1) / 2) / scale, 0.0), h - 1.0)
+            x = min(max((w - 1) / 2 + (j - (w - 1) / 2) / scale, 0.0), w - 1.0)
+            y0, x0 = int(np.floor(y)), int(np.floor(x))
+            y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
+            fy, fx = y - y0, x - x0
+            out[i, j] = ((img[y0, x0] * (1 - fx) + img[y0, x1] * fx) * (1 - fy)
+                         + (img[y1, x0] * (1 - fx) + img[y1, x1] * fx) * fy)
+    return out
+
+
+def test_zoom_images_scales_about_the_centre_or_not_at_all():
+    """zoom_images: u0 < 0.5 scales by (1 + z) ** (2 u1 - 1) about the centre (bilinear, edges
+    repeated), else the image is returned as it is; the factors span [1/(1+z), 1+z]."""
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0, 255, (3, 28, 27, 3)).astype(np.float32)
+    u = np.zeros((3, augment.NUM_DRAWS), np.float32)
+    u[:, 0] = [0.1, 0.2, 0.7]
+    u[:, 1] = [1.0, 0.0, 1.0]                       # x1.2, x1/1.2, off
+    out = augment.zoom_images(tf.constant(img), tf.constant(u), 0.2).numpy()
+    np.testing.assert_allclose(out[0], _zoom_reference(img[0], 1.2), atol=1e-3)
+    np.testing.assert_allclose(out[1], _zoom_reference(img[1], 1 / 1.2), atol=1e-3)
+    np.testing.assert_array_equal(out[2], img[2])
+    # A centred blob grows under a factor > 1 and shrinks under one < 1; constants stay constant.
+    blob = np.zeros((2, 29, 29, 1), np.float32)
+    blob[:, 10:19, 10:19] = 1.0
+    grown = augment.zoom_images(tf.constant(blob), tf.constant(u[:2]), 0.2).numpy()
+    assert grown[0].sum() > blob[0].sum() * 1.3 and grown[1].sum() < blob[1].sum() * 0.8
+    flat = np.full((2, 28, 28, 3), 9.0, np.float32)
+    np.testing.assert_allclose(augment.zoom_images(tf.constant(flat), tf.constant(u[:2]), 0.2).numpy(), 9.0)
+    # Over many draws: about half left alone, the rest spread over the whole range.
+    draws = augment.draws(5, tf.range(4000, dtype=tf.int64), salt=augment.ZOOM_SALT).numpy()
+    scaled = draws[:, 0] < 0.5
+    assert abs(scaled.mean() - 0.5) < 0.03
+    factors = 1.2 ** (draws[scaled, 1] * 2 - 1)
+    assert factors.min() < 1 / 1.18 and factors.max() > 1.18
+
+
+def test_flow_zoom_changes_only_the_flow_image_of_the_stream(data_dir):
+    data = _arrays(data_dir)
+    plain = ip.dataset_from_arrays(data, 8, 32, seed=3)
+    zoomed = ip.dataset_from_arrays(data, 8, 32, seed=3, flow_zoom=0.2)
+    (xa, ya), (xb, yb) = next(iter(plain)), next(iter(zoomed))
+    np.testing.assert_array_equal(ya, yb)
+    for k in ("apex_image", "flow_seq", "flow_len"):
+        np.testing.assert_array_equal(xa[k], xb[k], err_msg=k)
+    assert 1 <= sum(not np.allclose(a, b) for a, b in zip(xa["flow_image"], xb["flow_image"])) < 8
+    for bad in ({"flow_zoom": 1.0}, {"flow_zoom": -0.1}, {"flow_zoom": 0.1, "augment_data": False}):
+        with pytest.raises(ValueError, match="flow_zoom"):
+            ip.dataset_from_arrays(data, 8, 32, **bad)
+
+
 @pytest.mark.parametrize("flag, key", [("flow_shift", "flow_image"), ("apex_shift", "apex_image")])
 def test_a_shift_moves_only_its_own_input_of_the_same_stream(data_dir, flag, key):
     data = _arrays(data_dir)
