@@ -219,6 +219,8 @@ def main(argv):
     FLAGS = flags.FLAGS
     if not FLAGS.choose and not FLAGS.agreement:
         sys.exit("--choose: give at least one development work dir (or --agreement)")
+    if FLAGS.subsets and not FLAGS.agreement:
+        sys.exit("--subsets: only with --agreement")
     try:
         if FLAGS.agreement:
             # as the model reads them: a listed database's own weights (its unlisted heads 1), else --baseline

@@ -102,6 +102,9 @@ def test_agreement_scores_each_run_their_ensemble_and_the_shared_errors(tmp_path
                        capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "| ensemble of the 2 (mean probability) |" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "atn_tf.fusion_weights", f"--choose={tmp_path / 'a'}",
+                        "--subsets=3"], capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert r.returncode != 0 and "--subsets: only with --agreement" in r.stderr
     with pytest.raises(ValueError, match="share no inner-validation clip"):
         runs[1].sample_ids = [f"x{i}" for i in range(180)]
         fusion_weights.agreement(runs, {})
