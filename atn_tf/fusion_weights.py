@@ -180,15 +180,18 @@ def agreement(runs: Sequence[RunHeads], weights: dict, subsets: int = 0) -> str:
     probs = [_softmax(r.fused(weights)[i]) for r, i in zip(runs, aligned)]
     right = np.asarray([p.argmax(axis=1) == labels for p in probs])
     single = [protocols.metrics(labels, p.argmax(axis=1))["uf1"] for p in probs]
-    ensemble = protocols.metrics(labels, np.mean(probs, axis=0).argmax(axis=1))["uf1"]
+
+    def ensemble_uf1(members) -> float:      # the mean-probability ensemble of these runs
+        return protocols.metrics(labels, np.mean([probs[i] for i in members], axis=0).argmax(axis=1))["uf1"]
+
+    ensemble = ensemble_uf1(range(len(runs)))
     all_wrong = ~right.any(axis=0)
     lines = [f"clips every run predicted: {len(common)} (of {max(len(r.labels) for r in runs)} in the largest run)",
              "| run | UF1 |", "|---|---:|"]
     lines += [f"| {r.name} | {u:.3f} |" for r, u in zip(runs, single)]
     lines += [f"| mean of the runs | {np.mean(single):.3f} |"]
     if subsets:
-        ensembles = [protocols.metrics(labels, np.mean([probs[i] for i in c], axis=0).argmax(axis=1))["uf1"]
-                     for c in itertools.combinations(range(len(runs)), subsets)]
+        ensembles = [ensemble_uf1(c) for c in itertools.combinations(range(len(runs)), subsets)]
         lines.append(f"| ensembles of {subsets} runs ({len(ensembles)} subsets): mean [min, max] | "
                      f"{np.mean(ensembles):.3f} [{min(ensembles):.3f}, {max(ensembles):.3f}] |")
     lines += [f"| ensemble of the {len(runs)} (mean probability) | {ensemble:.3f} |", "",
