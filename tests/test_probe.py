@@ -64,6 +64,20 @@ def test_inputs_from_records(megc_dir):
     raw = inputs.blocks["flow_image"].reshape(n, -1, 3)
     np.testing.assert_allclose(z[..., 0], (raw[..., 0] - raw[..., 0].mean(1, keepdims=True))
                                / np.sqrt(raw[..., 0].var(1, keepdims=True) + 1e-3), atol=1e-9)
+    # HOOF of the standardised image's (u, v): 4x4 cells x 8 bins, each cell's histogram sums to 1
+    from atn_tf import augment, feature_spec
+    from atn_tf.baselines import hoof
+
+    img = z.reshape(n, 28, 28, 3)
+    h = inputs.features("flow_image_hoof").reshape(n, 16, 8)
+    np.testing.assert_allclose(h.sum(axis=2), 1, atol=1e-9)
+    u, v = feature_spec.FLOW_IMAGE_CHANNELS.index("u"), feature_spec.FLOW_IMAGE_CHANNELS.index("v")
+    np.testing.assert_allclose(h[0], hoof.hoof(img[0, ..., u], img[0, ..., v], 8, (4, 4), symmetric=False))
+    # the symmetric part: the mean of the image and its mirror, standardised like the image
+    mirrored = feature_spec.sample_standardize(augment.mirror_flow_image(raw.reshape(n, 28, 28, 3)))
+    sym = inputs.features("flow_image_sym").reshape(n, 28, 28, 3)
+    np.testing.assert_allclose(sym, 0.5 * (img + mirrored), atol=1e-9)
+    np.testing.assert_allclose(probe.flow_image_symmetric(mirrored), sym, atol=1e-9)   # mirror-invariant
     recs = {r["sample_id"].decode(): r for r in input_pipeline.records(megc_dir).as_numpy_iterator()}
     for i, sid in enumerate(inputs.sample_ids):
         r = recs[sid]

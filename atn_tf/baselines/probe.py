@@ -21,6 +21,13 @@ The inputs are the deep models' inputs, read from the TFRecords through
 - `flow_image_std`: the flow image with each channel standardised over its own pixels
   (`feature_spec.sample_standardize`, what the flow branch reads with `--flow_sample_norm`):
   the records' flow PNGs are min-max scaled per image, and this undoes most of it.
+- `flow_image_hoof`: a hand-crafted descriptor of that standardised image, HOOF over a 4x4
+  grid of 7x7-pixel cells (`atn_tf.baselines.hoof`, 8 full-circle orientation bins of
+  (u, v), magnitude-weighted, L1-normalised per cell; 128 features): does the classic
+  descriptor hold more than the pixels?
+- `flow_image_sym`: the standardised image averaged with its left-right mirror (columns
+  reversed, u negated): only the part of the motion that is symmetric about the face's
+  midline, to measure what the asymmetric part carries.
 - `apex_fer`: the 128 pooled features of the FER2013 mini-Xception (the frozen
   `--apex_backbone=fer_xception --apex_init=fer2013` branch) on the apex area-resized to
   64x64: the floor of the models that use that branch frozen.
@@ -62,13 +69,14 @@ from threadpoolctl import threadpool_limits
 
 from atn_tf import protocols
 from atn_tf.baselines.classify import macro_f1
-from atn_tf.feature_spec import FLOW_IMAGE_SIZE, polar_to_cartesian, sample_standardize
+from atn_tf.feature_spec import FLOW_IMAGE_CHANNELS, FLOW_IMAGE_SIZE, polar_to_cartesian, sample_standardize
 
 PROBES = ("flow_seq", "flow_image", "apex", "apex_flow_seq", "all", "apex_fer", "flow_seq_mean", "flow_seq_first",
-          "flow_seq_cartesian", "flow_image_std")
+          "flow_seq_cartesian", "flow_image_std", "flow_image_hoof", "flow_image_sym")
 PARTS = {"flow_seq": ("flow_seq",), "flow_seq_mean": ("flow_seq_mean",), "flow_seq_first": ("flow_seq_first",),
          "flow_seq_cartesian": ("flow_seq_cartesian",),
          "flow_image": ("flow_image",), "flow_image_std": ("flow_image_std",),
+         "flow_image_hoof": ("flow_image_hoof",), "flow_image_sym": ("flow_image_sym",),
          "apex": ("apex",), "apex_fer": ("apex_fer",),
          "apex_flow_seq": ("apex", "flow_seq"), "all": ("apex", "flow_seq", "flow_image")}
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0)
@@ -151,11 +159,33 @@ def load_inputs(data_dir: str, apex_size: int = APEX_SIZE, steps: int | None = N
               "flow_seq_mean": np.stack([s.mean(axis=0) for s in seqs]),
               "flow_seq_first": np.stack([s[0] for s in seqs]),
               "flow_image": np.asarray(fimg, dtype=np.float64)}
-    blocks["flow_image_std"] = sample_standardize(
-        blocks["flow_image"].reshape(len(ids), FLOW_IMAGE_SIZE, FLOW_IMAGE_SIZE, -1)).reshape(len(ids), -1)
+    std = sample_standardize(blocks["flow_image"].reshape(len(ids), FLOW_IMAGE_SIZE, FLOW_IMAGE_SIZE, -1))
+    blocks["flow_image_std"] = std.reshape(len(ids), -1)
+    blocks["flow_image_hoof"] = flow_image_hoof(std)
+    blocks["flow_image_sym"] = flow_image_symmetric(std).reshape(len(ids), -1)
     if fer:
         blocks["apex_fer"] = fer_features(raw_apex)
     return ProbeInputs(ids, dbs, subs, np.asarray(labels, dtype=int), blocks, t)
+
+
+HOOF_CELLS, HOOF_BINS = (4, 4), 8
+
+
+def flow_image_hoof(std: np.ndarray) -> np.ndarray:
+    """[N, 28, 28, 3] standardised flow images -> [N, 4*4*8] per-cell HOOF of their (u, v)."""
+    from atn_tf.baselines import hoof
+
+    u, v = FLOW_IMAGE_CHANNELS.index("u"), FLOW_IMAGE_CHANNELS.index("v")
+    return np.stack([hoof.hoof(x[..., u], x[..., v], HOOF_BINS, HOOF_CELLS, symmetric=False).reshape(-1)
+                     for x in std])
+
+
+def flow_image_symmetric(std: np.ndarray) -> np.ndarray:
+    """The mean of each standardised flow image and its mirror (columns reversed and u
+    negated: the standardised twin of `augment.mirror_flow_image`)."""
+    mirror = std[:, :, ::-1].copy()
+    mirror[..., FLOW_IMAGE_CHANNELS.index("u")] *= -1
+    return 0.5 * (std + mirror)
 
 
 def needs_fer(probe: str) -> bool:
