@@ -68,6 +68,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from atn_tf import protocols
+from atn_tf.baselines import hoof
 from atn_tf.baselines.classify import macro_f1
 from atn_tf.feature_spec import FLOW_IMAGE_CHANNELS, FLOW_IMAGE_SIZE, polar_to_cartesian, sample_standardize
 
@@ -173,8 +174,6 @@ HOOF_CELLS, HOOF_BINS = (4, 4), 8
 
 def flow_image_hoof(std: np.ndarray) -> np.ndarray:
     """[N, 28, 28, 3] standardised flow images -> [N, 4*4*8] per-cell HOOF of their (u, v)."""
-    from atn_tf.baselines import hoof
-
     u, v = FLOW_IMAGE_CHANNELS.index("u"), FLOW_IMAGE_CHANNELS.index("v")
     return np.stack([hoof.hoof(x[..., u], x[..., v], HOOF_BINS, HOOF_CELLS, symmetric=False).reshape(-1)
                      for x in std])
