@@ -162,7 +162,8 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 def agreement(runs: Sequence[RunHeads], weights: dict, subsets: int = 0) -> str:
     """Each run's UF1 and the mean-probability ensemble's on the clips all runs predicted,
-    and the clips every run gets wrong (by database and label). Rotating development splits
+    and the clips every run gets wrong (by database and label), with what each head alone says
+    of them: are they errors of the fusion, or of every input? Rotating development splits
     validate a clip in most seeds, not all: clips some run did not predict are left out.
     `subsets` = k in 2..len(runs) - 1 adds the UF1 of the ensembles of every k runs."""
     if subsets and not 2 <= subsets < len(runs):
@@ -200,6 +201,16 @@ def agreement(runs: Sequence[RunHeads], weights: dict, subsets: int = 0) -> str:
               "wrong in every run, by database and label: " + ", ".join(
                   f"{db} {label}: {n}" for (db, label), n in sorted(
                       Counter(zip(databases[all_wrong].tolist(), labels[all_wrong].tolist())).items()))]
+    lines += ["", f"each head alone (its mean probability over the runs), on all {len(common)} clips and on the "
+              f"{int(all_wrong.sum())} wrong in every run:",
+              "| head | accuracy | right on the shared errors | median probability of their true class |",
+              "|---|---:|---:|---:|"]
+    for head in runs[0].heads:
+        p = np.mean([_softmax(r.heads[head][i]) for r, i in zip(runs, aligned)], axis=0)
+        ok = p.argmax(axis=1) == labels
+        true_p = p[np.arange(len(labels)), labels][all_wrong]
+        lines.append(f"| {head} | {ok.mean():.3f} | {int(ok[all_wrong].sum())} | "
+                     + (f"{np.median(true_p):.2f} |" if true_p.size else "— |"))
     return "\n".join(lines)
 
 

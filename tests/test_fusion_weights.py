@@ -105,6 +105,17 @@ def test_agreement_scores_each_run_their_ensemble_and_the_shared_errors(tmp_path
     r = subprocess.run([sys.executable, "-m", "atn_tf.fusion_weights", f"--choose={tmp_path / 'a'}",
                         "--subsets=3"], capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert r.returncode != 0 and "--subsets: only with --agreement" in r.stderr
+    # each head alone on the shared errors: two runs of one seed (one set of labels), fused
+    # without 'time', which knows every label outside SAMM
+    same = [fusion_weights.RunHeads(_run(tmp_path, f"same{k}", 0)) for k in range(2)]
+    text = fusion_weights.agreement(same, {"time": 0.0})
+    wrong = same[0].heads["flow"].argmax(1) != same[0].labels
+    time_p = fusion_weights._softmax(same[0].heads["time"])
+    time_ok = time_p.argmax(1) == same[0].labels
+    assert time_ok[wrong & (same[0].databases != "samm")].all() and not time_ok[wrong].all()
+    assert (f"| time | {time_ok.mean():.3f} | {int(time_ok[wrong].sum())} | "
+            f"{np.median(time_p[np.arange(180), same[0].labels][wrong]):.2f} |") in text
+    assert f"| flow | {np.mean(~wrong):.3f} | 0 | " in text
     with pytest.raises(ValueError, match="share no inner-validation clip"):
         runs[1].sample_ids = [f"x{i}" for i in range(180)]
         fusion_weights.agreement(runs, {})
