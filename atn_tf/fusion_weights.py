@@ -205,7 +205,7 @@ def agreement(runs: Sequence[RunHeads], weights: dict, subsets: int = 0) -> str:
               f"{int(all_wrong.sum())} wrong in every run:",
               "| head | accuracy | right on the shared errors | median probability of their true class |",
               "|---|---:|---:|---:|"]
-    for head in runs[0].heads:
+    for head in [h for h in runs[0].heads if all(h in r.heads for r in runs)]:   # runs of mixed recipes
         p = np.mean([_softmax(r.heads[head][i]) for r, i in zip(runs, aligned)], axis=0)
         ok = p.argmax(axis=1) == labels
         true_p = p[np.arange(len(labels)), labels][all_wrong]

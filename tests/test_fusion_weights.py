@@ -116,6 +116,9 @@ def test_agreement_scores_each_run_their_ensemble_and_the_shared_errors(tmp_path
     assert (f"| time | {time_ok.mean():.3f} | {int(time_ok[wrong].sum())} | "
             f"{np.median(time_p[np.arange(180), same[0].labels][wrong]):.2f} |") in text
     assert f"| flow | {np.mean(~wrong):.3f} | 0 | " in text
+    del same[1].heads["time"]                                # a run of another recipe, without that head
+    text = fusion_weights.agreement(same, {"time": 0.0})
+    assert "| flow | " in text and "| time | " not in text
     with pytest.raises(ValueError, match="share no inner-validation clip"):
         runs[1].sample_ids = [f"x{i}" for i in range(180)]
         fusion_weights.agreement(runs, {})
