@@ -24,6 +24,7 @@ FLOW_IMAGE_SIZE = 28      # onset->apex flow image (u, v and optical strain), ST
 # channel (the mirror flips the sign of u) takes its index from here.
 FLOW_IMAGE_CHANNELS = ("strain", "v", "u")
 FLOW_U = FLOW_IMAGE_CHANNELS.index("u")
+FLOW_V = FLOW_IMAGE_CHANNELS.index("v")
 # How a horizontal mirror treats flow_seq's block angles (augment.mirror_flow_seq):
 # "reflect" (a -> pi - a, true flow directions) or "columns" (angles kept).
 FLOW_SEQ_MIRRORS = ("reflect", "columns")

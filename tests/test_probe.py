@@ -71,7 +71,7 @@ def test_inputs_from_records(megc_dir):
     img = z.reshape(n, 28, 28, 3)
     h = inputs.features("flow_image_hoof").reshape(n, 16, 8)
     np.testing.assert_allclose(h.sum(axis=2), 1, atol=1e-9)
-    u, v = feature_spec.FLOW_IMAGE_CHANNELS.index("u"), feature_spec.FLOW_IMAGE_CHANNELS.index("v")
+    u, v = feature_spec.FLOW_U, feature_spec.FLOW_V
     np.testing.assert_allclose(h[0], hoof.hoof(img[0, ..., u], img[0, ..., v], 8, (4, 4), symmetric=False))
     # the symmetric part: the mean of the image and its mirror, standardised like the image
     mirrored = feature_spec.sample_standardize(augment.mirror_flow_image(raw.reshape(n, 28, 28, 3)))

@@ -70,7 +70,7 @@ from threadpoolctl import threadpool_limits
 from atn_tf import protocols
 from atn_tf.baselines import hoof
 from atn_tf.baselines.classify import macro_f1
-from atn_tf.feature_spec import FLOW_IMAGE_CHANNELS, FLOW_IMAGE_SIZE, polar_to_cartesian, sample_standardize
+from atn_tf.feature_spec import FLOW_IMAGE_SIZE, FLOW_U, FLOW_V, polar_to_cartesian, sample_standardize
 
 PROBES = ("flow_seq", "flow_image", "apex", "apex_flow_seq", "all", "apex_fer", "flow_seq_mean", "flow_seq_first",
           "flow_seq_cartesian", "flow_image_std", "flow_image_hoof", "flow_image_sym")
@@ -174,8 +174,7 @@ HOOF_CELLS, HOOF_BINS = (4, 4), 8
 
 def flow_image_hoof(std: np.ndarray) -> np.ndarray:
     """[N, 28, 28, 3] standardised flow images -> [N, 4*4*8] per-cell HOOF of their (u, v)."""
-    u, v = FLOW_IMAGE_CHANNELS.index("u"), FLOW_IMAGE_CHANNELS.index("v")
-    return np.stack([hoof.hoof(x[..., u], x[..., v], HOOF_BINS, HOOF_CELLS, symmetric=False).reshape(-1)
+    return np.stack([hoof.hoof(x[..., FLOW_U], x[..., FLOW_V], HOOF_BINS, HOOF_CELLS, symmetric=False).reshape(-1)
                      for x in std])
 
 
@@ -183,7 +182,7 @@ def flow_image_symmetric(std: np.ndarray) -> np.ndarray:
     """The mean of each standardised flow image and its mirror (columns reversed and u
     negated: the standardised twin of `augment.mirror_flow_image`)."""
     mirror = std[:, :, ::-1].copy()
-    mirror[..., FLOW_IMAGE_CHANNELS.index("u")] *= -1
+    mirror[..., FLOW_U] *= -1
     return 0.5 * (std + mirror)
 
 
