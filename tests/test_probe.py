@@ -242,3 +242,12 @@ def test_apex_fer_block_holds_the_frozen_branch_features(megc_dir):
     want = keras.ops.convert_to_numpy(branch(data["apex_image"][order].astype("float32")))
     np.testing.assert_allclose(X, want, atol=1e-4)
     assert probe.needs_fer("apex_fer") and not probe.needs_fer("all")
+    # the magnified apex and the mean-face control: the same branch on the warped faces
+    from atn_tf.baselines import magnify
+    std = inputs.blocks["flow_image_std"].reshape(18, 28, 28, 3)
+    raw = [r["apex_image"] for r in input_pipeline.records(megc_dir).as_numpy_iterator()]
+    np.testing.assert_allclose(inputs.features("apex_fer_magnified"),
+                               probe.fer_features(magnify.magnified_apexes(raw, std)), atol=1e-5)
+    mean_face = inputs.features("flow_fer_meanface")
+    assert mean_face.shape == (18, 128) and not np.allclose(mean_face, X)
+    assert probe.needs_fer("apex_fer_magnified") and probe.needs_fer("flow_fer_meanface")

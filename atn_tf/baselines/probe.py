@@ -31,6 +31,11 @@ The inputs are the deep models' inputs, read from the TFRecords through
 - `apex_fer`: the 128 pooled features of the FER2013 mini-Xception (the frozen
   `--apex_backbone=fer_xception --apex_init=fer2013` branch) on the apex area-resized to
   64x64: the floor of the models that use that branch frozen.
+- `apex_fer_magnified`: the same features of the apex warped further along its own
+  standardised flow image (`atn_tf.baselines.magnify`): can the macro-expression network
+  read an exaggerated micro-expression?
+- `flow_fer_meanface`: the same warp applied to the mean apex of the records (one face
+  for every clip), the control: what the flow alone gives through the FER network.
 
 Model: StandardScaler -> LogisticRegression(class_weight="balanced"), with C chosen inside
 each outer training fold only, by GroupKFold over its subjects scored by macro F1 (first
@@ -68,17 +73,19 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from atn_tf import protocols
-from atn_tf.baselines import hoof
+from atn_tf.baselines import hoof, magnify
 from atn_tf.baselines.classify import macro_f1
 from atn_tf.feature_spec import FLOW_IMAGE_SIZE, FLOW_U, FLOW_V, polar_to_cartesian, sample_standardize
 
 PROBES = ("flow_seq", "flow_image", "apex", "apex_flow_seq", "all", "apex_fer", "flow_seq_mean", "flow_seq_first",
-          "flow_seq_cartesian", "flow_image_std", "flow_image_hoof", "flow_image_sym")
+          "flow_seq_cartesian", "flow_image_std", "flow_image_hoof", "flow_image_sym", "apex_fer_magnified",
+          "flow_fer_meanface")
 PARTS = {"flow_seq": ("flow_seq",), "flow_seq_mean": ("flow_seq_mean",), "flow_seq_first": ("flow_seq_first",),
          "flow_seq_cartesian": ("flow_seq_cartesian",),
          "flow_image": ("flow_image",), "flow_image_std": ("flow_image_std",),
          "flow_image_hoof": ("flow_image_hoof",), "flow_image_sym": ("flow_image_sym",),
-         "apex": ("apex",), "apex_fer": ("apex_fer",),
+         "apex": ("apex",), "apex_fer": ("apex_fer",), "apex_fer_magnified": ("apex_fer_magnified",),
+         "flow_fer_meanface": ("flow_fer_meanface",),
          "apex_flow_seq": ("apex", "flow_seq"), "all": ("apex", "flow_seq", "flow_image")}
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0)
 APEX_SIZE = 32
@@ -128,7 +135,8 @@ def load_inputs(data_dir: str, apex_size: int = APEX_SIZE, steps: int | None = N
                 fer: bool = False) -> ProbeInputs:
     """Read every record once. flow_seq is padded/truncated to `steps` (default: the longest
     real length found); the apex is area-resized to apex_size x apex_size; with `fer`, the
-    FER2013 features of the apex are computed too (block `apex_fer`)."""
+    FER2013 features of the apex are computed too (block `apex_fer`), and of the apex and of
+    the mean face magnified along each clip's flow (`apex_fer_magnified`, `flow_fer_meanface`)."""
     import cv2
     from atn_tf import input_pipeline
 
@@ -166,6 +174,8 @@ def load_inputs(data_dir: str, apex_size: int = APEX_SIZE, steps: int | None = N
     blocks["flow_image_sym"] = flow_image_symmetric(std).reshape(len(ids), -1)
     if fer:
         blocks["apex_fer"] = fer_features(raw_apex)
+        blocks["apex_fer_magnified"] = fer_features(magnify.magnified_apexes(raw_apex, std))
+        blocks["flow_fer_meanface"] = fer_features(magnify.mean_face_along_flows(raw_apex, std))
     return ProbeInputs(ids, dbs, subs, np.asarray(labels, dtype=int), blocks, t)
 
 
@@ -186,8 +196,11 @@ def flow_image_symmetric(std: np.ndarray) -> np.ndarray:
     return 0.5 * (std + mirror)
 
 
+FER_PARTS = ("apex_fer", "apex_fer_magnified", "flow_fer_meanface")
+
+
 def needs_fer(probe: str) -> bool:
-    return "apex_fer" in PARTS.get(probe, ())
+    return any(p in FER_PARTS for p in PARTS.get(probe, ()))
 
 
 class RowSpace(BaseEstimator, TransformerMixin):
