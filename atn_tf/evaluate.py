@@ -32,6 +32,8 @@ flags.DEFINE_string("experiment", None, "Name in reports (default: the flagfile'
 flags.DEFINE_boolean("keep_models", False, "Keep each fold's checkpoints (the final model.keras is always kept).")
 flags.DEFINE_boolean("compare", False, "Compare the finished work dirs given as arguments.")
 flags.DEFINE_string("compare_output", None, "Also write the comparison table (markdown) here.")
+flags.DEFINE_float("target_uf1", None, "--compare: also say how many clips each report is from this UF1, "
+                   "and how many clips all of them get wrong.")
 flags.DEFINE_boolean("ensemble", False, "Average the probabilities of the finished work dirs / report "
                      "files given as arguments into one report in --work_dir.")
 flags.DEFINE_boolean("progress", False, "Per-fold training progress bars (sequential runner).")
@@ -66,7 +68,7 @@ def _experiment_name() -> str:
 def _compare(paths) -> str:
     from atn_tf import reports, stats
     loaded = [(os.path.basename(os.path.normpath(d)), reports.load_report(d)) for d in paths]
-    table = reports.compare_table(loaded) + "\n" + stats.compare_text(loaded)
+    table = reports.compare_table(loaded) + "\n" + stats.compare_text(loaded, target_uf1=FLAGS.target_uf1)
     if FLAGS.compare_output:
         atomic_io.write_text(FLAGS.compare_output, table)
     return table

@@ -15,6 +15,10 @@ they are not independent, and a clip bootstrap would give intervals that are too
   SUBJECT, for the same reason: the clips of a subject are dependent, and swapping whole
   subjects keeps that dependence in the null distribution (a per-clip swap would be anti-
   conservative). Two-sided p-value of |UF1(A) - UF1(B)|, with the +1 correction.
+- `clips_to_reach(predictions, target)`: how far a UF1 gap is in clips — the fewest wrong
+  clips that would have to be right for the pooled UF1 to reach `target` (exact, over which
+  cells of the confusion matrix the corrected clips come from), and `shared_errors`: the clips
+  that every one of several reports gets wrong, which no averaging of them can correct.
 
 Everything is computed on per-subject 3x3 confusion matrices, so 2,000 replicates cost
 milliseconds.
@@ -96,6 +100,55 @@ def bootstrap_uf1_ci(predictions: Sequence[dict], n: int = 2000, seed: int = 0, 
     return out
 
 
+MAX_FLIPS = 20     # exact search up to here (230 k compositions in all); beyond, "more than"
+
+
+def _compositions(n: int, parts: int) -> np.ndarray:
+    """All [k_1..k_parts] of non-negative integers summing to n (stars and bars)."""
+    bars = np.array(list(itertools.combinations(range(n + parts - 1), parts - 1)), dtype=np.int64).reshape(-1, parts - 1)
+    edges = np.concatenate([np.full((len(bars), 1), -1), bars, np.full((len(bars), 1), n + parts - 1)], axis=1)
+    return np.diff(edges, axis=1) - 1
+
+
+def clips_to_reach(predictions: Sequence[dict], target: float, max_flips: int = MAX_FLIPS) -> dict:
+    """The fewest clips predicted wrong that would have to be predicted right for pooled UF1
+    to reach `target`: exact, by trying every way of taking n corrections out of the six
+    (true, predicted) error cells, n = 0, 1, ... Returns {uf1, errors, target, flips (None
+    when more than max_flips), uf1_after, corrected: {"true->predicted" class names: count}}."""
+    from atn_tf.protocols import CLASS_NAMES
+    _, conf, _ = _confusions(predictions)
+    pooled = conf.sum(axis=0)
+    base = float(uf1_from_confusion(pooled))
+    cells = [(y, q) for y in range(NUM_CLASSES) for q in range(NUM_CLASSES) if y != q]
+    avail = np.array([pooled[y * NUM_CLASSES + q] for y, q in cells])
+    out = {"uf1": base, "errors": int(avail.sum()), "target": float(target), "flips": None,
+           "uf1_after": None, "corrected": {}}
+    move = np.zeros((len(cells), NUM_CLASSES * NUM_CLASSES), dtype=np.int64)
+    for i, (y, q) in enumerate(cells):
+        move[i, y * NUM_CLASSES + q] -= 1
+        move[i, y * NUM_CLASSES + y] += 1
+    for n in range(0, min(max_flips, int(avail.sum())) + 1):
+        ks = _compositions(n, len(cells))
+        ks = ks[np.all(ks <= avail, axis=1)]
+        scores = uf1_from_confusion(pooled + ks @ move)
+        best = int(np.argmax(scores))
+        if scores[best] >= target - 1e-12:
+            out.update(flips=n, uf1_after=float(scores[best]),
+                       corrected={f"{CLASS_NAMES[cells[i][0]]}->{CLASS_NAMES[cells[i][1]]}": int(k)
+                                  for i, k in enumerate(ks[best]) if k})
+            break
+    return out
+
+
+def shared_errors(reports: Sequence[dict]) -> list[str]:
+    """Sample ids that every report (on the same samples) predicts wrong, sorted."""
+    wrong = None
+    for r in reports:
+        w = {p["sample_id"] for p in r["predictions"] if int(p["pred"]) != int(p["label"])}
+        wrong = w if wrong is None else wrong & w
+    return sorted(wrong or ())
+
+
 def check_same_samples(report_a: dict, report_b: dict, name_a: str = "A", name_b: str = "B") -> None:
     """Raise ValueError unless both reports predict the same samples with the same labels and subjects."""
     pa = {p["sample_id"]: p for p in report_a["predictions"]}
@@ -138,10 +191,12 @@ def paired_permutation_test(report_a: dict, report_b: dict, n: int = 10000, seed
             "n_perm": int(n), "n_subjects": len(groups), "unit": "subject"}
 
 
-def compare_text(loaded: Sequence[tuple[str, dict]], n_boot: int = 2000, n_perm: int = 10000, seed: int = 0) -> str:
+def compare_text(loaded: Sequence[tuple[str, dict]], n_boot: int = 2000, n_perm: int = 10000, seed: int = 0,
+                 target_uf1: float | None = None) -> str:
     """Markdown for `atn_tf.evaluate --compare`: each report's UF1, overall and per database,
     with its subject-bootstrap 95 % interval, then a paired permutation test for every pair of
-    reports on the same samples."""
+    reports on the same samples; with `target_uf1`, how many clips each report is from it and
+    how many clips all of them get wrong."""
     # Per-database intervals too: the paper's targets are per-database columns, each with far
     # fewer subjects (16-28) than the pooled score.
     dbs = sorted({p["database"] for _, r in loaded for p in r.get("predictions") or []})
@@ -175,4 +230,27 @@ def compare_text(loaded: Sequence[tuple[str, dict]], n_boot: int = 2000, n_perm:
         lines.append(f"| {na} | {nb}{note} | {t['diff']:+.3f} | {t['p_value']:.4f} |")
     if notes:
         lines += [""] + [f"- {n}" for n in notes]
+    if target_uf1 is not None:
+        lines += _target_lines([(n, r) for n, r in loaded if r.get("predictions")], target_uf1)
     return "\n".join(lines) + "\n"
+
+
+def _target_lines(loaded: Sequence[tuple[str, dict]], target: float) -> list[str]:
+    lines = ["", f"How far each report is from UF1 {target:.3f} in clips (the fewest of its errors that would "
+                 "have to be right, exact over the confusion matrix's error cells; true->predicted class):", "",
+             "| experiment | UF1 | errors | clips to reach the target | which |", "|---|---|---|---|---|"]
+    for name, r in loaded:
+        c = clips_to_reach(r["predictions"], target)
+        flips = str(c["flips"]) if c["flips"] is not None else f"more than {MAX_FLIPS}"
+        which = ", ".join(f"{k} × {v}" for k, v in c["corrected"].items()) or "—"
+        lines.append(f"| {name} | {c['uf1']:.3f} | {c['errors']} | {flips} | {which} |")
+    if len(loaded) > 1:
+        try:
+            for (na, ra), (nb, rb) in itertools.combinations(loaded, 2):
+                check_same_samples(ra, rb, na, nb)
+        except ValueError:
+            return lines
+        shared = shared_errors([r for _, r in loaded])
+        lines += ["", f"Clips that all {len(loaded)} reports get wrong: {len(shared)} "
+                      f"(no average of these reports can correct them)."]
+    return lines

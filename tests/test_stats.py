@@ -109,6 +109,40 @@ def test_mismatched_samples_raise_a_clear_error():
         stats.bootstrap_uf1_ci([])
 
 
+def _brute_force_flips(preds, target):
+    """The fewest errors to correct, by trying every subset of the errors (small cases only)."""
+    import itertools
+    wrong = [i for i, p in enumerate(preds) if p["pred"] != p["label"]]
+    uf1 = lambda ps: protocols.pooled_metrics([p["label"] for p in ps], [p["pred"] for p in ps],  # noqa: E731
+                                              [p["database"] for p in ps])["overall"]["uf1"]
+    for n in range(len(wrong) + 1):
+        for subset in itertools.combinations(wrong, n):
+            fixed = [dict(p, pred=p["label"]) if i in subset else p for i, p in enumerate(preds)]
+            if uf1(fixed) >= target - 1e-12:
+                return n
+    return None
+
+
+@pytest.mark.parametrize("seed,target", [(0, 0.8), (1, 0.9), (2, 0.75), (3, 1.0)])
+def test_clips_to_reach_is_the_exact_minimum(seed, target):
+    preds = _predictions(n_subjects=3, per_subject=4, accuracy=0.55, seed=seed)
+    got = stats.clips_to_reach(preds, target)
+    assert got["errors"] == sum(p["pred"] != p["label"] for p in preds)
+    assert got["flips"] == _brute_force_flips(preds, target)
+    assert got["uf1_after"] >= target - 1e-12 and sum(got["corrected"].values()) == got["flips"]
+    assert all(k.split("->")[0] in protocols.CLASS_NAMES for k in got["corrected"])
+    assert stats.clips_to_reach(preds, 0.0)["flips"] == 0
+    assert stats.clips_to_reach(preds, 1.0, max_flips=1)["flips"] in (None, 0, 1)
+
+
+def test_shared_errors_are_wrong_in_every_report():
+    a = _predictions(n_subjects=6, accuracy=0.6, seed=1)
+    b = [dict(p, pred=p["label"]) if i % 2 else p for i, p in enumerate(a)]   # b corrects the odd clips
+    shared = stats.shared_errors([_report(a), _report(b)])
+    assert shared == sorted(p["sample_id"] for i, p in enumerate(a) if i % 2 == 0 and p["pred"] != p["label"])
+    assert stats.shared_errors([_report(a)]) == sorted(p["sample_id"] for p in a if p["pred"] != p["label"])
+
+
 def test_compare_cli_prints_intervals_and_tests(tmp_path):
     labels = [p["label"] for p in _predictions(n_subjects=24, seed=2)]
     paths = []
@@ -119,7 +153,8 @@ def test_compare_cli_prints_intervals_and_tests(tmp_path):
     paths.append(tmp_path / "fewer.json")
     paths[-1].write_text(json.dumps(_report(_predictions(n_subjects=12, seed=5), "fewer")))
     r = subprocess.run([sys.executable, "-m", "atn_tf.evaluate", "--compare", *map(str, paths),
-                        f"--compare_output={tmp_path / 'cmp.md'}"], env=dict(os.environ, PYTHONPATH=ROOT),
+                        f"--compare_output={tmp_path / 'cmp.md'}", "--target_uf1=0.98"],
+                       env=dict(os.environ, PYTHONPATH=ROOT),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     text = (tmp_path / "cmp.md").read_text()
@@ -138,3 +173,9 @@ def test_compare_cli_prints_intervals_and_tests(tmp_path):
     assert float(test_row.split("|")[4]) < 0.01
     assert "good.json vs fewer.json: skipped, not on the same samples" in text
     assert "poor.json vs fewer.json: skipped" in text
+    # --target_uf1: each report's distance in clips (the poor one is further), no shared count
+    # because the reports are not all on the same samples
+    table = lines[lines.index("| experiment | UF1 | errors | clips to reach the target | which |"):]
+    far = {l.split("|")[1].strip(): l.split("|")[4].strip() for l in table[2:5]}
+    assert 0 < int(far["good.json"]) <= 20 and far["poor.json"] == f"more than {stats.MAX_FLIPS}"
+    assert "Clips that all" not in text
