@@ -1,0 +1,1 @@
+"""Evaluation stage: reading the committed reports against the project's targets."""
