@@ -102,6 +102,8 @@ def main(argv):
     if FLAGS.compare:
         if len(argv) < 2:
             raise app.UsageError("--compare needs one or more work dirs")
+        if FLAGS.target_uf1 is not None and not 0.0 <= FLAGS.target_uf1 <= 1.0:
+            raise app.UsageError(f"--target_uf1 is a UF1 in [0, 1], got {FLAGS.target_uf1}")
         job = lambda: _compare(argv[1:])  # noqa: E731
     elif FLAGS.ensemble:
         if len(argv) < 3 or not FLAGS.work_dir or not FLAGS.experiment:

@@ -276,7 +276,7 @@ def update(results_dir: str, output: str, when: str, machine: str) -> str:
                     "reports above (`atn_tf/evaluation/targets.py`). Headline runs only: each recipe's "
                     "committed seeds 0, 1, 2 and their ensemble; margin = value − target (per database: "
                     "the seed mean of that database's UF1; HDE: the held-out database).\n\n"
-                    + targets.status_table(seed_groups(loaded), probes) + f"\n{TARGETS_END}")
+                    + targets.status_table(seed_groups(loaded), probes, n_boot=N_BOOT) + f"\n{TARGETS_END}")
     old = open(output, encoding="utf-8").read() if os.path.exists(output) else "# Results\n"
     new = _replace(old, BEGIN, END, body, "## Deep models on the real MEGC2019 data")
     new = _replace(new, PROBE_BEGIN, PROBE_END, probe_body, "## Linear probes on the records' inputs")

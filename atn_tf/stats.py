@@ -18,7 +18,7 @@ they are not independent, and a clip bootstrap would give intervals that are too
 - `clips_to_reach(predictions, target)`: how far a UF1 gap is in clips — the fewest wrong
   clips that would have to be right for the pooled UF1 to reach `target` (exact, over which
   cells of the confusion matrix the corrected clips come from), and `shared_errors`: the clips
-  that every one of several reports gets wrong, which no averaging of them can correct.
+  that every one of several reports gets wrong.
 
 Everything is computed on per-subject 3x3 confusion matrices, so 2,000 replicates cost
 milliseconds.
@@ -116,6 +116,8 @@ def clips_to_reach(predictions: Sequence[dict], target: float, max_flips: int = 
     (true, predicted) error cells, n = 0, 1, ... Returns {uf1, errors, target, flips (None
     when more than max_flips), uf1_after, corrected: {"true->predicted" class names: count}}."""
     from atn_tf.protocols import CLASS_NAMES
+    if not 0.0 <= target <= 1.0:
+        raise ValueError(f"a UF1 target lies in [0, 1], got {target}")
     _, conf, _ = _confusions(predictions)
     pooled = conf.sum(axis=0)
     base = float(uf1_from_confusion(pooled))
@@ -251,6 +253,5 @@ def _target_lines(loaded: Sequence[tuple[str, dict]], target: float) -> list[str
         except ValueError:
             return lines
         shared = shared_errors([r for _, r in loaded])
-        lines += ["", f"Clips that all {len(loaded)} reports get wrong: {len(shared)} "
-                      f"(no average of these reports can correct them)."]
+        lines += ["", f"Clips that all {len(loaded)} reports get wrong: {len(shared)}."]
     return lines

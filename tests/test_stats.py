@@ -133,6 +133,8 @@ def test_clips_to_reach_is_the_exact_minimum(seed, target):
     assert all(k.split("->")[0] in protocols.CLASS_NAMES for k in got["corrected"])
     assert stats.clips_to_reach(preds, 0.0)["flips"] == 0
     assert stats.clips_to_reach(preds, 1.0, max_flips=1)["flips"] in (None, 0, 1)
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        stats.clips_to_reach(preds, 1.2)
 
 
 def test_shared_errors_are_wrong_in_every_report():

@@ -15,7 +15,7 @@ recipes were scored on the protocol before each one.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -128,12 +128,13 @@ def meets(recipe: Recipe, target: Target, probes: dict) -> bool:
     return all(v >= 0 for v in margins(recipe, target, probes).values())
 
 
-def _describe(recipe: Recipe, target: Target) -> str:
+def _describe(recipe: Recipe, target: Target, n_boot: int) -> str:
     text = f"**{recipe.key}**: {recipe.mean():.3f} ± {recipe.sd():.3f}"
     if target.per_database:
-        text += " (" + " / ".join(f"{recipe.db_mean(db):.3f}" for db in DBS) + ")"
+        text += " (" + " / ".join(f"{recipe.db_mean(db):.3f}" if all(db in r["per_database"] for r in recipe.runs)
+                                  else "—" for db in DBS) + ")"
     if recipe.ensemble:
-        ci = stats.bootstrap_uf1_ci(recipe.ensemble["predictions"], n=2000, seed=0)["overall"]
+        ci = stats.bootstrap_uf1_ci(recipe.ensemble["predictions"], n=n_boot, seed=0)["overall"]
         text += f"; ensemble {ci['uf1']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"
     return text
 
@@ -146,7 +147,7 @@ def _signed(margin: dict) -> str:
     return ", ".join(one(k, v) for k, v in margin.items())
 
 
-def status_row(target: Target, recipes: list[Recipe], probes: dict) -> list[str]:
+def status_row(target: Target, recipes: list[Recipe], probes: dict, n_boot: int = 2000) -> list[str]:
     if not recipes:
         return [target.name, "no headline runs (seeds 0, 1, 2) committed", "—", "not measured"]
     best = max(recipes, key=Recipe.mean)
@@ -158,7 +159,7 @@ def status_row(target: Target, recipes: list[Recipe], probes: dict) -> list[str]
             if top is not best:
                 shown.append(top)
     meeting = [r.key for r in recipes if meets(r, target, probes)]
-    cells = "; ".join(f"{_describe(r, target)} (margins: {_signed(margins(r, target, probes))})" for r in shown)
+    cells = "; ".join(f"{_describe(r, target, n_boot)} (margins: {_signed(margins(r, target, probes))})" for r in shown)
     status = (f"met by {len(meeting)} of {len(recipes)} recipes ({', '.join(meeting)})" if meeting
               else f"missed by all {len(recipes)} recipes")
     if not meeting:
@@ -169,9 +170,10 @@ def status_row(target: Target, recipes: list[Recipe], probes: dict) -> list[str]
     return [target.name, cells, str(len(recipes)), status]
 
 
-def status_table(groups: Sequence[dict], probes: dict, targets: Sequence[Target] = TARGETS) -> str:
+def status_table(groups: Sequence[dict], probes: dict, targets: Sequence[Target] = TARGETS,
+                 n_boot: int = 2000) -> str:
     lines = ["| target | best headline recipe: seed mean ± sd (per database); ensemble [95 % CI] | recipes | status |",
              "|---|---|---:|---|"]
     for t in targets:
-        lines.append("| " + " | ".join(status_row(t, headline_recipes(groups, t), probes)) + " |")
+        lines.append("| " + " | ".join(status_row(t, headline_recipes(groups, t), probes, n_boot)) + " |")
     return "\n".join(lines) + "\n"
