@@ -4,7 +4,7 @@ Trains one model per fold, predicts each held-out fold, pools the predictions an
 report.json, report.md and confusion.png. `--compare dir_a dir_b ...` prints a table of
 finished experiments instead (work dirs or report files), with each UF1's 95 %
 subject-bootstrap interval and paired permutation tests between reports on the same samples
-(`atn_tf.stats`); `--ensemble --work_dir=runs/x a b c` writes the report of the average of
+(`atn_tf.evaluation.stats`); `--ensemble --work_dir=runs/x a b c` writes the report of the average of
 finished experiments' probabilities (e.g. one config trained with three seeds).
 """
 
@@ -66,7 +66,7 @@ def _experiment_name() -> str:
 
 
 def _compare(paths) -> str:
-    from atn_tf import reports, stats
+    from atn_tf.evaluation import reports, stats
     loaded = [(os.path.basename(os.path.normpath(d)), reports.load_report(d)) for d in paths]
     table = reports.compare_table(loaded) + "\n" + stats.compare_text(loaded, target_uf1=FLAGS.target_uf1)
     if FLAGS.compare_output:
@@ -75,21 +75,21 @@ def _compare(paths) -> str:
 
 
 def _ensemble(paths, command: str) -> str:
-    from atn_tf import evaluate_lib, reports
+    from atn_tf.evaluation import evaluate_lib, reports
     report = evaluate_lib.ensemble([(a, reports.load_report(a)) for a in paths], FLAGS.experiment, command)
     evaluate_lib.write_report(report, FLAGS.work_dir)
     return reports.markdown(report) + f"\nreport: {os.path.join(FLAGS.work_dir, 'report.json')}"
 
 
 def _develop(config, work_dir: str, command: str) -> str:
-    from atn_tf import evaluate_lib, reports
+    from atn_tf.evaluation import evaluate_lib, reports
     report = evaluate_lib.develop(config, FLAGS.protocol, work_dir, FLAGS.develop, FLAGS.fold_workers,
                                   experiment=_experiment_name(), command=command, inner_split=FLAGS.inner_split)
     return reports.development_summary(report) + f"\nreport: {os.path.join(work_dir, evaluate_lib.DEV_REPORT)}"
 
 
 def _evaluate(config, work_dir: str, command: str) -> str:
-    from atn_tf import evaluate_lib, reports
+    from atn_tf.evaluation import evaluate_lib, reports
     report = evaluate_lib.evaluate(config, FLAGS.protocol, work_dir, folds=FLAGS.folds, resume=FLAGS.resume,
                                    experiment=_experiment_name(), command=command, keep_models=FLAGS.keep_models,
                                    progress=FLAGS.progress, runner=FLAGS.runner, fold_workers=FLAGS.fold_workers,

@@ -38,7 +38,7 @@ from typing import Sequence
 import numpy as np
 from absl import app, flags
 
-from atn_tf import protocols
+from atn_tf.evaluation import protocols
 from atn_tf.config import parse_database_head_weights, parse_head_weights
 
 DEFAULT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)

@@ -20,7 +20,7 @@ import numpy as np
 from absl import app, flags
 
 from atn_tf import atomic_io
-from atn_tf import reports as reports_lib
+from atn_tf.evaluation import reports as reports_lib
 from atn_tf.config import TrainConfig
 
 FLAGS = flags.FLAGS

@@ -7,7 +7,7 @@ Three generated blocks; everything outside their markers (the baselines' tables,
   one row per experiment run over several seeds (`experiment` with a trailing `_seed<k>`
   removed, same protocol): mean ± sd over the seeds and, when one exists, the mean-probability
   ensemble of those runs (a report with `members`) — then one row per report with the 95 %
-  subject-bootstrap interval of its overall UF1 (`atn_tf.stats`), the linear probe of the
+  subject-bootstrap interval of its overall UF1 (`atn_tf.evaluation.stats`), the linear probe of the
   same inputs under the same protocol beside it, and the model-selection rule, number of
   recipes tried and wall time when the report records them ("—" when it does not);
 - linear probes (`probe_<protocol>_<input>.json` written by `python -m atn_tf.baselines --probe`);
@@ -28,7 +28,8 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from atn_tf import atomic_io, host, reports, stats
+from atn_tf import atomic_io, host
+from atn_tf.evaluation import reports, stats
 from atn_tf.evaluation import targets
 
 FLAGS = flags.FLAGS
@@ -263,7 +264,7 @@ def update(results_dir: str, output: str, when: str, machine: str) -> str:
             "UF1 / UAR on the pooled predictions of all folds (HDE: the per-database column is the "
             "held-out database). Paper values in parentheses. 95 % CI: percentile interval of the "
             f"overall UF1 over {N_BOOT} subject-bootstrap replicates (subjects resampled with replacement "
-            "within each database; `atn_tf.stats`). Probe: logistic regression on the same inputs, same "
+            "within each database; `atn_tf.evaluation.stats`). Probe: logistic regression on the same inputs, same "
             "protocol and folds (table below). selection / recipes tried / wall s: as recorded by the "
             "report (— for reports written before they were recorded).\n\n"
             "Experiments run over several seeds:\n\n" + headline_table(loaded, probes)

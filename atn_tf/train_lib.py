@@ -21,7 +21,8 @@ import tensorflow as tf
 import keras
 from absl import logging
 
-from atn_tf import atomic_io, augment, distribute, input_pipeline, protocols, provenance
+from atn_tf import atomic_io, augment, distribute, input_pipeline, provenance
+from atn_tf.evaluation import protocols
 from atn_tf.config import TrainConfig, parse_au_vocab, parse_domains
 from atn_tf.models import DATABASE_INPUT, build_model, complete_inputs, fusion_databases, set_input_statistics
 from atn_tf.models.networks import DISTILL_OUTPUT, fer_teacher

@@ -44,13 +44,14 @@ TITLE = "CDE turnaround"
 
 
 def _fold_file(work, fold):
-    from atn_tf import evaluate_lib
+    from atn_tf.evaluation import evaluate_lib
     return os.path.join(work, "folds", evaluate_lib.fold_dirname(fold.name), evaluate_lib.PREDICTIONS)
 
 
 def time_config(path: str, data_dir: str, num_folds: int) -> dict:
     import keras
-    from atn_tf import evaluate_lib, flags_lib, protocols
+    from atn_tf import flags_lib
+    from atn_tf.evaluation import evaluate_lib, protocols
 
     config = flags_lib.config_from_flagfile(path, data_dir=data_dir)
     index = evaluate_lib.dataset_index(data_dir)

@@ -97,7 +97,8 @@ def markdown(name: str, per_seed: dict, summary: dict, load_before: str) -> str:
 
 def main(argv):
     del argv
-    from atn_tf import evaluate_lib, flags_lib
+    from atn_tf import flags_lib
+    from atn_tf.evaluation import evaluate_lib
 
     load_before = common.load_str()
     name = os.path.splitext(os.path.basename(FLAGS.config))[0]

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from sklearn.metrics import f1_score, recall_score
 
-from atn_tf import evaluate_lib, reports
+from atn_tf.evaluation import evaluate_lib, reports
 from atn_tf.config import TrainConfig
 from tfrecords_builder.demo import generate_demo_corpus
 from tfrecords_builder.raw_sources import Casme2Source
@@ -67,7 +67,8 @@ def check_folds_never_train_on_test_subjects(megc_dir, work_dir, monkeypatch, pr
     """Run `evaluate_lib.run_fold` for every fold and record the sample ids of the records that
     `input_pipeline.load_arrays` hands to training (the path train_lib -> train_dataset takes,
     from the `Selection` run_fold builds); none may be a test sample of that fold."""
-    from atn_tf import input_pipeline as ip, protocols
+    from atn_tf import input_pipeline as ip
+    from atn_tf.evaluation import protocols
 
     index = evaluate_lib.dataset_index(megc_dir)
     folds = protocols.make_folds([r["sample_id"] for r in index], [r["database"] for r in index],
@@ -117,7 +118,8 @@ def check_fast_runner_never_trains_on_test_subjects(megc_dir, work_dir, monkeypa
     """The fast runner (`FoldRunner`, the default): the sample ids of the arrays each fold's
     `train_lib.fit` receives (training and inner validation) hold none of the fold's test
     samples. With `leak`, the mutant: the runner's training rows gain one test sample."""
-    from atn_tf import input_pipeline as ip, protocols, train_lib
+    from atn_tf import input_pipeline as ip, train_lib
+    from atn_tf.evaluation import protocols
 
     index = evaluate_lib.dataset_index(megc_dir)
     folds = protocols.make_folds([r["sample_id"] for r in index], [r["database"] for r in index],

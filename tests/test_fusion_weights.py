@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from atn_tf import fusion_weights, protocols
+from atn_tf import fusion_weights
+from atn_tf.evaluation import protocols
 
 
 def _run(tmp_path, name, seed, flip_db="samm", n=60):
@@ -52,7 +53,7 @@ def test_search_finds_the_informative_head_and_per_database_weights(tmp_path):
 
 
 def test_reads_the_files_development_runs_write():
-    from atn_tf import evaluate_lib
+    from atn_tf.evaluation import evaluate_lib
     assert fusion_weights.DEV_PREDICTIONS == evaluate_lib.DEV_PREDICTIONS
 
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from atn_tf import protocols
+from atn_tf.evaluation import protocols
 from atn_tf.baselines import probe
 from tests.fakes import build_megc_records
 
@@ -195,7 +195,7 @@ def test_row_space_fit_equals_the_plain_fit():
 
 
 def test_development_probe_scores_only_inner_validation_subjects_of_the_chosen_folds(monkeypatch):
-    from atn_tf import evaluate_lib
+    from atn_tf.evaluation import evaluate_lib
 
     inputs = _synthetic(n_subjects=15)
     fixed = probe.develop(inputs, "flow_image", num_folds=4, val_fraction=0.2, seed=1, inner_split="fixed")

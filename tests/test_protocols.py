@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from atn_tf import protocols
+from atn_tf.evaluation import protocols
 from atn_tf.manifest import ManifestError, read_manifest
 
 

@@ -8,7 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from atn_tf import input_pipeline, protocols, train_lib
+from atn_tf import input_pipeline, train_lib
+from atn_tf.evaluation import protocols
 from atn_tf.feature_spec import sample_standardize
 from atn_tf.config import TrainConfig
 from atn_tf.models import build_model, fer_xception, input_statistics, set_input_statistics
@@ -303,7 +304,7 @@ def test_subject_parts_partition_every_database_evenly():
 
 
 def test_rotating_development_split_covers_the_subjects_and_skips_each_test_subject():
-    from atn_tf import evaluate_lib
+    from atn_tf.evaluation import evaluate_lib
 
     dbs = ["casme2"] * 12 + ["samm"] * 12 + ["smic"] * 6
     subs = [f"s{i // 2:02d}" for i in range(30)]

@@ -110,6 +110,6 @@ def test_seeds_table_averages_each_recipe_over_its_seeds(tmp_path):
     assert len(lines) == 4                      # header, rule, recipe a on each CPU
     assert "| — | 2 | 1, 3 | 0.700 / 0.640 | 0.670 ± 0.042 |" in lines[2] and "--input_norm" in lines[2]
     assert "| Intel Xeon | 2 | 7, 8 | 0.800 / 0.800 | 0.800 ± 0.000 |" in lines[3]
-    from atn_tf.reports import cpu
+    from atn_tf.evaluation.reports import cpu
     assert [cpu({"machine": m}) for m in ("AMD EPYC, 2 logical CPUs", "2 cores (AMD EPYC)", {"cpu": "AMD EPYC"}, "")] \
         == ["AMD EPYC", "AMD EPYC", "AMD EPYC", "—"]

@@ -95,7 +95,7 @@ def test_generated_tables_are_up_to_date():
 def _fake(tmp, name, experiment, seed, accuracy, protocol="cde", model="atn", members=None, probe=None, **extra):
     import numpy as np
 
-    from atn_tf import protocols
+    from atn_tf.evaluation import protocols
 
     rng = np.random.default_rng(seed + 17 * len(name))
     preds = []

@@ -1,4 +1,4 @@
-"""Subject-bootstrap intervals of UF1 and paired permutation tests (atn_tf.stats), and their
+"""Subject-bootstrap intervals of UF1 and paired permutation tests (atn_tf.evaluation.stats), and their
 use in `python -m atn_tf.evaluate --compare`."""
 
 import json
@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from atn_tf import protocols, stats
+from atn_tf.evaluation import protocols, stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -28,7 +28,7 @@ from atn_tf.baselines import lib, probe
 from atn_tf.baselines.classify import CLASSIFIERS
 from atn_tf.baselines.features_io import FeatureError
 from atn_tf.manifest import ManifestError
-from atn_tf.protocols import PROTOCOLS
+from atn_tf.evaluation.protocols import PROTOCOLS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("features", None, "A feature zip (seed release layout) or a folder with the same layout.")

@@ -1,7 +1,7 @@
 """Classifiers for the hand-crafted baselines, with hyper-parameters chosen by inner CV.
 
 `evaluate(X, y, sample_ids, databases, subjects, protocol, classifier)` runs the outer folds
-of `atn_tf.protocols.make_folds` and pools their predictions. Inside each outer fold only the
+of `atn_tf.evaluation.protocols.make_folds` and pools their predictions. Inside each outer fold only the
 training rows choose the hyper-parameters, by `GroupKFold` over the training subjects (no
 subject on both sides of an inner split either), scored by macro F1 (UF1):
 
@@ -32,7 +32,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
-from atn_tf import protocols
+from atn_tf.evaluation import protocols
 
 CLASSIFIERS = ("linear_svm", "rbf_svm", "logreg", "chi2_svm")
 

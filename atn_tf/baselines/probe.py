@@ -40,7 +40,7 @@ The inputs are the deep models' inputs, read from the TFRecords through
 Model: StandardScaler -> LogisticRegression(class_weight="balanced"), with C chosen inside
 each outer training fold only, by GroupKFold over its subjects scored by macro F1 (first
 best on ties). The scaler is fitted on the rows it is used to train on, so no statistic of
-a held-out row — outer or inner — reaches a model. Folds are `atn_tf.protocols.make_folds`
+a held-out row — outer or inner — reaches a model. Folds are `atn_tf.evaluation.protocols.make_folds`
 over the records' sample_id / database / subject, metrics `protocols.pooled_metrics` (in the
 report built by `evaluate_lib.make_report`, the same format as the deep models').
 
@@ -72,7 +72,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from atn_tf import protocols
+from atn_tf.evaluation import protocols
 from atn_tf.baselines import hoof, magnify
 from atn_tf.baselines.classify import macro_f1
 from atn_tf.feature_spec import FLOW_IMAGE_SIZE, FLOW_U, FLOW_V, polar_to_cartesian, sample_standardize
@@ -301,7 +301,8 @@ def run(data_dir: str, probe: str, protocol: str, command: str, output: str | No
         c_grid: Sequence[float] = C_GRID, inner_splits: int = 3, jobs: int = 1,
         inputs: ProbeInputs | None = None) -> dict:
     """Load the records, evaluate the probe, write the report (atomically) when `output` is given."""
-    from atn_tf import atomic_io, evaluate_lib
+    from atn_tf import atomic_io
+    from atn_tf.evaluation import evaluate_lib
 
     if probe not in PARTS:
         raise ValueError(f"unknown probe input {probe!r}; expected one of {PROBES}")
@@ -341,7 +342,8 @@ def develop(inputs: ProbeInputs, probe: str, protocol: str = "cde", num_folds: i
     This is the floor a recipe's inner-validation UF1 is read against."""
     import datetime
 
-    from atn_tf import evaluate_lib, host
+    from atn_tf import host
+    from atn_tf.evaluation import evaluate_lib
 
     t0 = time.time()
     X, y = inputs.features(probe), inputs.labels

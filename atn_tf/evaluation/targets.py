@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from atn_tf import stats
+from atn_tf.evaluation import stats
 
 HEADLINE_SEEDS = (0, 1, 2)
 DBS = ("casme2", "samm", "smic")

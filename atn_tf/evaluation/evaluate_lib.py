@@ -28,7 +28,8 @@ from typing import Optional, Sequence
 from absl import logging
 import numpy as np
 
-from atn_tf import atomic_io, host, input_pipeline, protocols
+from atn_tf import atomic_io, host, input_pipeline
+from atn_tf.evaluation import protocols
 from atn_tf.config import TrainConfig, parse_domains
 
 REPORT_JSON = "report.json"
@@ -389,7 +390,7 @@ def evaluate(config: TrainConfig, protocol: str, work_dir: str, folds: Optional[
 
 
 def write_report(report: dict, work_dir: str) -> None:
-    from atn_tf import reports
+    from atn_tf.evaluation import reports
     _write_json(os.path.join(work_dir, REPORT_JSON), report)
     reports.write_markdown(report, os.path.join(work_dir, "report.md"))
     reports.plot_confusions(report, os.path.join(work_dir, "confusion.png"))

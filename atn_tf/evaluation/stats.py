@@ -115,7 +115,7 @@ def clips_to_reach(predictions: Sequence[dict], target: float, max_flips: int = 
     to reach `target`: exact, by trying every way of taking n corrections out of the six
     (true, predicted) error cells, n = 0, 1, ... Returns {uf1, errors, target, flips (None
     when more than max_flips), uf1_after, corrected: {"true->predicted" class names: count}}."""
-    from atn_tf.protocols import CLASS_NAMES
+    from atn_tf.evaluation.protocols import CLASS_NAMES
     if not 0.0 <= target <= 1.0:
         raise ValueError(f"a UF1 target lies in [0, 1], got {target}")
     _, conf, _ = _confusions(predictions)
