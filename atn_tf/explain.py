@@ -49,7 +49,7 @@ class ExplainError(ValueError):
 
 
 def keras_model_path(saved_model_dir: str) -> str:
-    from atn_tf.export_lib import EXTRA_DIR, load_config_of_export
+    from atn_tf.serving.export_lib import EXTRA_DIR, load_config_of_export
 
     path = os.path.join(saved_model_dir, EXTRA_DIR, MODEL_FILE)
     if os.path.isfile(path):
@@ -81,7 +81,7 @@ def model_arrays(inputs, image_size: int) -> dict:
     """ClipInputs -> the Keras model's batch-1 inputs (apex decoded as the export does)."""
     import tensorflow as tf
 
-    from atn_tf.export_lib import decode_apex
+    from atn_tf.serving.export_lib import decode_apex
 
     apex = decode_apex(tf.constant(inputs.apex_bytes), image_size)[None]
     f = feature_spec.FLOW_IMAGE_SIZE
@@ -235,7 +235,7 @@ def write_figure(path: str, ex: Explanation, title: str = "") -> str:
 def explain(saved_model_dir: str, inputs, out_path: str, image_size: Optional[int] = None,
             title: str = "") -> Explanation:
     """Load the export's Keras model, compute the maps for `inputs`, write the figure."""
-    from atn_tf.export_lib import load_config_of_export
+    from atn_tf.serving.export_lib import load_config_of_export
 
     model = load_keras_model(saved_model_dir)
     if image_size is None:

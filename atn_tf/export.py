@@ -2,7 +2,7 @@
 
 Exports a finished run (model.keras + config.json) as a SavedModel for TF Serving to
 `<export_base>/<version>/` (next free version unless `--version`), with the signatures
-`serving_default` and `predict_images` (see `atn_tf.export_lib`), and adds/updates the
+`serving_default` and `predict_images` (see `atn_tf.serving.export_lib`), and adds/updates the
 model's entry in `models.config` (default: beside the export base, i.e.
 `saved_models/models.config`). The entry's `base_path` is `<serving_root>/<name>`:
 `/models/<name>` by default, the path inside the `tensorflow/serving` Docker image when
@@ -43,7 +43,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)      # TF's SavedModel INFO lines are noise here
-    from atn_tf import export_lib, serving_config
+    from atn_tf.serving import export_lib, serving_config
 
     export_base = os.path.normpath(FLAGS.export_base)
     name = FLAGS.serving_name or os.path.basename(export_base)

@@ -38,7 +38,7 @@ def resolve_version_dir(path: str) -> str:
     """A version folder as given, or the highest integer version under an export base."""
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return path
-    from atn_tf.export_lib import list_versions
+    from atn_tf.serving.export_lib import list_versions
 
     versions = list_versions(path)
     if not versions:
@@ -77,7 +77,7 @@ class LocalPredictor:
     def training_encodings(self) -> tuple[dict, str | None]:
         """(input -> encoding of the training data, model name) from the export's config.json."""
         from atn_tf import provenance
-        from atn_tf.export_lib import load_config_of_export
+        from atn_tf.serving.export_lib import load_config_of_export
 
         config = load_config_of_export(self.path)
         if config is None:

@@ -17,7 +17,7 @@ printed and the exit status is 2, unless `--allow_feature_mismatch` (then a warn
 
 Before sending, the client fetches the signature (`GetModelMetadata` / REST `/metadata`)
 and refuses a request whose input keys, dtypes or shapes do not match it, with a message
-naming the input (`atn_tf.request_validation`); nothing is sent then (a computed flow
+naming the input (`atn_tf.serving.request_validation`); nothing is sent then (a computed flow
 image the signature does not take is dropped and the request validated again).
 """
 
@@ -38,7 +38,8 @@ from typing import Optional
 import numpy as np
 from absl import app, flags
 
-from atn_tf import clip_inputs, request_validation
+from atn_tf import clip_inputs
+from atn_tf.serving import request_validation
 
 FLAGS = flags.FLAGS
 

@@ -79,7 +79,7 @@ def main(argv):
     if FLAGS.threads:
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
         tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
-    from atn_tf import export_lib
+    from atn_tf.serving import export_lib
     from atn_tf.config import TrainConfig
     from atn_tf.models import build_model
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from atn_tf import export_lib, feature_spec, serving_config
+from atn_tf import feature_spec
+from atn_tf.serving import export_lib, serving_config
 from atn_tf.config import TrainConfig
 from atn_tf.models import build_model
 

@@ -95,7 +95,7 @@ def test_training_keeps_the_fitted_head_and_the_saved_model_carries_it(tmp_path)
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
     # The export predicts with the fitted head too.
     import tensorflow as tf
-    from atn_tf import export_lib
+    from atn_tf.serving import export_lib
     x = {k: np.asarray(data[k][:3]) for k in ("apex_image", "flow_seq", "flow_len", "flow_image")}
     want = keras.ops.convert_to_numpy(model(x, training=False)["probabilities"])
     fn = tf.saved_model.load(export_lib.export(cfg.model_dir, str(tmp_path / "sm"))).signatures["serving_default"]
@@ -166,7 +166,7 @@ def test_apex_fit_probe_fits_the_apex_head_on_its_frozen_features_and_keeps_it(t
     loaded, loaded_cfg = train_lib.load_trained(cfg.model_dir)
     assert loaded_cfg.apex_fit == "probe" and not loaded.get_layer("apex_logits").trainable
     import tensorflow as tf
-    from atn_tf import export_lib
+    from atn_tf.serving import export_lib
     few = {k: v[:3].astype(np.int32 if k == "flow_len" else np.float32) for k, v in inputs.items()}
     want = keras.ops.convert_to_numpy(loaded(few, training=False)["probabilities"])
     fn = tf.saved_model.load(export_lib.export(cfg.model_dir, str(tmp_path / "sm"))).signatures["serving_default"]

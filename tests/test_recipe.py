@@ -140,7 +140,7 @@ def test_fer_branch_fine_tunes_or_stays_frozen(tmp_path, freeze):
     np.testing.assert_allclose(loaded(x)["probabilities"], want, atol=1e-6)
     if not freeze:      # the SavedModel of the fine-tuned model answers the same
         import tensorflow as tf
-        from atn_tf import export_lib
+        from atn_tf.serving import export_lib
         sm = tf.saved_model.load(export_lib.export(cfg.model_dir, str(tmp_path / "sm")))
         fn = sm.signatures["serving_default"]
         names = fn.structured_input_signature[1]
@@ -187,7 +187,7 @@ def test_flow_fer_xception_fine_tunes_saves_and_exports(tmp_path):
     want = keras.ops.convert_to_numpy(result.model(x, training=False)["probabilities"])
     np.testing.assert_allclose(loaded(x, training=False)["probabilities"], want, atol=1e-6)
     import tensorflow as tf
-    from atn_tf import export_lib
+    from atn_tf.serving import export_lib
     fn = tf.saved_model.load(export_lib.export(cfg.model_dir, str(tmp_path / "sm"))).signatures["serving_default"]
     names = fn.structured_input_signature[1]
     got = fn(**{k: tf.constant(v) for k, v in x.items() if k in names})["probabilities"].numpy()
@@ -409,7 +409,7 @@ def test_apex_distill_fits_the_resnet_read_out_to_the_fer2013_features(tmp_path)
     # test-time mirroring) and atn_flow v10's (that apex branch, late fusion with the flow
     # image) through train/load/export.
     import tensorflow as tf
-    from atn_tf import export_lib
+    from atn_tf.serving import export_lib
     x = _inputs(n=2)
     for name, recipe in (("atn_v9", dict(mirror_tta=True)), ("atn_flow_v10", dict(model="atn_flow", fusion="late"))):
         run = cfg.replace(model_dir=str(tmp_path / name), train_steps=2, checkpoint_every=2, log_every=2,

@@ -17,7 +17,8 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from atn_tf import export_lib, request_validation, serve_client
+from atn_tf import serve_client
+from atn_tf.serving import export_lib, request_validation
 from atn_tf.config import TrainConfig
 from atn_tf.models import build_model
 from tests.test_export import DECODE_MUTANTS, apex_faces, check_decodes_like_training, export_probe

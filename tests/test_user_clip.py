@@ -14,7 +14,8 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from atn_tf import export_lib, feature_spec, provenance
+from atn_tf import feature_spec, provenance
+from atn_tf.serving import export_lib
 from atn_tf.config import TrainConfig
 from atn_tf.quiet_start import is_startup_line, logging_requested
 from tests.fakes import build_megc_records

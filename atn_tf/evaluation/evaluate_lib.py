@@ -67,7 +67,8 @@ RUNNERS = ("fast", "sequential")
 def run_fold(config: TrainConfig, fold: protocols.Fold, index: list[dict], protocol: str,
              work_dir: str, progress: bool = False) -> list[dict]:
     """The sequential runner: `train_lib.train` for one fold, then its predictions."""
-    from atn_tf import predict_lib, train_lib
+    from atn_tf import train_lib
+    from atn_tf.serving import predict_lib
     import keras
 
     t0 = time.time()

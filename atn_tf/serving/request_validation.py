@@ -7,7 +7,7 @@ dtypes or shapes (rank and fixed dimensions) do not match it. Nothing is sent th
 
 Who checks what (docs/reliability.md, Serving):
 * this module (the client): input keys, dtypes, rank and fixed dimensions;
-* the exported graph (`atn_tf.export_lib`): empty batch, batch sizes, T limits, flow_len,
+* the exported graph (`atn_tf.serving.export_lib`): empty batch, batch sizes, T limits, flow_len,
   NaN / Inf, image bytes (format, declared size, decoding), shapes again (EnsureShape);
 * TF Serving itself: keys and dtypes against the SignatureDef (not testable here: no
   `tensorflow_model_server` can be installed in this environment).
