@@ -203,7 +203,7 @@ class TrainConfig:
     linear_inputs: str = "all"
     # train: the linear path learns with the network | probe (fusion=late): fitted before
     # training as the linear probe (logistic regression, C by inner grouped CV on the
-    # training subjects; atn_tf.probe_head), then kept fixed.
+    # training subjects; atn_tf.training.probe_head), then kept fixed.
     linear_fit: str = "train"
     # train | probe (fusion=late, frozen FER2013 apex): the apex head is fitted the same way
     # on the apex features it reads, then kept fixed (its trained head lost to that probe).

@@ -84,7 +84,7 @@ def main(argv):
     from atn_tf.models import build_model
 
     if FLAGS.model_dir:
-        from atn_tf.train_lib import load_trained
+        from atn_tf.training.train_lib import load_trained
         model, config = load_trained(FLAGS.model_dir)
         what = f"trained run `{FLAGS.model_dir}`"
     else:

@@ -2,7 +2,7 @@
 measured float32 peak.
 
 For each (image size, batch, jit_compile) cell, one `tf.function` training step (forward,
-loss, backward, SGD momentum 0.9 with weight decay — the recipe of `atn_tf.train_lib`) runs
+loss, backward, SGD momentum 0.9 with weight decay — the recipe of `atn_tf.training.train_lib`) runs
 over synthetic tensors already in memory, so the input pipeline is excluded; warm-up steps
 (tracing / XLA compilation) are not timed. FLOPs per sample are counted analytically from
 the layer shapes (convolutions, dense layers, LSTM gate matmuls; a training step is taken

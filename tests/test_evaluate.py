@@ -118,7 +118,8 @@ def check_fast_runner_never_trains_on_test_subjects(megc_dir, work_dir, monkeypa
     """The fast runner (`FoldRunner`, the default): the sample ids of the arrays each fold's
     `train_lib.fit` receives (training and inner validation) hold none of the fold's test
     samples. With `leak`, the mutant: the runner's training rows gain one test sample."""
-    from atn_tf import input_pipeline as ip, train_lib
+    from atn_tf import input_pipeline as ip
+    from atn_tf.training import train_lib
     from atn_tf.evaluation import protocols
 
     index = evaluate_lib.dataset_index(megc_dir)

@@ -78,7 +78,7 @@ def test_training_refuses_a_folder_that_mixes_encodings(megc_dir, tmp_path):
     # a model that reads only the apex image trains: its input is encoded alike
     assert provenance.check_training_data(info, data_dir, "apex_only") == "apex_image=face_gray_224"
     # through the trainer itself, before any model is built
-    from atn_tf import train_lib
+    from atn_tf.training import train_lib
 
     cfg = TrainConfig(data_dir=data_dir, model_dir=str(tmp_path / "m"), model="atn", train_steps=1,
                       image_size=32, width=4, lstm_units=8, batch_size=4)

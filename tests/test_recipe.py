@@ -8,7 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from atn_tf import input_pipeline, train_lib
+from atn_tf import input_pipeline
+from atn_tf.training import train_lib
 from atn_tf.evaluation import protocols
 from atn_tf.feature_spec import sample_standardize
 from atn_tf.config import TrainConfig

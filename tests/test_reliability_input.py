@@ -249,7 +249,7 @@ def test_train_and_eval_datasets_refuse_before_reading(data):
 
 
 def test_training_stops_with_data_error_before_the_first_step(data, tmp_path):
-    from atn_tf import train_lib
+    from atn_tf.training import train_lib
     rewrite(data, SHARD, _set_int("label", 7))
     cfg = TrainConfig(data_dir=str(data), model_dir=str(tmp_path / "m"), image_size=32, width=4, lstm_units=8,
                       batch_size=4, train_steps=2)

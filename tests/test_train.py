@@ -41,7 +41,7 @@ def _result(proc, timeout=300):
 
 
 def test_train_smoke_writes_model_config_checkpoints_and_summaries(data_dir, tmp_path):
-    from atn_tf import train_lib
+    from atn_tf.training import train_lib
     cfg = TrainConfig(data_dir=data_dir, model_dir=str(tmp_path / "m"), model="atn_flow",
                       test_subjects=("smic/s01",), train_steps=10, checkpoint_every=5, **TINY)
     r = train_lib.train(cfg, progress=False)
@@ -106,7 +106,7 @@ def test_killed_training_resumes_to_the_same_step_and_loss(data_dir, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
-    from atn_tf import train_lib
+    from atn_tf.training import train_lib
     cfg = TrainConfig(data_dir=data_dir, model_dir=str(tmp_path / "m"), train_steps=4, checkpoint_every=4, **TINY)
     train_lib.train(cfg, progress=False)
     blown = cfg.replace(train_steps=20, learning_rate=1e30)
@@ -117,7 +117,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
 
 
 def test_next_stop_ends_each_call_at_logging_checkpoint_or_scoring_steps():
-    from atn_tf.train_lib import next_stop
+    from atn_tf.training.train_lib import next_stop
     assert next_stop(0, 300, [25, 300]) == 25
     assert next_stop(25, 300, [25, 0, 40]) == 40          # a period of 0 is off
     assert next_stop(290, 300, [25]) == 300                # the end wins
@@ -134,7 +134,7 @@ def _arrays(data_dir, image_size: int = 32) -> dict:
 
 def _session(cfg: TrainConfig, data: dict):
     """A training session of `cfg` with its input statistics set from `data`."""
-    from atn_tf import train_lib
+    from atn_tf.training import train_lib
     from atn_tf.models import set_input_statistics
     session = train_lib.Session(cfg)
     set_input_statistics(session.model, data)
@@ -144,7 +144,7 @@ def _session(cfg: TrainConfig, data: dict):
 def test_several_steps_per_call_train_like_one_step_per_call(data_dir, tmp_path):
     """fit() runs the steps between two logging points in one graph loop; with logging at
     every step (one step per call) the losses and weights are the same, bit for bit."""
-    from atn_tf import train_lib
+    from atn_tf.training import train_lib
     data = _arrays(data_dir)
     runs = []
     for log_every in (1, 12):
@@ -162,7 +162,7 @@ def test_several_steps_per_call_train_like_one_step_per_call(data_dir, tmp_path)
 def test_linear_path_ridge_penalty_is_part_of_the_training_loss(data_dir):
     """--linear_l2 reaches the optimised loss: the same run with a large penalty ends with a
     much smaller linear-path kernel, and its logged loss includes the penalty."""
-    from atn_tf import train_lib
+    from atn_tf.training import train_lib
     data = _arrays(data_dir)
     norms, losses = {}, {}
     for l2 in (0.0, 10.0):
@@ -179,7 +179,7 @@ def _train_with_head_shift(data_dir, cfg, head: str, layers) -> tuple[list, obje
     """Trains `cfg` twice, the second time with the starting weights of the head layer `head`
     moved (a class-dependent change of its logits): each run's weights of `layers`, the
     second run's session and the arrays it trained on."""
-    from atn_tf import train_lib
+    from atn_tf.training import train_lib
     data = _arrays(data_dir, cfg.image_size)
     trained = []
     for shift in (0.0, 1.0):
@@ -195,7 +195,7 @@ def _train_with_head_shift(data_dir, cfg, head: str, layers) -> tuple[list, obje
 def test_head_weights_change_the_prediction_not_the_training(data_dir):
     """--head_weights: the late-fusion logits are the weighted mean of the heads, and the
     heads, trained on their own losses, end where they end without it."""
-    from atn_tf import train_lib
+    from atn_tf.training import train_lib
     from atn_tf.models import build_model, complete_inputs
     cfg = TrainConfig(data_dir=data_dir, model="atn_flow", train_steps=4, fusion="late", input_norm=True,
                       optimizer="adamw", learning_rate=0.01, linear_path=True, linear_inputs="flow_seq", **TINY)
@@ -253,7 +253,8 @@ def test_au_loss_trains_action_unit_heads_on_the_coded_clips(data_dir):
     (FAKE_CODING: one AU pattern per label) from the clips that have them, SMIC's (none
     coded) left out; without --au_class_heads the prediction is the heads' average as
     before, with it the AU class heads join that average."""
-    from atn_tf import input_pipeline, train_lib
+    from atn_tf import input_pipeline
+    from atn_tf.training import train_lib
     from atn_tf.config import AU_VOCAB
     cfg = TrainConfig(data_dir=data_dir, model="atn_flow", train_steps=40, fusion="late", input_norm=True,
                       optimizer="adamw", learning_rate=0.01, dropout=0.0, au_loss=1.0, au_vocab="1,2,4,7,12",
@@ -300,7 +301,7 @@ def test_au_loss_trains_action_unit_heads_on_the_coded_clips(data_dir):
 
 def test_au_loss_on_records_without_action_units_names_the_folder(tmp_path):
     """Records built without coding sheets: --au_loss stops before training, naming the folder."""
-    from atn_tf import train_lib
+    from atn_tf.training import train_lib
     from atn_tf.input_pipeline import DataError
     plain = build_megc_records(tmp_path, num_shards=1)
     with pytest.raises(DataError, match=f"{plain}/dataset_info.json: no record has coded action units"):
@@ -313,7 +314,8 @@ def test_adversary_heads_read_the_domain_and_push_back_into_the_motion_branches(
     gets its domain's index, and a head per motion branch reads it through a gradient
     reversal: the heads learn, the branches train differently, and the prediction stays the
     class heads' average."""
-    from atn_tf import input_pipeline, train_lib
+    from atn_tf import input_pipeline
+    from atn_tf.training import train_lib
     info = input_pipeline.read_dataset_info(data_dir)
     cfg = TrainConfig(data_dir=data_dir, model="atn_flow", train_steps=6, fusion="late", input_norm=True,
                       optimizer="adamw", learning_rate=0.01, dropout=0.0, **TINY)
@@ -415,7 +417,7 @@ def test_ema_keeps_the_moving_average_of_the_weights_and_scores_it(data_dir):
     """--ema_decay: the finished model holds the warmed-up exponential moving average of the
     weights after every step (recomputed here from a one-step-per-call run), the selector
     scores and keeps averaged weights, and reset() restarts the average."""
-    from atn_tf import train_lib
+    from atn_tf.training import train_lib
     from atn_tf.models import set_input_statistics
     data = _arrays(data_dir)
     cfg = TrainConfig(data_dir=data_dir, model="time_only", train_steps=6, ema_decay=0.6, optimizer="adamw",
@@ -455,7 +457,7 @@ def test_ema_keeps_the_moving_average_of_the_weights_and_scores_it(data_dir):
 
 
 def test_flow_augmentation_flags_need_augmentation_and_reach_the_stream(data_dir):
-    from atn_tf import train_lib
+    from atn_tf.training import train_lib
     for name, value, out_of_range in (("flow_shift", 2, -1), ("apex_shift", 2, -1), ("flow_u_flip", 0.5, 1.5),
                                          ("flow_erase", 6, 29), ("flow_zoom", 0.1, 1.0)):
         for bad in ({name: value, "augment": False}, {name: out_of_range}):
@@ -476,7 +478,7 @@ def test_mixup_is_keyed_by_step_and_changes_the_training_loss(data_dir):
     """--mixup: the draws depend on (seed, step, replica) only, so one step per call trains
     like several per call (and a resumed run like an uninterrupted one), and the loss is
     not the unmixed run's."""
-    from atn_tf import train_lib
+    from atn_tf.training import train_lib
     data = _arrays(data_dir)
     runs = {}
     for mixup, log_every in ((0.4, 1), (0.4, 6), (0.0, 6)):
@@ -494,7 +496,7 @@ def test_sam_steps_with_the_gradient_at_the_perturbed_weights(data_dir):
     """--sam_rho: one SGD step (no momentum or decay, lr 1, so a step's weight change is its
     gradient) moves the weights by the plain gradient taken at w + rho g / ||g||, and
     leaves them there, not at the perturbed point."""
-    from atn_tf import train_lib
+    from atn_tf.training import train_lib
     data = _arrays(data_dir)
     rho = 0.05
     cfg = TrainConfig(data_dir=data_dir, model="time_only", train_steps=1, dropout=0.0, augment=False,
@@ -536,7 +538,7 @@ def test_mirrored_on_two_virtual_cpus_matches_one_device(data_dir, tmp_path):
     assert a["replicas"] == 1 and b["replicas"] == 2
     # Tolerance: float32 reductions in a different order (per-replica sums, all-reduce).
     np.testing.assert_allclose([l for _, l in a["losses"]], [l for _, l in b["losses"]], rtol=2e-3, atol=2e-4)
-    from atn_tf import train_lib
+    from atn_tf.training import train_lib
     (model_a, _), (model_b, _) = (train_lib.load_trained(str(tmp_path / d)) for d in ("one", "two"))
     for wa, wb in zip(model_a.get_weights(), model_b.get_weights()):
         np.testing.assert_allclose(wa, wb, rtol=2e-3, atol=2e-4)

@@ -51,7 +51,7 @@ def demo_records(corpus, tmp_path_factory):
 
 
 def _train_export(data_dir, root, model="atn_flow"):
-    from atn_tf import train_lib
+    from atn_tf.training import train_lib
 
     cfg = TrainConfig(data_dir=data_dir, model_dir=str(root / "run"), model=model, **TINY)
     train_lib.train(cfg, progress=False)

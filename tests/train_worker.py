@@ -12,7 +12,7 @@ from atn_tf.config import TrainConfig
 
 def main():
     config = TrainConfig.load(sys.argv[1])
-    from atn_tf import distribute, train_lib
+    from atn_tf.training import distribute, train_lib
 
     result = train_lib.train(config, progress=False)
     strategy = distribute.make_strategy(config.strategy, config.cpu_devices)

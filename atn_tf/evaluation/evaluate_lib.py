@@ -67,7 +67,7 @@ RUNNERS = ("fast", "sequential")
 def run_fold(config: TrainConfig, fold: protocols.Fold, index: list[dict], protocol: str,
              work_dir: str, progress: bool = False) -> list[dict]:
     """The sequential runner: `train_lib.train` for one fold, then its predictions."""
-    from atn_tf import train_lib
+    from atn_tf.training import train_lib
     from atn_tf.serving import predict_lib
     import keras
 
@@ -105,7 +105,7 @@ class FoldRunner:
     per fold (see the module doc)."""
 
     def __init__(self, config: TrainConfig, protocol: str):
-        from atn_tf import train_lib
+        from atn_tf.training import train_lib
 
         t0 = time.time()
         self.config, self.protocol = config, protocol
@@ -130,7 +130,7 @@ class FoldRunner:
         predicted: the inner-validation probabilities of every scored step are stored instead
         (`DEV_PREDICTIONS`). `val_subjects` ("db/subject") sets the inner-validation
         subjects (`development_splits`); otherwise `val_fraction` draws them."""
-        from atn_tf import train_lib
+        from atn_tf.training import train_lib
 
         t0 = time.time()
         cfg, session = self.config, self.session

@@ -98,7 +98,7 @@ def linear_path(inputs: dict, branches, num_classes: int, steps: int, l2: float,
     `flow_seq` replaces `inputs["flow_seq"]` (the time branch's representation of it).
     `l2` > 0 adds l2 * sum(w**2) of its kernel to the loss, the probe's ridge penalty.
     `reads="flow_seq"`: the flow sequence only, not the flow image. `trainable=False`: the
-    head is set from outside (`atn_tf.probe_head`) and kept fixed.
+    head is set from outside (`atn_tf.training.probe_head`) and kept fixed.
     """
     parts = []
     if "time" in branches:

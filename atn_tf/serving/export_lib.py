@@ -343,7 +343,7 @@ def export_model(model: keras.Model, config: TrainConfig, export_base: str,
 def export(model_dir: str, export_base: str, version: Optional[int] = None,
            overwrite: bool = False) -> str:
     """Export the finished run in `model_dir` (model.keras + config.json)."""
-    from atn_tf.train_lib import load_trained
+    from atn_tf.training.train_lib import load_trained
 
     model, config = load_trained(model_dir)
     return export_model(model, config, export_base, version, overwrite)

@@ -21,7 +21,8 @@ import tensorflow as tf
 import keras
 from absl import logging
 
-from atn_tf import atomic_io, augment, distribute, input_pipeline, provenance
+from atn_tf import atomic_io, augment, input_pipeline, provenance
+from atn_tf.training import distribute
 from atn_tf.evaluation import protocols
 from atn_tf.config import TrainConfig, parse_au_vocab, parse_domains
 from atn_tf.models import DATABASE_INPUT, build_model, complete_inputs, fusion_databases, set_input_statistics
@@ -192,7 +193,7 @@ class Session:
         set_input_statistics(self.model, data)
         fitted = probe_fitted_heads(self.config)
         if fitted:
-            from atn_tf import probe_head      # scikit-learn: only for the runs that use it
+            from atn_tf.training import probe_head  # scikit-learn: only for the runs that use it
             groups = subject_keys(data)
             for layer in fitted:
                 fit = probe_head.fit_probe_head(self.model, data, groups, layer)
