@@ -8,7 +8,8 @@ import json
 import os
 from typing import Optional
 
-from atn_tf import atomic_io, feature_spec
+from atn_tf import atomic_io
+from atn_tf.data import feature_spec
 
 CONFIG_FILE = "config.json"
 HEAD_BRANCHES = ("apex", "time", "flow", "linear")
@@ -221,7 +222,7 @@ class TrainConfig:
     checkpoint_every: int = 250
     log_every: int = 25
     cpu_devices: int = 0                    # >1: split the CPU into virtual devices (tests, demos)
-    # Encodings of the model's inputs ("flow_seq=tvl1_blocks8_t64,..."; atn_tf.provenance):
+    # Encodings of the model's inputs ("flow_seq=tvl1_blocks8_t64,..."; atn_tf.data.provenance):
     # filled from the data folder's dataset_info.json at the start of training.
     feature_encodings: str = ""
 

@@ -116,7 +116,7 @@ def main(argv):
         work_dir = FLAGS.work_dir or os.path.join("runs", f"{FLAGS.protocol}_{_experiment_name()}")
         job = (lambda: _develop(config, work_dir, command)) if FLAGS.develop else \
             (lambda: _evaluate(config, work_dir, command))
-    from atn_tf import input_pipeline
+    from atn_tf.data import input_pipeline
     from atn_tf.training import train_lib
     try:
         print(job())

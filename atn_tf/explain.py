@@ -28,7 +28,7 @@ from typing import Optional
 
 import numpy as np
 
-from atn_tf import feature_spec
+from atn_tf.data import feature_spec
 
 MODEL_FILE = "model.keras"
 APEX_FEATURE_LAYER = "global_pool"     # Grad-CAM target: this layer's input feature map

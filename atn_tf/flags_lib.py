@@ -133,7 +133,7 @@ HELP = {
     "checkpoint_every": "Save a checkpoint every this many steps.",
     "log_every": "TensorBoard / log interval in steps.",
     "cpu_devices": "Split the CPU into this many virtual devices (>1 mirrors over them).",
-    "feature_encodings": "Encodings of the model inputs, input=encoding,... (atn_tf.provenance). "
+    "feature_encodings": "Encodings of the model inputs, input=encoding,... (atn_tf.data.provenance). "
                          "Empty: taken from the data's dataset_info.json; given: the data must match.",
 }
 

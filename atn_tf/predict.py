@@ -2,7 +2,7 @@
 
 Classifies one example in-process with an exported SavedModel (its `predict_images`
 signature), from an apex image + flow features or from a folder of raw frames
-(`--clip_dir`, see `atn_tf.clip_inputs`). `--saved_model` may be a version folder or the
+(`--clip_dir`, see `atn_tf.data.clip_inputs`). `--saved_model` may be a version folder or the
 export base (its highest version is used). Prints the class and the probabilities, or JSON
 with `--json`.
 """
@@ -19,7 +19,7 @@ import sys
 
 from absl import app, flags, logging
 
-from atn_tf import clip_inputs
+from atn_tf.data import clip_inputs
 
 FLAGS = flags.FLAGS
 
@@ -76,7 +76,7 @@ class LocalPredictor:
 
     def training_encodings(self) -> tuple[dict, str | None]:
         """(input -> encoding of the training data, model name) from the export's config.json."""
-        from atn_tf import provenance
+        from atn_tf.data import provenance
         from atn_tf.serving.export_lib import load_config_of_export
 
         config = load_config_of_export(self.path)
@@ -85,9 +85,9 @@ class LocalPredictor:
         return provenance.from_text(getattr(config, "feature_encodings", "")), config.model
 
     def check_encodings(self, inputs: clip_inputs.ClipInputs, allow: bool = False) -> list[str]:
-        """FeatureMismatch (atn_tf.provenance) when the inputs are encoded otherwise than the
+        """FeatureMismatch (atn_tf.data.provenance) when the inputs are encoded otherwise than the
         training data; warnings instead with `allow`."""
-        from atn_tf import provenance
+        from atn_tf.data import provenance
 
         model_enc, model_name = self.training_encodings()
         return provenance.check_prediction_inputs(model_enc, inputs.encodings, model_name, allow,
@@ -105,7 +105,7 @@ def main(argv):
         return 2
     import tensorflow as tf
 
-    from atn_tf import provenance
+    from atn_tf.data import provenance
 
     try:
         predictor = LocalPredictor(FLAGS.saved_model, FLAGS.signature)

@@ -10,7 +10,7 @@ the builder's face/flow code) and sent to the `predict_images` signature.
 image is sent too (the `atn_flow` signatures require it); a server whose signature takes no
 flow image refuses it by name, and the request is then repeated without it.
 
-Feature provenance (`atn_tf.provenance`): every answer carries the model's
+Feature provenance (`atn_tf.data.provenance`): every answer carries the model's
 `feature_encodings`; when they differ from the encodings of the inputs sent (e.g. a model
 trained on `megc2019_crops` records given a raw `--clip_dir`), the prediction is not
 printed and the exit status is 2, unless `--allow_feature_mismatch` (then a warning).
@@ -38,7 +38,7 @@ from typing import Optional
 import numpy as np
 from absl import app, flags
 
-from atn_tf import clip_inputs
+from atn_tf.data import clip_inputs
 from atn_tf.serving import request_validation
 
 FLAGS = flags.FLAGS
@@ -163,7 +163,7 @@ def main(argv):
     except clip_inputs.InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from atn_tf import provenance
+    from atn_tf.data import provenance
 
     call = rest_predict if FLAGS.rest else grpc_predict
     try:

@@ -22,7 +22,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = flags_lib.cli_config()
-    from atn_tf import input_pipeline, provenance  # after flag parsing: TF start-up is slow
+    from atn_tf.data import input_pipeline, provenance  # after flag parsing: TF start-up is slow
     from atn_tf.training import train_lib
 
     try:

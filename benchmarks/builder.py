@@ -56,7 +56,7 @@ def stage_breakdown(source, specs, method: str) -> dict:
     """Seconds per clip of each raw stage, in this process, over `specs`."""
     from tfrecords_builder import face, flow_features, optical_flow
     from tfrecords_builder.images import read_image
-    from atn_tf.feature_spec import IMAGE_SIZE
+    from atn_tf.data.feature_spec import IMAGE_SIZE
 
     t = {"read + face detect + crop": 0.0, "read + crop frames": 0.0, "flow": 0.0, "block features": 0.0,
          "flow pairs": 0}
@@ -134,7 +134,7 @@ def main(argv):
 
         wr = []
         if FLAGS.data_dir:
-            from atn_tf import feature_spec, input_pipeline
+            from atn_tf.data import feature_spec, input_pipeline
 
             info = input_pipeline.read_dataset_info(FLAGS.data_dir)
             raw = [r.numpy() for p in input_pipeline.shard_paths(FLAGS.data_dir, info)

@@ -3,7 +3,7 @@ against a re-creation of the seed's per-sample Caffe Python data layer, on the s
 samples.
 
 Both sides read the 442 MEGC2019 samples: the tf.data pipeline from the TFRecords
-(`atn_tf.input_pipeline.train_dataset`: parse, PNG decode, cache, class-balanced
+(`atn_tf.data.input_pipeline.train_dataset`: parse, PNG decode, cache, class-balanced
 sampling, augmentation, batch 16); the seed loader (`benchmarks/seed_loader.py`) from the
 release's apex JPEGs (`cv2.imread` per sample) plus a temporary `OpticalFlowFeatureData.txt`
 written in the seed's format from the records' flow sequences. The two are timed
@@ -42,7 +42,7 @@ TITLE = "Input pipeline"
 
 
 def load_records(data_dir: str) -> list[dict]:
-    from atn_tf import input_pipeline
+    from atn_tf.data import input_pipeline
 
     out = []
     for r in input_pipeline.records(data_dir).as_numpy_iterator():
@@ -58,10 +58,10 @@ def main(argv):
     import cv2
     import numpy as np
 
-    from atn_tf import input_pipeline
+    from atn_tf.data import input_pipeline
     from benchmarks.seed_loader import SeedLoader, write_seed_files
 
-    from atn_tf import augment
+    from atn_tf.data import augment
 
     headroom = common.parallel_headroom()
     print(f"parallel headroom: 2 processes run {headroom:.2f}x one", flush=True)

@@ -292,7 +292,7 @@ def real_input_check(data_dir: str, image_size: int, batch: int) -> dict:
     import keras
     import tensorflow as tf
 
-    from atn_tf import input_pipeline
+    from atn_tf.data import input_pipeline
     from atn_tf.models import build_model
 
     ds = input_pipeline.train_dataset(data_dir, input_pipeline.Selection(), batch, image_size,

@@ -39,7 +39,7 @@ def _patched(module, name, make):
 def encoding_digest(_unused: str = "", mutant: bool = False) -> str:
     import dataclasses
 
-    from atn_tf import feature_spec
+    from atn_tf.data import feature_spec
     from tests.fakes import random_sample
 
     def salted(real):
@@ -71,7 +71,7 @@ def stream_digest(data_dir: str, mutant: bool = False, global_seed: int = 5) -> 
     """The first 3 batches of the stream with seed 5. The stream also depends on TF's global
     seed (tf.data's shuffles combine it with their own seed), so it is set as train_lib sets
     it (`keras.utils.set_random_seed(config.seed)` before building the stream)."""
-    from atn_tf import input_pipeline as ip
+    from atn_tf.data import input_pipeline as ip
 
     def salted(real):
         return lambda *a, **kw: real(*a, **{**kw, "seed": kw.get("seed", 0) + _salt()})

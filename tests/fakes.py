@@ -68,7 +68,7 @@ def write_coding_sheets(folder: str, rows: list[dict]) -> None:
 
 
 def random_sample(seed: int = 0, steps: int = 5, with_flow_image: bool = True, **overrides):
-    from atn_tf.feature_spec import Sample
+    from atn_tf.data.feature_spec import Sample
 
     rng = np.random.default_rng(seed)
     fields = dict(

@@ -12,7 +12,7 @@ import scipy.io
 from sklearn.metrics import f1_score
 
 from atn_tf.baselines import classify, features_io, hoof, lbptop, lib
-from atn_tf.manifest import ManifestRow
+from atn_tf.data.manifest import ManifestRow
 
 
 # ---------------------------------------------------------------- fake data
@@ -124,7 +124,7 @@ def test_reader_errors(tmp_path):
 
 
 def test_real_feature_zips(reference_dir):
-    from atn_tf.manifest import read_manifest
+    from atn_tf.data.manifest import read_manifest
     rows = read_manifest(reference_dir / "megc2019" / "manifest.csv")
     feat_dir = reference_dir / "seed_repo" / "features"
     expected = {"HOOF_Features.zip": {"HOOF_TIM10_4": (4, 9), "HOOF_TIM10_8": (8, 9),
@@ -222,7 +222,7 @@ def test_lbptop_clip_matches_release_layout(reference_dir):
     """The layout (plane order, bin order, shape) against hand-worked volumes, and the
     release's own shape. The released values cannot be reproduced: the raw clips they were
     computed from are not available here (atn_tf/baselines/lbptop.py)."""
-    from atn_tf.manifest import read_manifest
+    from atn_tf.data.manifest import read_manifest
     rows = read_manifest(reference_dir / "megc2019" / "manifest.csv")[:20]
     released = features_io.load_config(reference_dir / "seed_repo" / "features" / "LBPTOP_Features.zip",
                                        "LBPTOP_TIM10_333_8", rows).features

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from atn_tf import feature_spec
+from atn_tf.data import feature_spec
 from tfrecords_builder.crops_sources import Megc2019CropsSource
 
 from tfrecords_builder.writer import BuildFailed, build, plan_shards
@@ -89,7 +89,7 @@ def test_interrupted_build_publishes_nothing_and_resume_gives_same_bytes(corpus,
 
 def test_resume_after_a_feature_spec_change_rewrites_every_shard(corpus, tmp_path, monkeypatch):
     """Shards written under an older spec (e.g. before `action_units`) are not reused."""
-    from atn_tf import feature_spec
+    from atn_tf.data import feature_spec
     out = str(tmp_path / "out")
     old = {k: v for k, v in feature_spec.FEATURES.items() if k != "has_action_units"}
     monkeypatch.setattr(feature_spec, "FEATURES", old)

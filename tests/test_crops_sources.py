@@ -173,7 +173,7 @@ def test_real_megc2019_inputs_say_how_to_mirror_them(reference_dir):
       (a -> pi - a): they are not plain signed directions, which is what
       `--flow_seq_mirror=columns` is for (on these maps the default "reflect" still trains
       better: docs/results.md)."""
-    from atn_tf import feature_spec
+    from atn_tf.data import feature_spec
     src = Megc2019CropsSource(str(reference_dir / "megc2019"))
     specs, errors = src.plan()
     assert not errors

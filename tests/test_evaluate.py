@@ -67,7 +67,7 @@ def check_folds_never_train_on_test_subjects(megc_dir, work_dir, monkeypatch, pr
     """Run `evaluate_lib.run_fold` for every fold and record the sample ids of the records that
     `input_pipeline.load_arrays` hands to training (the path train_lib -> train_dataset takes,
     from the `Selection` run_fold builds); none may be a test sample of that fold."""
-    from atn_tf import input_pipeline as ip
+    from atn_tf.data import input_pipeline as ip
     from atn_tf.evaluation import protocols
 
     index = evaluate_lib.dataset_index(megc_dir)
@@ -108,7 +108,7 @@ def test_fold_leak_mutant_is_caught(megc_dir, tmp_path, monkeypatch):
         others = sorted({f"{r['database']}/{r['subject']}" for r in index} - set(sel.test_subjects))
         return ip_selection(test_subjects=sel.test_subjects[1:] + (others[0],))
 
-    from atn_tf.input_pipeline import Selection as ip_selection
+    from atn_tf.data.input_pipeline import Selection as ip_selection
     monkeypatch.setattr(evaluate_lib, "fold_selection", leaky)
     with pytest.raises(AssertionError, match="trains on its test samples"):
         check_folds_never_train_on_test_subjects(megc_dir, tmp_path, monkeypatch, "cde")
@@ -118,7 +118,7 @@ def check_fast_runner_never_trains_on_test_subjects(megc_dir, work_dir, monkeypa
     """The fast runner (`FoldRunner`, the default): the sample ids of the arrays each fold's
     `train_lib.fit` receives (training and inner validation) hold none of the fold's test
     samples. With `leak`, the mutant: the runner's training rows gain one test sample."""
-    from atn_tf import input_pipeline as ip
+    from atn_tf.data import input_pipeline as ip
     from atn_tf.training import train_lib
     from atn_tf.evaluation import protocols
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from atn_tf import feature_spec
+from atn_tf.data import feature_spec
 from atn_tf.serving import export_lib, serving_config
 from atn_tf.config import TrainConfig
 from atn_tf.models import build_model
@@ -135,7 +135,7 @@ def apex_faces(n, seed=0):
 def training_apex(gray, image_size):
     """The apex image the training pipeline feeds the model for this 224x224 crop: written by
     the builder's encoder, parsed by `feature_spec.parse_example`, resized by the input pipeline."""
-    from atn_tf import input_pipeline
+    from atn_tf.data import input_pipeline
     from tests.fakes import random_sample
 
     rec = feature_spec.parse_example(tf.constant(feature_spec.encode_example(random_sample(0, apex_image=gray))))

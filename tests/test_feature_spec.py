@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
-from atn_tf import feature_spec
-from atn_tf.feature_spec import SampleError
+from atn_tf.data import feature_spec
+from atn_tf.data.feature_spec import SampleError
 from tests import determinism
 from tests.fakes import random_sample
 

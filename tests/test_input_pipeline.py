@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from atn_tf import augment, feature_spec
-from atn_tf import input_pipeline as ip
+from atn_tf.data import augment, feature_spec
+from atn_tf.data import input_pipeline as ip
 from tests import determinism
 from tests.fakes import build_megc_records
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from atn_tf.baselines import magnify
-from atn_tf.feature_spec import FLOW_U, FLOW_V
+from atn_tf.data.feature_spec import FLOW_U, FLOW_V
 
 
 def _flow(u=0.0, v=0.0, size=28):

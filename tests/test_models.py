@@ -18,8 +18,8 @@ import pytest
 
 from atn_tf.models import (CUSTOM_OBJECTS, INPUT_NAMES, MODEL_NAMES, AttentionGate, FlattenSteps, L2Normalize,
                            MaskedMean, SequenceMask, build_model, input_statistics, set_input_statistics)
-from atn_tf.feature_spec import polar_to_cartesian
-from atn_tf import augment
+from atn_tf.data.feature_spec import polar_to_cartesian
+from atn_tf.data import augment
 from atn_tf.models.layers import (BatchToChannels, BranchDropout, ChannelsToBatch, GradientScale, MergeViews, MirrorView,
                                   PolarToCartesian)
 from atn_tf.models import backbone

@@ -42,7 +42,7 @@ def _synthetic(n_subjects=12, per_subject=6, dim=20, signal=3.0, seed=0):
 
 
 def test_inputs_from_records(megc_dir):
-    from atn_tf import input_pipeline
+    from atn_tf.data import input_pipeline
 
     inputs = probe.load_inputs(megc_dir)
     n = 18
@@ -65,7 +65,7 @@ def test_inputs_from_records(megc_dir):
     np.testing.assert_allclose(z[..., 0], (raw[..., 0] - raw[..., 0].mean(1, keepdims=True))
                                / np.sqrt(raw[..., 0].var(1, keepdims=True) + 1e-3), atol=1e-9)
     # HOOF of the standardised image's (u, v): 4x4 cells x 8 bins, each cell's histogram sums to 1
-    from atn_tf import augment, feature_spec
+    from atn_tf.data import augment, feature_spec
     from atn_tf.baselines import hoof
 
     img = z.reshape(n, 28, 28, 3)
@@ -224,7 +224,7 @@ def test_development_probe_scores_only_inner_validation_subjects_of_the_chosen_f
 
 def test_apex_fer_block_holds_the_frozen_branch_features(megc_dir):
     import keras
-    from atn_tf import input_pipeline
+    from atn_tf.data import input_pipeline
     from atn_tf.models import build_model
 
     plain = probe.load_inputs(megc_dir)

@@ -72,7 +72,7 @@ def test_linear_fit_probe_config():
 def test_training_keeps_the_fitted_head_and_the_saved_model_carries_it(tmp_path):
     """A run with --linear_fit=probe fits the head on its training part before the first
     step, training leaves it as fitted, and the saved model and its export predict with it."""
-    from atn_tf import input_pipeline
+    from atn_tf.data import input_pipeline
     from atn_tf.training import train_lib
     from tests.fakes import build_megc_records
     data_dir = build_megc_records(str(tmp_path / "data"))
@@ -107,7 +107,7 @@ def test_training_keeps_the_fitted_head_and_the_saved_model_carries_it(tmp_path)
 def test_the_fitted_head_leaves_the_branches_training_as_without_it(tmp_path):
     """The fixed head is out of the loss: the branches and their heads end exactly as in the
     same run without the linear path, so the head's effect is the only difference."""
-    from atn_tf import input_pipeline
+    from atn_tf.data import input_pipeline
     from atn_tf.training import train_lib
     from tests.fakes import build_megc_records
     data_dir = build_megc_records(str(tmp_path / "data"))
@@ -143,7 +143,7 @@ def test_apex_fit_probe_fits_the_apex_head_on_its_frozen_features_and_keeps_it(t
     """--apex_fit=probe: before the first step the apex head becomes the probe of the FER2013
     features it reads (decision values, C by the inner grouped CV); training leaves it and its
     scale fixed while the other heads learn; the saved model and the export predict with it."""
-    from atn_tf import input_pipeline
+    from atn_tf.data import input_pipeline
     from atn_tf.training import train_lib
     cfg = _apex_probe_config(tmp_path)
     info = input_pipeline.read_dataset_info(cfg.data_dir)

@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from atn_tf import feature_spec
-from atn_tf.feature_spec import MAX_STEPS, STEP_DIM, SampleError
+from atn_tf.data import feature_spec
+from atn_tf.data.feature_spec import MAX_STEPS, STEP_DIM, SampleError
 from tfrecords_builder.coding_sheets import EMOTION_LABELS, read_coding_sheet
 from tfrecords_builder.crops_sources import _is_number, parse_flow_text
 from tfrecords_builder.source import BuildError

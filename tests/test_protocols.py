@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from atn_tf.evaluation import protocols
-from atn_tf.manifest import ManifestError, read_manifest
+from atn_tf.data.manifest import ManifestError, read_manifest
 
 
 def _toy():

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from atn_tf import provenance
+from atn_tf.data import provenance
 from atn_tf.config import TrainConfig
 from tests.fakes import build_megc_records
 

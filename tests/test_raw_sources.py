@@ -8,7 +8,7 @@ import numpy as np
 import openpyxl
 import pytest
 
-from atn_tf.feature_spec import IMAGE_SIZE
+from atn_tf.data.feature_spec import IMAGE_SIZE
 from tfrecords_builder import demo
 from tfrecords_builder.raw_sources import Casme2Source, SammSource, SmicSource
 from tfrecords_builder.source import BuildError

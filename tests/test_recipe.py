@@ -8,10 +8,10 @@ import keras
 import numpy as np
 import pytest
 
-from atn_tf import input_pipeline
+from atn_tf.data import input_pipeline
 from atn_tf.training import train_lib
 from atn_tf.evaluation import protocols
-from atn_tf.feature_spec import sample_standardize
+from atn_tf.data.feature_spec import sample_standardize
 from atn_tf.config import TrainConfig
 from atn_tf.models import build_model, fer_xception, input_statistics, set_input_statistics
 from tests.fakes import build_megc_records

@@ -289,7 +289,7 @@ def test_disk_full_while_writing_a_shard_publishes_nothing(corpus, tmp_path, mon
 
 
 def test_disk_full_while_writing_dataset_info(corpus, tmp_path, monkeypatch):
-    from atn_tf import input_pipeline
+    from atn_tf.data import input_pipeline
     out = str(tmp_path / "out")
     real = writer.atomic_io.write_json
 

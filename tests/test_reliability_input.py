@@ -11,7 +11,7 @@ import shutil
 import pytest
 import tensorflow as tf
 
-from atn_tf import input_pipeline as ip
+from atn_tf.data import input_pipeline as ip
 from atn_tf.config import TrainConfig
 from tests.fakes import build_megc_records
 

@@ -21,7 +21,8 @@ import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
-from atn_tf import clip_inputs, serve_client
+from atn_tf import serve_client
+from atn_tf.data import clip_inputs
 from atn_tf.serving import export_lib, request_validation
 from atn_tf.predict import LocalPredictor, resolve_version_dir
 from tests.test_export import ENV, random_inputs, save_run

@@ -47,7 +47,7 @@ def test_train_smoke_writes_model_config_checkpoints_and_summaries(data_dir, tmp
     r = train_lib.train(cfg, progress=False)
     assert r.final_step == 10 and len(r.losses) == 10 and np.isfinite(r.final_loss)
     # config.json is the config run, with the data's feature encodings filled in (provenance)
-    from atn_tf import provenance
+    from atn_tf.data import provenance
     cfg = cfg.replace(feature_encodings=provenance.to_text(provenance.MEGC2019_CROPS))
     assert TrainConfig.load(str(tmp_path / "m")) == cfg
     assert os.path.isfile(tmp_path / "m" / "model.keras")
@@ -126,7 +126,7 @@ def test_next_stop_ends_each_call_at_logging_checkpoint_or_scoring_steps():
 
 def _arrays(data_dir, image_size: int = 32) -> dict:
     """The fake records as training arrays, the apex resized to `image_size`."""
-    from atn_tf import input_pipeline
+    from atn_tf.data import input_pipeline
     info = input_pipeline.read_dataset_info(data_dir)
     return input_pipeline.resize_apex(input_pipeline.load_arrays(data_dir, info, input_pipeline.Selection()),
                                       image_size)
@@ -253,7 +253,7 @@ def test_au_loss_trains_action_unit_heads_on_the_coded_clips(data_dir):
     (FAKE_CODING: one AU pattern per label) from the clips that have them, SMIC's (none
     coded) left out; without --au_class_heads the prediction is the heads' average as
     before, with it the AU class heads join that average."""
-    from atn_tf import input_pipeline
+    from atn_tf.data import input_pipeline
     from atn_tf.training import train_lib
     from atn_tf.config import AU_VOCAB
     cfg = TrainConfig(data_dir=data_dir, model="atn_flow", train_steps=40, fusion="late", input_norm=True,
@@ -302,7 +302,7 @@ def test_au_loss_trains_action_unit_heads_on_the_coded_clips(data_dir):
 def test_au_loss_on_records_without_action_units_names_the_folder(tmp_path):
     """Records built without coding sheets: --au_loss stops before training, naming the folder."""
     from atn_tf.training import train_lib
-    from atn_tf.input_pipeline import DataError
+    from atn_tf.data.input_pipeline import DataError
     plain = build_megc_records(tmp_path, num_shards=1)
     with pytest.raises(DataError, match=f"{plain}/dataset_info.json: no record has coded action units"):
         train_lib.train(TrainConfig(data_dir=plain, model_dir=str(tmp_path / "run"), model="atn_flow",
@@ -314,7 +314,7 @@ def test_adversary_heads_read_the_domain_and_push_back_into_the_motion_branches(
     gets its domain's index, and a head per motion branch reads it through a gradient
     reversal: the heads learn, the branches train differently, and the prediction stays the
     class heads' average."""
-    from atn_tf import input_pipeline
+    from atn_tf.data import input_pipeline
     from atn_tf.training import train_lib
     info = input_pipeline.read_dataset_info(data_dir)
     cfg = TrainConfig(data_dir=data_dir, model="atn_flow", train_steps=6, fusion="late", input_norm=True,

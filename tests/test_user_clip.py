@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from atn_tf import feature_spec, provenance
+from atn_tf.data import feature_spec, provenance
 from atn_tf.serving import export_lib
 from atn_tf.config import TrainConfig
 from atn_tf.quiet_start import is_startup_line, logging_requested
@@ -168,7 +168,8 @@ def test_serve_client_checks_the_served_models_encodings(grpc_servers, corpus):
 @pytest.mark.parametrize("model_name", ["atn", "apex_only", "time_only", "micro_attention", "atn_flow",
                                         "flow_only"])
 def test_explain_writes_a_figure_with_finite_maps_for_every_model(model_name, corpus, tmp_path):
-    from atn_tf import clip_inputs, explain
+    from atn_tf import explain
+    from atn_tf.data import clip_inputs
     from atn_tf.models import build_model
 
     inputs = clip_inputs.from_clip_dir(clip_dir(corpus), apex_frame="auto", flow_method="farneback")
@@ -188,7 +189,7 @@ def test_explain_writes_a_figure_with_finite_maps_for_every_model(model_name, co
 
 
 def test_apex_frame_flag_values(corpus):
-    from atn_tf import clip_inputs
+    from atn_tf.data import clip_inputs
 
     assert clip_inputs.parse_apex_frame("auto") == "auto" and clip_inputs.parse_apex_frame("12") == 12
     with pytest.raises(clip_inputs.InputError, match="frame number or 'auto'"):

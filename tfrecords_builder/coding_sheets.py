@@ -28,7 +28,7 @@ import re
 import zipfile
 from typing import Optional
 
-from atn_tf.feature_spec import MAX_AU
+from atn_tf.data.feature_spec import MAX_AU
 from tfrecords_builder.source import BuildError
 
 HEADER_SEARCH_ROWS = 40     # SAMM's table starts on row 14

@@ -15,9 +15,9 @@ import re
 import cv2
 import numpy as np
 
-from atn_tf import provenance
-from atn_tf.feature_spec import IMAGE_SIZE, MAX_STEPS, NUM_CLASSES, STEP_DIM, Sample
-from atn_tf.manifest import ManifestError, read_manifest
+from atn_tf.data import provenance
+from atn_tf.data.feature_spec import IMAGE_SIZE, MAX_STEPS, NUM_CLASSES, STEP_DIM, Sample
+from atn_tf.data.manifest import ManifestError, read_manifest
 from tfrecords_builder.flow_features import block_features
 from tfrecords_builder.images import read_image, to_square_gray
 from tfrecords_builder.source import BuildError, SampleSpec, safe_join
@@ -28,7 +28,7 @@ SHEET_KINDS = ("casme2", "samm", "smic")
 
 
 def read_manifest_rows(path: str) -> list:
-    """manifest.csv rows (atn_tf.manifest), problems as BuildError naming file and line."""
+    """manifest.csv rows (atn_tf.data.manifest), problems as BuildError naming file and line."""
     try:
         return read_manifest(path)
     except ManifestError as e:

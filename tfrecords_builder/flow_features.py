@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from atn_tf.feature_spec import GRID, STEP_DIM
+from atn_tf.data.feature_spec import GRID, STEP_DIM
 
 
 def block_edges(size: int, grid: int = GRID) -> np.ndarray:

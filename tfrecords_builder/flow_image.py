@@ -40,7 +40,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from atn_tf.feature_spec import FLOW_IMAGE_CHANNELS, FLOW_IMAGE_SIZE
+from atn_tf.data.feature_spec import FLOW_IMAGE_CHANNELS, FLOW_IMAGE_SIZE
 
 # Record array order (= the MEGC2019 files read by OpenCV), owned by the feature spec.
 CHANNELS = FLOW_IMAGE_CHANNELS

@@ -16,7 +16,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from atn_tf.feature_spec import MAX_STEPS
+from atn_tf.data.feature_spec import MAX_STEPS
 from tfrecords_builder.face import Box, crop_resize
 from tfrecords_builder.flow_features import sequence_features
 from tfrecords_builder.images import read_image

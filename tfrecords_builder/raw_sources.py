@@ -28,7 +28,7 @@ import os
 import re
 from typing import ClassVar, Optional
 
-from atn_tf.feature_spec import IMAGE_SIZE, Sample
+from atn_tf.data.feature_spec import IMAGE_SIZE, Sample
 from tfrecords_builder.coding_sheets import ClipAnnotation, read_coding_sheet
 from tfrecords_builder.face import crop_resize, detect_face, read_face_boxes
 from tfrecords_builder.images import read_image
@@ -101,7 +101,7 @@ class _RawSource:
 
     @property
     def feature_encodings(self) -> dict:
-        from atn_tf import provenance
+        from atn_tf.data import provenance
 
         return provenance.raw_encodings(self.flow_method)
 

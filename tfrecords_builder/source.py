@@ -12,7 +12,7 @@ import dataclasses
 import os
 from typing import Any, Protocol
 
-from atn_tf.feature_spec import Sample
+from atn_tf.data.feature_spec import Sample
 
 
 class BuildError(Exception):

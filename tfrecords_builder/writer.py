@@ -21,8 +21,9 @@ import shutil
 import time
 from typing import Callable, Iterable, Optional
 
-from atn_tf import atomic_io, feature_spec
-from atn_tf.feature_spec import CLASS_NAMES, SampleError
+from atn_tf import atomic_io
+from atn_tf.data import feature_spec
+from atn_tf.data.feature_spec import CLASS_NAMES, SampleError
 from tfrecords_builder.source import BuildError, SampleSpec, Source
 
 INFO_FILE = "dataset_info.json"
@@ -271,7 +272,7 @@ def _dataset_info(source: Source, shards: list[ShardPlan], state: dict) -> dict:
                            "apex_sources": rec.get("apex_sources", {}), "rejects": rec.get("rejects", [])})
     for d in dbs.values():
         d["subjects"] = sorted(d["subjects"])
-    # Feature provenance (atn_tf.provenance): every shard of one build has its source's
+    # Feature provenance (atn_tf.data.provenance): every shard of one build has its source's
     # encodings; how many apexes were annotated and how many spotted from the frames.
     encodings = dict(getattr(source, "feature_encodings", None) or {})
     apex_sources: collections.Counter = collections.Counter()

@@ -27,7 +27,7 @@ from absl import app, flags
 from atn_tf.baselines import lib, probe
 from atn_tf.baselines.classify import CLASSIFIERS
 from atn_tf.baselines.features_io import FeatureError
-from atn_tf.manifest import ManifestError
+from atn_tf.data.manifest import ManifestError
 from atn_tf.evaluation.protocols import PROTOCOLS
 
 FLAGS = flags.FLAGS
@@ -63,7 +63,7 @@ def _run_probe(command: str) -> int:
         raise app.UsageError(f"--probe_c: not numbers: {FLAGS.probe_c}") from None
     if not c_grid or any(not c > 0 for c in c_grid):
         raise app.UsageError(f"--probe_c must be positive numbers, got {FLAGS.probe_c}")
-    from atn_tf.input_pipeline import DataError
+    from atn_tf.data.input_pipeline import DataError
     try:
         if FLAGS.develop:
             report = probe.develop(probe.load_inputs(FLAGS.data_dir, fer=probe.needs_fer(FLAGS.probe)), FLAGS.probe, FLAGS.protocol, FLAGS.develop,

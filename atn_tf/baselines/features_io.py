@@ -23,7 +23,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import scipy.io
 
-from atn_tf.manifest import ManifestRow
+from atn_tf.data.manifest import ManifestRow
 
 FEATURE_KEYS = ("Histogram", "HOOF")
 MAX_MEMBER_BYTES = 16 << 20        # a feature file is < 1 kB; refuse anything absurd (zip bombs)

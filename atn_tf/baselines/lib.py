@@ -14,7 +14,7 @@ from threadpoolctl import threadpool_limits
 
 from atn_tf import atomic_io, host
 from atn_tf.baselines import classify, features_io
-from atn_tf.manifest import read_manifest
+from atn_tf.data.manifest import read_manifest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_MANIFEST = str(REPO.parent / "shared" / "reference" / "megc2019" / "manifest.csv")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from atn_tf.feature_spec import FLOW_U, FLOW_V
+from atn_tf.data.feature_spec import FLOW_U, FLOW_V
 
 # pixels (of the 224-px apex) per standard deviation of u or v, chosen on development seeds
 # 0-3 only (probe UF1 0.57-0.60 for 2, 3, 4, 6, 8 and 16; 4 the best of them, 0.594)

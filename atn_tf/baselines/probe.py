@@ -4,7 +4,7 @@
         --protocol cde --output docs/results/probe_cde_flow_image.json
 
 The inputs are the deep models' inputs, read from the TFRecords through
-`atn_tf.input_pipeline.records` (no other copy of the data):
+`atn_tf.data.input_pipeline.records` (no other copy of the data):
 
 - `flow_seq`: the [T, 128] flow sequence flattened over its real steps, zero-padded (or
   truncated) to the longest sequence of the records (T = 4 for the MEGC2019 crops);
@@ -75,7 +75,7 @@ from threadpoolctl import threadpool_limits
 from atn_tf.evaluation import protocols
 from atn_tf.baselines import hoof, magnify
 from atn_tf.baselines.classify import macro_f1
-from atn_tf.feature_spec import FLOW_IMAGE_SIZE, FLOW_U, FLOW_V, polar_to_cartesian, sample_standardize
+from atn_tf.data.feature_spec import FLOW_IMAGE_SIZE, FLOW_U, FLOW_V, polar_to_cartesian, sample_standardize
 
 PROBES = ("flow_seq", "flow_image", "apex", "apex_flow_seq", "all", "apex_fer", "flow_seq_mean", "flow_seq_first",
           "flow_seq_cartesian", "flow_image_std", "flow_image_hoof", "flow_image_sym", "apex_fer_magnified",
@@ -138,7 +138,7 @@ def load_inputs(data_dir: str, apex_size: int = APEX_SIZE, steps: int | None = N
     FER2013 features of the apex are computed too (block `apex_fer`), and of the apex and of
     the mean face magnified along each clip's flow (`apex_fer_magnified`, `flow_fer_meanface`)."""
     import cv2
-    from atn_tf import input_pipeline
+    from atn_tf.data import input_pipeline
 
     ids, dbs, subs, labels, apex, seqs, lens, fimg, raw_apex = [], [], [], [], [], [], [], [], []
     for r in input_pipeline.records(data_dir).as_numpy_iterator():

@@ -28,7 +28,8 @@ from typing import Optional, Sequence
 from absl import logging
 import numpy as np
 
-from atn_tf import atomic_io, host, input_pipeline
+from atn_tf import atomic_io, host
+from atn_tf.data import input_pipeline
 from atn_tf.evaluation import protocols
 from atn_tf.config import TrainConfig, parse_domains
 

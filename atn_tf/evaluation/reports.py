@@ -8,7 +8,7 @@ import os
 import re
 
 from atn_tf import atomic_io
-from atn_tf.feature_spec import CLASS_NAMES
+from atn_tf.data.feature_spec import CLASS_NAMES
 
 DATABASE_ORDER = ("casme2", "samm", "smic")
 # Until commit 0480976 the flow-image mirror augmentation inverted channel 0 (the optical

@@ -11,7 +11,7 @@ import math
 import keras
 from keras import ops
 
-from atn_tf.feature_spec import FLOW_IMAGE_CHANNELS, FLOW_SEQ_MIRRORS, FLOW_U, GRID, SAMPLE_NORM_EPSILON
+from atn_tf.data.feature_spec import FLOW_IMAGE_CHANNELS, FLOW_SEQ_MIRRORS, FLOW_U, GRID, SAMPLE_NORM_EPSILON
 
 PACKAGE = "atn_tf"
 

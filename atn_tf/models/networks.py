@@ -21,7 +21,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from atn_tf import feature_spec
+from atn_tf.data import feature_spec
 from atn_tf.models import backbone, fer_xception
 from atn_tf.models.layers import (BranchDropout, FlattenSteps, GradientScale, L2Normalize, LearnedScale,
                                   MergeViews, MirrorView, PolarToCartesian, SampleStandardize,

@@ -27,7 +27,7 @@ Both return
     class_id       int32   [B]         argmax
     class_name     string  [B]         "negative" | "positive" | "surprise"
     feature_encodings string [K]       "input=encoding" of the training data (not batched;
-                                       atn_tf.provenance), so clients can check their inputs
+                                       atn_tf.data.provenance), so clients can check their inputs
 
 Models other than `atn_flow` and `flow_only` ignore the flow image, so their signatures do not take it
 (zeros are fed to the Keras model inside the graph).
@@ -50,7 +50,7 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
-from atn_tf import feature_spec
+from atn_tf.data import feature_spec
 from atn_tf.config import TrainConfig
 from atn_tf.models import DATABASE_INPUT, fusion_databases
 

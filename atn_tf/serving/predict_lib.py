@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from atn_tf import input_pipeline
+from atn_tf.data import input_pipeline
 from atn_tf.models import complete_inputs
 
 

@@ -21,7 +21,8 @@ import tensorflow as tf
 import keras
 from absl import logging
 
-from atn_tf import atomic_io, augment, input_pipeline, provenance
+from atn_tf import atomic_io
+from atn_tf.data import augment, input_pipeline, provenance
 from atn_tf.training import distribute
 from atn_tf.evaluation import protocols
 from atn_tf.config import TrainConfig, parse_au_vocab, parse_domains

@@ -4,7 +4,7 @@ Parse/decode in parallel once and hold the decoded selection in memory (the MEGC
 composite is ~25 MB decoded); training streams record indices — class-balanced (the seed
 repeated minority samples in its list; here each class is an endless shuffled stream and
 the streams are sampled with equal weights) — batched before any image work, so gather,
-cast, resize and augmentation (`atn_tf.augment`, keyed by (seed, position in the stream), so
+cast, resize and augmentation (`atn_tf.data.augment`, keyed by (seed, position in the stream), so
 a run is repeatable) run once per group of batches; sequences are padded to the longest of
 the group; AUTOTUNE prefetch.
 """
@@ -19,8 +19,9 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from atn_tf import atomic_io, augment, feature_spec
-from atn_tf.feature_spec import FLOW_IMAGE_SIZE, IMAGE_SIZE, NUM_CLASSES, STEP_DIM
+from atn_tf import atomic_io
+from atn_tf.data import augment, feature_spec
+from atn_tf.data.feature_spec import FLOW_IMAGE_SIZE, IMAGE_SIZE, NUM_CLASSES, STEP_DIM
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Batches are assembled GROUP at a time (one map call), then split: the per-call cost of
@@ -371,7 +372,7 @@ def stream_tables(data: dict, image_size: int = IMAGE_SIZE, augment_data: bool =
                   flow_seq_mirror: str = "reflect", au_vocab=(), adversary: str = "", domains=()) -> dict:
     """What a training stream gathers from, as constants: the arrays at `image_size`, with
     (when augmenting) every rotation of each apex and every flow input with its mirror
-    (see atn_tf.augment; `flow_seq_mirror`: `augment.mirror_flow_seq`'s mode), and with an
+    (see atn_tf.data.augment; `flow_seq_mirror`: `augment.mirror_flow_seq`'s mode), and with an
     `au_vocab`, the action-unit targets (`au_targets`; AU numbers have no side, so a
     mirror keeps them), and with an `adversary`, each clip's domain (`domain_targets`)."""
     targets = au_targets(data, au_vocab) if len(au_vocab) else None

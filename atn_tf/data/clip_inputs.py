@@ -17,7 +17,7 @@ Shared by `atn_tf.predict` (in-process) and `atn_tf.serve_client` (TF Serving):
 * `--flow_image img.png`: an onset->apex flow image file for `atn_flow` (28x28x3), used
   instead of the computed one; zeros when neither it nor `--clip_dir` gives one.
 
-Each `ClipInputs` carries the encodings of its features (`atn_tf.provenance`): known for
+Each `ClipInputs` carries the encodings of its features (`atn_tf.data.provenance`): known for
 `--clip_dir` (raw-frame encodings of `--flow_method`), unknown for files made elsewhere.
 """
 
@@ -29,7 +29,7 @@ from typing import Optional
 
 import numpy as np
 
-from atn_tf import feature_spec
+from atn_tf.data import feature_spec
 
 IMAGE_BYTES_INPUT = "apex_image_bytes"   # = export_lib.IMAGE_BYTES_INPUT (no TF import here)
 
@@ -161,7 +161,7 @@ def from_clip_dir(clip_dir: str, onset: Optional[int] = None, offset: Optional[i
     """Raw frames onset..offset -> apex crop (PNG), flow sequence and flow image, with the
     builder's code. `apex_frame`: a frame number, 'auto' (spotted) or None (middle frame)."""
     import cv2
-    from atn_tf import provenance
+    from atn_tf.data import provenance
     from tfrecords_builder import apex_spotting, face, flow_image, optical_flow, raw_sources
     from tfrecords_builder.images import read_image
     from tfrecords_builder.source import BuildError
@@ -261,7 +261,7 @@ def inputs_from_flags(fv=None) -> ClipInputs:
         flow = load_flow(fv.flow)
     else:
         flow = no_flow()
-    from atn_tf import provenance
+    from atn_tf.data import provenance
 
     # Encodings: what --clip_dir computed, unless a file made elsewhere replaces it (unknown).
     encodings = dict(clip.encodings) if clip is not None else {}

@@ -1,7 +1,7 @@
 """The TFRecord feature spec: the one place that says what a record holds.
 
 The builder (`tfrecords_builder`) serialises with `encode_example`; the input pipeline
-(`atn_tf.input_pipeline`) parses with `parse_example`. Both read the constants below, so a
+(`atn_tf.data.input_pipeline`) parses with `parse_example`. Both read the constants below, so a
 change here changes writer and reader together.
 """
 

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from atn_tf import feature_spec
+from atn_tf.data import feature_spec
 
 MAX_ROTATION_DEG = 5
 ANGLES = np.arange(-MAX_ROTATION_DEG, MAX_ROTATION_DEG + 1)       # whole degrees
