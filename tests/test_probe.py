@@ -230,7 +230,8 @@ def test_apex_fer_block_holds_the_frozen_branch_features(megc_dir):
     plain = probe.load_inputs(megc_dir)
     with pytest.raises(ValueError, match="needs \\['apex_fer'\\]"):
         plain.features("apex_fer")
-    inputs = probe.load_inputs(megc_dir, fer=True)
+    inputs = probe.load_inputs(megc_dir, fer=True, magnify_apex=True)
+    assert "apex_fer_magnified" not in probe.load_inputs(megc_dir, fer=True).blocks     # only when asked
     X = inputs.features("apex_fer")
     assert X.shape == (18, 128) and np.all(np.isfinite(X))
     # the same features as the model's frozen FER branch on the model's 64 px apex
@@ -251,3 +252,4 @@ def test_apex_fer_block_holds_the_frozen_branch_features(megc_dir):
     mean_face = inputs.features("flow_fer_meanface")
     assert mean_face.shape == (18, 128) and not np.allclose(mean_face, X)
     assert probe.needs_fer("apex_fer_magnified") and probe.needs_fer("flow_fer_meanface")
+    assert probe.needs_magnified("flow_fer_meanface") and not probe.needs_magnified("apex_fer")

@@ -66,7 +66,7 @@ def _run_probe(command: str) -> int:
     from atn_tf.data.input_pipeline import DataError
     try:
         if FLAGS.develop:
-            report = probe.develop(probe.load_inputs(FLAGS.data_dir, fer=probe.needs_fer(FLAGS.probe)), FLAGS.probe, FLAGS.protocol, FLAGS.develop,
+            report = probe.develop(probe.inputs_for(FLAGS.data_dir, FLAGS.probe), FLAGS.probe, FLAGS.protocol, FLAGS.develop,
                                    FLAGS.val_fraction, FLAGS.seed, c_grid, FLAGS.inner_splits, command,
                                    FLAGS.data_dir, FLAGS.inner_split)
             if FLAGS.output:

@@ -72,10 +72,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from atn_tf.evaluation import protocols
 from atn_tf.baselines import hoof, magnify
 from atn_tf.baselines.classify import macro_f1
 from atn_tf.data.feature_spec import FLOW_IMAGE_SIZE, FLOW_U, FLOW_V, polar_to_cartesian, sample_standardize
+from atn_tf.evaluation import protocols
 
 PROBES = ("flow_seq", "flow_image", "apex", "apex_flow_seq", "all", "apex_fer", "flow_seq_mean", "flow_seq_first",
           "flow_seq_cartesian", "flow_image_std", "flow_image_hoof", "flow_image_sym", "apex_fer_magnified",
@@ -132,11 +132,12 @@ def fer_features(apex_224: list, batch_size: int = 64) -> np.ndarray:
 
 
 def load_inputs(data_dir: str, apex_size: int = APEX_SIZE, steps: int | None = None,
-                fer: bool = False) -> ProbeInputs:
+                fer: bool = False, magnify_apex: bool = False) -> ProbeInputs:
     """Read every record once. flow_seq is padded/truncated to `steps` (default: the longest
     real length found); the apex is area-resized to apex_size x apex_size; with `fer`, the
-    FER2013 features of the apex are computed too (block `apex_fer`), and of the apex and of
-    the mean face magnified along each clip's flow (`apex_fer_magnified`, `flow_fer_meanface`)."""
+    FER2013 features of the apex are computed too (block `apex_fer`), and with `magnify_apex`
+    those of the apex and of the mean face magnified along each clip's flow
+    (`apex_fer_magnified`, `flow_fer_meanface`: two more FER passes, so only when asked)."""
     import cv2
     from atn_tf.data import input_pipeline
 
@@ -148,7 +149,7 @@ def load_inputs(data_dir: str, apex_size: int = APEX_SIZE, steps: int | None = N
         labels.append(int(r["label"]))
         a = r["apex_image"][..., 0].astype(np.float32)
         apex.append(cv2.resize(a, (apex_size, apex_size), interpolation=cv2.INTER_AREA).reshape(-1))
-        if fer:
+        if fer or magnify_apex:
             raw_apex.append(r["apex_image"])
         seq = np.asarray(r["flow_seq"], dtype=np.float64)[: int(r["flow_len"])]
         seqs.append(seq)
@@ -174,6 +175,7 @@ def load_inputs(data_dir: str, apex_size: int = APEX_SIZE, steps: int | None = N
     blocks["flow_image_sym"] = flow_image_symmetric(std).reshape(len(ids), -1)
     if fer:
         blocks["apex_fer"] = fer_features(raw_apex)
+    if magnify_apex:
         blocks["apex_fer_magnified"] = fer_features(magnify.magnified_apexes(raw_apex, std))
         blocks["flow_fer_meanface"] = fer_features(magnify.mean_face_along_flows(raw_apex, std))
     return ProbeInputs(ids, dbs, subs, np.asarray(labels, dtype=int), blocks, t)
@@ -196,11 +198,21 @@ def flow_image_symmetric(std: np.ndarray) -> np.ndarray:
     return 0.5 * (std + mirror)
 
 
-FER_PARTS = ("apex_fer", "apex_fer_magnified", "flow_fer_meanface")
+MAGNIFIED_PARTS = ("apex_fer_magnified", "flow_fer_meanface")
+FER_PARTS = ("apex_fer",) + MAGNIFIED_PARTS
 
 
 def needs_fer(probe: str) -> bool:
     return any(p in FER_PARTS for p in PARTS.get(probe, ()))
+
+
+def needs_magnified(probe: str) -> bool:
+    return any(p in MAGNIFIED_PARTS for p in PARTS.get(probe, ()))
+
+
+def inputs_for(data_dir: str, probe: str) -> ProbeInputs:
+    """The records' inputs, with the FER2013 blocks only when the probe reads one of them."""
+    return load_inputs(data_dir, fer=needs_fer(probe), magnify_apex=needs_magnified(probe))
 
 
 class RowSpace(BaseEstimator, TransformerMixin):
@@ -307,7 +319,7 @@ def run(data_dir: str, probe: str, protocol: str, command: str, output: str | No
     if probe not in PARTS:
         raise ValueError(f"unknown probe input {probe!r}; expected one of {PROBES}")
     t0 = time.time()
-    inputs = inputs or load_inputs(data_dir, fer=needs_fer(probe))
+    inputs = inputs or inputs_for(data_dir, probe)
     predictions, folds = evaluate(inputs, probe, protocol, c_grid, inner_splits, jobs)
     report = evaluate_lib.make_report(predictions, protocol, f"probe_{probe}", command, None)
     X_dim = int(inputs.features(probe).shape[1])

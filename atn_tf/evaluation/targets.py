@@ -22,7 +22,6 @@ import numpy as np
 from atn_tf.evaluation import stats
 
 HEADLINE_SEEDS = (0, 1, 2)
-DBS = ("casme2", "samm", "smic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +131,7 @@ def _describe(recipe: Recipe, target: Target, n_boot: int) -> str:
     text = f"**{recipe.key}**: {recipe.mean():.3f} ± {recipe.sd():.3f}"
     if target.per_database:
         text += " (" + " / ".join(f"{recipe.db_mean(db):.3f}" if all(db in r["per_database"] for r in recipe.runs)
-                                  else "—" for db in DBS) + ")"
+                                  else "—" for db in target.per_database) + ")"
     if recipe.ensemble:
         ci = stats.bootstrap_uf1_ci(recipe.ensemble["predictions"], n=n_boot, seed=0)["overall"]
         text += f"; ensemble {ci['uf1']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"
