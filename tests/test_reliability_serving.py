@@ -5,24 +5,21 @@ process, grpc INVALID_ARGUMENT through the PredictionService), and the server mu
 answer the next good request. Tiny model (image 32, width 4, LSTM 8), no training.
 """
 
-import concurrent.futures
 import os
 import struct
 
 import cv2
-import grpc
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from atn_tf import serve_client
 from atn_tf.serving import export_lib, request_validation
 from atn_tf.config import TrainConfig
 from atn_tf.models import build_model
 from tests.test_export import DECODE_MUTANTS, apex_faces, check_decodes_like_training, export_probe
-from tests.test_serving import SavedModelPredictionService
+from tests.test_serving import SavedModelPredictionService, serve_grpc
 
 SIZE = 32
 TINY = dict(image_size=SIZE, width=4, lstm_units=8)
@@ -52,12 +49,7 @@ def service(saved_model):
 
 @pytest.fixture(scope="module")
 def grpc_server(service):
-    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield f"127.0.0.1:{port}"
-    server.stop(0)
+    yield from serve_grpc(service)
 
 
 def good(batch=1, steps=5, seed=0):

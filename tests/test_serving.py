@@ -96,6 +96,16 @@ def export_base(tmp_path_factory):
     return str(base)
 
 
+def serve_grpc(service):
+    """Serves `service` as a gRPC PredictionService on a free local port; yields its address."""
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop(0)
+
+
 @pytest.fixture(scope="module")
 def service(export_base):
     return SavedModelPredictionService(MODEL_NAME, resolve_version_dir(export_base))
@@ -103,12 +113,7 @@ def service(export_base):
 
 @pytest.fixture(scope="module")
 def grpc_server(service):
-    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield f"127.0.0.1:{port}"
-    server.stop(0)
+    yield from serve_grpc(service)
 
 
 @pytest.fixture(scope="module")
