@@ -18,6 +18,8 @@ per branch (training only: predictions and exports use the fused head).
 
 from __future__ import annotations
 
+import types
+
 import keras
 import numpy as np
 
@@ -240,73 +242,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
       subject); the reversed gradient trains the branch to hide the domain (Ganin &
       Lempitsky, 2015). Built last, after the AU heads; prediction unchanged.
     """
-    if name not in _VARIANTS:
-        raise ValueError(f"unknown model {name!r}; expected one of {MODEL_NAMES}")
-    if width < 1 or flow_width < 0 or lstm_units < 1 or num_classes < 2 or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"bad model size: width={width} flow_width={flow_width} lstm_units={lstm_units} "
-                         f"num_classes={num_classes} dropout={dropout}")
-    if apex_backbone not in APEX_BACKBONES or apex_init not in APEX_INITS \
-            or embedding_scale not in EMBEDDING_SCALES or flow_seq_repr not in FLOW_SEQ_REPRS:
-        raise ValueError(f"bad recipe: apex_backbone={apex_backbone!r} (one of {APEX_BACKBONES}), "
-                         f"apex_init={apex_init!r} (one of {APEX_INITS}), "
-                         f"embedding_scale={embedding_scale!r} (one of {EMBEDDING_SCALES}), "
-                         f"flow_seq_repr={flow_seq_repr!r} (one of {FLOW_SEQ_REPRS})")
-    if fusion not in FUSIONS:
-        raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
-    if fusion == "late" and branch_heads:
-        raise ValueError("fusion='late' has a head per branch already: no branch_heads")
-    if linear_inputs not in LINEAR_INPUTS:
-        raise ValueError(f"linear_inputs must be one of {LINEAR_INPUTS}, got {linear_inputs!r}")
-    if members < 1 or (members > 1 and fusion != "late"):
-        raise ValueError(f"members={members}: must be >= 1, and > 1 only with fusion='late'")
-    if not 0.0 <= branch_dropout < 1.0 or (branch_dropout > 0 and fusion == "late"):
-        raise ValueError(f"branch_dropout={branch_dropout}: must be in [0, 1), with fusion='concat'")
-    if linear_steps < 1 or linear_l2 < 0:
-        raise ValueError(f"bad linear path: linear_steps={linear_steps} (>= 1), linear_l2={linear_l2} (>= 0)")
-    if not embedding_scale_init > 0:
-        raise ValueError(f"embedding_scale_init must be > 0, got {embedding_scale_init}")
-    branches, use_dropout, attention = _VARIANTS[name]
-    fer = "apex" in branches and apex_backbone == "fer_xception"
-    if fer and attention:
-        raise ValueError("micro_attention has its own apex network; use apex_backbone=resnet")
-    if apex_feature_norm and not fer:
-        raise ValueError("apex_feature_norm needs apex_backbone=fer_xception and an apex branch")
-    if apex_distill and ("apex" not in branches or fer):
-        raise ValueError("apex_distill needs an apex branch with apex_backbone=resnet")
-    if apex_label_grad != 1.0 and ("apex" not in branches or fer or not 0.0 <= apex_label_grad <= 1.0):
-        raise ValueError(f"apex_label_grad={apex_label_grad}: needs an apex branch with apex_backbone=resnet, "
-                         "and a value in [0, 1]")
-    if apex_head_input not in APEX_HEAD_INPUTS or (apex_head_input == "distill" and not apex_distill):
-        raise ValueError(f"apex_head_input={apex_head_input!r}: one of {APEX_HEAD_INPUTS}; 'distill' needs "
-                         "apex_distill (the read-out it reads)")
-    heads_of = (*branches, "linear") if linear else branches
-    if head_weights:
-        _check_head_weights("head_weights", head_weights, heads_of, fusion == "late", name)
-    for db, weights in (database_head_weights or {}).items():
-        _check_head_weights(f"database_head_weights[{db!r}]", weights, heads_of,
-                            fusion == "late" and members == 1 and not au_class_heads, name,
-                            " (one member, no AU class heads)")
-    if au_heads < 0 or (au_heads and not {"time", "flow"} & set(branches)) \
-            or (au_class_heads and not (au_heads and fusion == "late" and len(branches) > 1)):
-        raise ValueError(f"au_heads={au_heads}, au_class_heads={au_class_heads}: AU heads sit on the motion "
-                         f"branches (time, flow; model {name!r} has {branches}); their class heads need "
-                         "late fusion of several branches")
-    if adversary_heads < 0 or (adversary_heads and not {"time", "flow"} & set(branches)):
-        raise ValueError(f"adversary_heads={adversary_heads}: the adversary heads sit on the motion branches "
-                         f"(time, flow; model {name!r} has {branches})")
-    if flow_sample_norm and "flow" not in branches:
-        raise ValueError(f"flow_sample_norm standardises the flow image: model {name!r} has no flow branch")
-    if apex_init and not fer:
-        raise ValueError(f"apex_init={apex_init!r} needs apex_backbone=fer_xception and an apex branch")
-    flow_fer = flow_backbone == "fer_xception"
-    if flow_backbone not in FLOW_BACKBONES or flow_init not in APEX_INITS or (flow_init and not flow_fer) \
-            or (flow_fer and ("flow" not in branches or members > 1)):
-        raise ValueError(f"flow_backbone={flow_backbone!r} (one of {FLOW_BACKBONES}), flow_init={flow_init!r} "
-                         f"(one of {APEX_INITS}, only with fer_xception): fer_xception needs a flow branch "
-                         f"(model {name!r} has {branches}) and one member")
-    if members > 1 and (len(branches) < 2 or ("apex" in branches and not (fer and freeze_apex))):
-        raise ValueError(f"members={members} copies the trained branches of a late-fusion model: it needs "
-                         "two or more branches, and an apex branch frozen (fer_xception with freeze_apex)")
+    # Every argument is checked before any layer is built (the checks read them by name).
+    branches, use_dropout, attention, fer, flow_fer = _check_recipe(types.SimpleNamespace(**locals()))
     model_in = model_inputs(image_size, flow_image_size)
     inputs = mirror_views(model_in, flow_seq_mirror) if mirror_tta else model_in
     if database_head_weights:
@@ -402,6 +339,80 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         outputs.update(_adversary_outputs(dict(zip(head_inputs, features)), adversary_heads, merge))
     return _finish(keras.Model(inputs=model_in, outputs=outputs, name=name), sync_batchnorm, apex_init, freeze_apex, fer,
                    flow_init)
+
+
+def _check_recipe(a) -> tuple:
+    """Refuses a bad combination of `build_model` arguments (`a`: them, by name) with a
+    ValueError that names it; returns what the build reads from them: (branches, use_dropout,
+    attention, fer, flow_fer)."""
+    if a.name not in _VARIANTS:
+        raise ValueError(f"unknown model {a.name!r}; expected one of {MODEL_NAMES}")
+    if a.width < 1 or a.flow_width < 0 or a.lstm_units < 1 or a.num_classes < 2 or not 0.0 <= a.dropout < 1.0:
+        raise ValueError(f"bad model size: width={a.width} flow_width={a.flow_width} lstm_units={a.lstm_units} "
+                         f"num_classes={a.num_classes} dropout={a.dropout}")
+    if a.apex_backbone not in APEX_BACKBONES or a.apex_init not in APEX_INITS \
+            or a.embedding_scale not in EMBEDDING_SCALES or a.flow_seq_repr not in FLOW_SEQ_REPRS:
+        raise ValueError(f"bad recipe: apex_backbone={a.apex_backbone!r} (one of {APEX_BACKBONES}), "
+                         f"apex_init={a.apex_init!r} (one of {APEX_INITS}), "
+                         f"embedding_scale={a.embedding_scale!r} (one of {EMBEDDING_SCALES}), "
+                         f"flow_seq_repr={a.flow_seq_repr!r} (one of {FLOW_SEQ_REPRS})")
+    if a.fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {FUSIONS}, got {a.fusion!r}")
+    if a.fusion == "late" and a.branch_heads:
+        raise ValueError("fusion='late' has a head per branch already: no branch_heads")
+    if a.linear_inputs not in LINEAR_INPUTS:
+        raise ValueError(f"linear_inputs must be one of {LINEAR_INPUTS}, got {a.linear_inputs!r}")
+    if a.members < 1 or (a.members > 1 and a.fusion != "late"):
+        raise ValueError(f"members={a.members}: must be >= 1, and > 1 only with fusion='late'")
+    if not 0.0 <= a.branch_dropout < 1.0 or (a.branch_dropout > 0 and a.fusion == "late"):
+        raise ValueError(f"branch_dropout={a.branch_dropout}: must be in [0, 1), with fusion='concat'")
+    if a.linear_steps < 1 or a.linear_l2 < 0:
+        raise ValueError(f"bad linear path: linear_steps={a.linear_steps} (>= 1), linear_l2={a.linear_l2} (>= 0)")
+    if not a.embedding_scale_init > 0:
+        raise ValueError(f"embedding_scale_init must be > 0, got {a.embedding_scale_init}")
+    branches, use_dropout, attention = _VARIANTS[a.name]
+    fer = "apex" in branches and a.apex_backbone == "fer_xception"
+    if fer and attention:
+        raise ValueError("micro_attention has its own apex network; use apex_backbone=resnet")
+    if a.apex_feature_norm and not fer:
+        raise ValueError("apex_feature_norm needs apex_backbone=fer_xception and an apex branch")
+    if a.apex_distill and ("apex" not in branches or fer):
+        raise ValueError("apex_distill needs an apex branch with apex_backbone=resnet")
+    if a.apex_label_grad != 1.0 and ("apex" not in branches or fer or not 0.0 <= a.apex_label_grad <= 1.0):
+        raise ValueError(f"apex_label_grad={a.apex_label_grad}: needs an apex branch with apex_backbone=resnet, "
+                         "and a value in [0, 1]")
+    if a.apex_head_input not in APEX_HEAD_INPUTS or (a.apex_head_input == "distill" and not a.apex_distill):
+        raise ValueError(f"apex_head_input={a.apex_head_input!r}: one of {APEX_HEAD_INPUTS}; 'distill' needs "
+                         "apex_distill (the read-out it reads)")
+    heads_of = (*branches, "linear") if a.linear else branches
+    if a.head_weights:
+        _check_head_weights("head_weights", a.head_weights, heads_of, a.fusion == "late", a.name)
+    for db, weights in (a.database_head_weights or {}).items():
+        _check_head_weights(f"database_head_weights[{db!r}]", weights, heads_of,
+                            a.fusion == "late" and a.members == 1 and not a.au_class_heads, a.name,
+                            " (one member, no AU class heads)")
+    if a.au_heads < 0 or (a.au_heads and not {"time", "flow"} & set(branches)) \
+            or (a.au_class_heads and not (a.au_heads and a.fusion == "late" and len(branches) > 1)):
+        raise ValueError(f"au_heads={a.au_heads}, au_class_heads={a.au_class_heads}: AU heads sit on the motion "
+                         f"branches (time, flow; model {a.name!r} has {branches}); their class heads need "
+                         "late fusion of several branches")
+    if a.adversary_heads < 0 or (a.adversary_heads and not {"time", "flow"} & set(branches)):
+        raise ValueError(f"adversary_heads={a.adversary_heads}: the adversary heads sit on the motion branches "
+                         f"(time, flow; model {a.name!r} has {branches})")
+    if a.flow_sample_norm and "flow" not in branches:
+        raise ValueError(f"flow_sample_norm standardises the flow image: model {a.name!r} has no flow branch")
+    if a.apex_init and not fer:
+        raise ValueError(f"apex_init={a.apex_init!r} needs apex_backbone=fer_xception and an apex branch")
+    flow_fer = a.flow_backbone == "fer_xception"
+    if a.flow_backbone not in FLOW_BACKBONES or a.flow_init not in APEX_INITS or (a.flow_init and not flow_fer) \
+            or (flow_fer and ("flow" not in branches or a.members > 1)):
+        raise ValueError(f"flow_backbone={a.flow_backbone!r} (one of {FLOW_BACKBONES}), flow_init={a.flow_init!r} "
+                         f"(one of {APEX_INITS}, only with fer_xception): fer_xception needs a flow branch "
+                         f"(model {a.name!r} has {branches}) and one member")
+    if a.members > 1 and (len(branches) < 2 or ("apex" in branches and not (fer and a.freeze_apex))):
+        raise ValueError(f"members={a.members} copies the trained branches of a late-fusion model: it needs "
+                         "two or more branches, and an apex branch frozen (fer_xception with freeze_apex)")
+    return branches, use_dropout, attention, fer, flow_fer
 
 
 def _au_outputs(embeddings: dict, features: dict, k: int, class_heads: bool, num_classes: int, logits,
