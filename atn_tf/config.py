@@ -186,6 +186,9 @@ class TrainConfig:
     # Test-time mirroring inside the model: at inference, the mean of the logits of the
     # inputs and of their horizontal mirrors (networks.build_model); training unchanged.
     mirror_tta: bool = False
+    # Test-time translation of the flow image inside the model: at inference, the flow head
+    # reads the mean of its embeddings over the image shifted by every (dy, dx) in -r..r.
+    flow_shift_tta: int = 0
     # Modality dropout (fusion=concat): per training example, one branch's embedding, drawn
     # at random, is zeroed with this probability before the concatenation.
     branch_dropout: float = 0.0
@@ -275,6 +278,8 @@ class TrainConfig:
         for name in ("flow_shift", "apex_shift", "flow_erase"):
             if getattr(self, name) < 0 or (getattr(self, name) and not self.augment):
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 0, and > 0 only with augment")
+        if not 0 <= self.flow_shift_tta < feature_spec.FLOW_IMAGE_SIZE // 2:
+            raise ValueError(f"flow_shift_tta={self.flow_shift_tta}: must be in [0, {feature_spec.FLOW_IMAGE_SIZE // 2})")
         if self.flow_erase > feature_spec.FLOW_IMAGE_SIZE:
             raise ValueError(f"flow_erase={self.flow_erase}: the flow image is {feature_spec.FLOW_IMAGE_SIZE} pixels a side")
         if not 0 <= self.flow_zoom < 1 or (self.flow_zoom and not self.augment):
@@ -362,7 +367,8 @@ class TrainConfig:
                     apex_head_trainable=self.apex_fit == "train",
                     flow_width=self.flow_width, flow_backbone=self.flow_backbone, flow_init=self.flow_init,
                     flow_seq_repr=self.flow_seq_repr,
-                    fusion=self.fusion, members=self.members, mirror_tta=self.mirror_tta, flow_seq_mirror=self.flow_seq_mirror,
+                    fusion=self.fusion, members=self.members, mirror_tta=self.mirror_tta,
+                    flow_shift_tta=self.flow_shift_tta, flow_seq_mirror=self.flow_seq_mirror,
                     branch_dropout=self.branch_dropout, flow_sample_norm=self.flow_sample_norm,
                     head_weights=parse_head_weights(self.head_weights),
                     database_head_weights=parse_database_head_weights(self.database_head_weights),

@@ -81,6 +81,9 @@ HELP = {
                       "embedding, drawn at random, with this probability.",
     "mirror_tta": "Predict with the mean logits of the inputs and of their horizontal mirrors "
                   "(inside the model, so exports do too; training unchanged).",
+    "flow_shift_tta": "> 0: the flow head predicts from the mean of its embeddings over the raw flow image "
+                      "translated by every (dy, dx) in -r..r, edges repeated as --flow_shift draws them "
+                      "(inside the model, so exports do too; training unchanged; 0: off).",
     "ema_decay": "> 0: score and keep an exponential moving average of the weights with this decay "
                  "(0: the last weights).",
     "apex_distill": "> 0 (apex_backbone=resnet): weight of a loss fitting a linear read-out of the apex "

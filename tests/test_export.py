@@ -267,8 +267,9 @@ def test_committed_models_config_parses():
                                          input_norm=True, mirror_tta=True),
                                     dict(fusion="late", input_norm=True, au_loss=1.0, au_class_heads=True,
                                          mirror_tta=True),
-                                    dict(fusion="late", adversary="subject", adversary_domains="casme2/sub01,smic/s01")],
-                         ids=["paper", "late_cartesian_mirror", "members", "au_class_heads", "adversary"])
+                                    dict(fusion="late", adversary="subject", adversary_domains="casme2/sub01,smic/s01"),
+                                    dict(fusion="late", flow_sample_norm=True, input_norm=True, flow_shift_tta=1)],
+                         ids=["paper", "late_cartesian_mirror", "members", "au_class_heads", "adversary", "shift_tta"])
 def test_atn_flow_takes_flow_image(tmp_path, recipe):
     model = save_run(tmp_path / "run", name="atn_flow", seed=1, **recipe)
     loaded = tf.saved_model.load(export_lib.export(str(tmp_path / "run"), str(tmp_path / "sm")))

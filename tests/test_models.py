@@ -21,7 +21,7 @@ from atn_tf.models import (CUSTOM_OBJECTS, INPUT_NAMES, MODEL_NAMES, AttentionGa
 from atn_tf.data.feature_spec import polar_to_cartesian
 from atn_tf.data import augment
 from atn_tf.models.layers import (BatchToChannels, BranchDropout, ChannelsToBatch, GradientScale, MergeViews, MirrorView,
-                                  PolarToCartesian)
+                                  PolarToCartesian, ShiftViews, shift_offsets)
 from atn_tf.models import backbone
 
 SMALL = dict(image_size=64, width=8, lstm_units=16)
@@ -629,6 +629,77 @@ def test_mirror_tta_averages_the_logits_of_both_views(name, recipe, tmp_path):
     tta.save(path)
     np.testing.assert_allclose(as_numpy(keras.saving.load_model(path)(x, training=False))["logits"],
                                as_numpy(tta(x, training=False))["logits"], rtol=1e-6, atol=1e-6)
+
+
+def shifted(images, dy, dx):
+    """NumPy: out[y, x] = in[y - dy, x - dx], edges repeated."""
+    h, w = images.shape[1:3]
+    return images[:, np.clip(np.arange(h) - dy, 0, h - 1)][:, :, np.clip(np.arange(w) - dx, 0, w - 1)]
+
+
+def test_shift_views_are_the_training_translation_and_merge_views_averages_them():
+    images = np.random.default_rng(0).uniform(0, 255, (2, 28, 28, 3)).astype(np.float32)
+    offsets = shift_offsets(1)
+    assert offsets[0] == (0, 0) and len(offsets) == len(set(offsets)) == 9
+    views = keras.ops.convert_to_numpy(ShiftViews(1)(images))
+    assert views.shape == (18, 28, 28, 3)
+    for k, (dy, dx) in enumerate(offsets):
+        np.testing.assert_array_equal(views[2 * k:2 * k + 2], shifted(images, dy, dx))
+    # the same pixels as the training stream's translation (augment.shift_images), e.g. (1, -1):
+    # u[:, 0] < 0.5 shifts; (dy, dx) = floor(u[:, 1:3] * 3) - 1
+    u = np.array([[0.1, 0.9, 0.1]] * 2, np.float32)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(augment.shift_images(images, u, 1)), shifted(images, 1, -1))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(ShiftViews(2)(images, training=True)), images)
+    merged = keras.ops.convert_to_numpy(MergeViews("mean", views=9)(views))
+    np.testing.assert_allclose(merged, np.mean([shifted(images, dy, dx) for dy, dx in offsets], axis=0), rtol=1e-6)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(MergeViews("first", views=9)(views)), images)
+    with pytest.raises(ValueError, match="radius"):
+        ShiftViews(0)
+    with pytest.raises(ValueError, match="views"):
+        MergeViews("mean", views=1)
+
+
+def test_flow_shift_tta_averages_the_flow_heads_logits_over_the_shifts(tmp_path):
+    """flow_shift_tta: at inference the flow head's logits are the mean of the same network's
+    flow logits on the shifted flow images (its head is affine in the embedding), the other
+    heads are untouched; in training the model is the plain one; it saves and reloads."""
+    recipe = dict(fusion="late", flow_seq_repr="cartesian", flow_sample_norm=True, input_norm=True, dropout=0.0,
+                  embedding_scale="learned", linear=True, linear_inputs="flow_seq",
+                  head_weights={"apex": 0.5, "time": 0.5})
+    keras.utils.set_random_seed(7)
+    tta = build_model("atn_flow", flow_shift_tta=1, **SMALL, **recipe)
+    plain = build_model("atn_flow", **SMALL, **recipe)
+    for layer in tta.layers:     # by name: the view layers move the others in the model's layer list
+        if layer.weights:
+            plain.get_layer(layer.name).set_weights(layer.get_weights())
+    train = polar_batch(batch=4, lengths=(6, 2, 3, 5), seed=42)
+    set_input_statistics(tta, train)
+    set_input_statistics(plain, train)
+    x = polar_batch(seed=43)
+    got = as_numpy(tta(x, training=False))
+    views = [as_numpy(plain(dict(x, flow_image=shifted(x["flow_image"], dy, dx)), training=False))
+             for dy, dx in shift_offsets(1)]
+    np.testing.assert_allclose(got["flow_logits"], np.mean([v["flow_logits"] for v in views], axis=0),
+                               rtol=1e-4, atol=1e-5)
+    for key in ("apex_logits", "time_logits", "linear_logits"):
+        np.testing.assert_allclose(got[key], views[0][key], rtol=1e-5, atol=1e-6)
+    weights = np.array([0.5, 0.5, 1.0, 1.0])[:, None, None]    # apex, time, flow, linear (heads' order)
+    heads = np.stack([got[k] for k in ("apex_logits", "time_logits", "flow_logits", "linear_logits")])
+    np.testing.assert_allclose(got["logits"], (weights * heads).sum(0) / weights.sum(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(as_numpy(tta(x, training=True))["logits"], as_numpy(plain(x, training=True))["logits"],
+                               rtol=1e-5, atol=1e-5)
+    path = tmp_path / "shift_tta.keras"
+    tta.save(path)
+    np.testing.assert_allclose(as_numpy(keras.saving.load_model(path)(x, training=False))["logits"],
+                               as_numpy(tta(x, training=False))["logits"], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [dict(mirror_tta=True), dict(fusion="concat"), dict(members=2),
+                                 dict(linear=True, linear_inputs="all"), dict(flow_shift_tta=-1)])
+def test_flow_shift_tta_refuses_what_would_read_the_shifted_views(bad):
+    recipe = dict(fusion="late", flow_shift_tta=1, **SMALL)
+    with pytest.raises(ValueError, match="flow_shift_tta"):
+        build_model("atn_flow", **{**recipe, **bad})
 
 
 def test_branch_dropout_zeroes_at_most_one_branch_per_example_in_training(tmp_path):

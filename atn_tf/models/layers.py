@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from atn_tf.data.feature_spec import FLOW_IMAGE_CHANNELS, FLOW_SEQ_MIRRORS, FLOW_U, GRID, SAMPLE_NORM_EPSILON
@@ -525,39 +526,87 @@ def _mirror_flow_seq(seq, lengths, reflect: bool = True):
     return ops.where(valid[:, :, None], out, ops.zeros_like(out))
 
 
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class MergeViews(keras.layers.Layer):
-    """The other end of `MirrorView`: at inference, [2B, ...] -> the mean of its two halves
-    (`mode="mean"`, for logits) or the first half (`mode="first"`, the unmirrored rows, for
-    the embeddings); in training, the identity."""
+def shift_offsets(radius: int) -> list:
+    """The (dy, dx) of `ShiftViews`, in view order: (0, 0) first, then every other offset
+    in -radius..radius, row by row."""
+    return [(0, 0)] + [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)
+                       if (dy, dx) != (0, 0)]
 
-    def __init__(self, mode: str = "mean", **kwargs):
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ShiftViews(keras.layers.Layer):
+    """Test-time translation of an image batch [B, h, w, c]: at inference -> [V*B, ...], the
+    images translated by each (dy, dx) of `shift_offsets(radius)` (V = (2 radius + 1)^2; out[y,
+    x] = in[y - dy, x - dx], the edge rows and columns repeated into the gap, as
+    `augment.shift_images` translates in training), the unshifted block first; in training,
+    the identity. `MergeViews(views=V)` averages what the blocks give."""
+
+    def __init__(self, radius: int, **kwargs):
         super().__init__(**kwargs)
-        if mode not in ("mean", "first"):
-            raise ValueError(f"MergeViews mode must be 'mean' or 'first', got {mode!r}")
-        self.mode = mode
+        if radius < 1:
+            raise ValueError(f"ShiftViews radius must be >= 1, got {radius}")
+        self.radius = int(radius)
+
+    @property
+    def views(self) -> int:
+        return (2 * self.radius + 1) ** 2
 
     def call(self, inputs, training=False):
         if training:
             return inputs
-        half = ops.shape(inputs)[0] // 2
-        if self.mode == "first":
-            return inputs[:half]
-        return (inputs[:half] + inputs[half:]) / 2.0
+        h, w = inputs.shape[1], inputs.shape[2]
+        out = []
+        for dy, dx in shift_offsets(self.radius):
+            rows = np.clip(np.arange(h) - dy, 0, h - 1)
+            cols = np.clip(np.arange(w) - dx, 0, w - 1)
+            out.append(ops.take(ops.take(inputs, rows, axis=1), cols, axis=2))
+        return ops.concatenate(out, axis=0)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
 
     def get_config(self):
         config = super().get_config()
-        config["mode"] = self.mode
+        config.update(radius=self.radius)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MergeViews(keras.layers.Layer):
+    """The other end of `MirrorView` and `ShiftViews`: at inference, [V*B, ...] (V = `views`
+    blocks of B rows) -> the mean of the blocks (`mode="mean"`, for logits) or the first block
+    (`mode="first"`, the unchanged rows, for the embeddings); in training, the identity."""
+
+    def __init__(self, mode: str = "mean", views: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("mean", "first"):
+            raise ValueError(f"MergeViews mode must be 'mean' or 'first', got {mode!r}")
+        if views < 2:
+            raise ValueError(f"MergeViews needs views >= 2, got {views}")
+        self.mode = mode
+        self.views = int(views)
+
+    def call(self, inputs, training=False):
+        if training:
+            return inputs
+        n = ops.shape(inputs)[0] // self.views
+        if self.mode == "first":
+            return inputs[:n]
+        return sum(inputs[k * n:(k + 1) * n] for k in range(self.views)) / float(self.views)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(mode=self.mode, views=self.views)
         return config
 
 
 CUSTOM_OBJECTS = {
     f"{PACKAGE}>{cls.__name__}": cls
     for cls in (L2Normalize, SequenceMask, FlattenSteps, MaskedMean, AttentionGate, Standardize, LearnedScale,
-                Subsample2x, ScaleToUnit, PolarToCartesian, MirrorView, MergeViews, BranchDropout,
+                Subsample2x, ScaleToUnit, PolarToCartesian, MirrorView, ShiftViews, MergeViews, BranchDropout,
                 GradientScale, SampleStandardize, WeightedMean, DatabaseWeightedMean, ChannelsToBatch,
                 BatchToChannels)
 }

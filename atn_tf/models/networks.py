@@ -26,7 +26,7 @@ import numpy as np
 from atn_tf.data import feature_spec
 from atn_tf.models import backbone, fer_xception
 from atn_tf.models.layers import (BranchDropout, FlattenSteps, GradientScale, L2Normalize, LearnedScale,
-                                  MergeViews, MirrorView, PolarToCartesian, SampleStandardize,
+                                  MergeViews, MirrorView, PolarToCartesian, SampleStandardize, ShiftViews,
                                   Standardize, WeightedMean, DatabaseWeightedMean)
 
 # name -> (branches, dropout used, micro-attention in the apex branch)
@@ -138,7 +138,7 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                 head_weights: dict | None = None, flow_seq_mirror: str = "reflect", au_heads: int = 0,
                 au_class_heads: bool = False, adversary_heads: int = 0,
                 database_head_weights: dict | None = None, flow_backbone: str = "cnn",
-                flow_init: str = "", apex_head_trainable: bool = True) -> keras.Model:
+                flow_init: str = "", apex_head_trainable: bool = True, flow_shift_tta: int = 0) -> keras.Model:
     """Builds one of `MODEL_NAMES`.
 
     * `atn`: apex branch + time branch, concatenated -> dropout -> dense -> softmax.
@@ -221,6 +221,11 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     * `flow_sample_norm` (a flow branch): each flow image is standardised per channel over
       its own pixels (`SampleStandardize`) before everything that reads it (the flow CNN,
       its `input_norm`, the linear path): the records' PNGs are min-max scaled per image.
+    * `flow_shift_tta` = r > 0 (the flow CNN): at inference the flow branch also reads the raw
+      flow image translated by every (dy, dx) in -r..r (`ShiftViews`, edges repeated, before
+      `flow_sample_norm`, as training's `--flow_shift` translates it) and its embedding is the
+      mean over the (2r + 1)^2 views (`MergeViews`). Its head is affine in the embedding, so
+      the flow head's logits are the mean of the views' logits. Training is unchanged.
     * `head_weights` (late fusion): branch -> weight of its heads in the average that
       predicts (`WeightedMean`; unnamed branches 1); the heads' own outputs, and so their
       losses, are unchanged.
@@ -249,6 +254,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     if database_head_weights:
         model_in = {**model_in, DATABASE_INPUT: keras.Input((), dtype="int32", name=DATABASE_INPUT)}
     raw_flow_image = inputs["flow_image"]     # the mini-Xception reads 0..255 maps, as its faces
+    if flow_shift_tta:      # the raw image, before the per-image standardisation, as in training
+        inputs = {**inputs, "flow_image": ShiftViews(flow_shift_tta, name="flow_shift_views")(inputs["flow_image"])}
     if flow_sample_norm:      # after the mirror, which flips the raw 0..255 horizontal flow
         inputs = {**inputs, "flow_image": SampleStandardize(name=FLOW_SAMPLE_NORM)(inputs["flow_image"])}
     flow_seq = PolarToCartesian(name=CARTESIAN_LAYER)(inputs["flow_seq"]) \
@@ -269,6 +276,9 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     elif "flow" in branches:
         embeddings["flow_embedding"] = backbone.flow_branch(inputs["flow_image"], flow_width or width,
                                                               input_norm=input_norm)
+        if flow_shift_tta:
+            embeddings["flow_embedding"] = MergeViews("mean", views=(2 * flow_shift_tta + 1) ** 2,
+                                                      name="flow_merged_views")(embeddings["flow_embedding"])
     readout = None
     if apex_head_input == "distill":     # (checked above: only with apex_distill)
         # The heads read the student's FER2013 features: the read-out, L2-normalised as the
@@ -409,6 +419,13 @@ def _check_recipe(a) -> tuple:
         raise ValueError(f"flow_backbone={a.flow_backbone!r} (one of {FLOW_BACKBONES}), flow_init={a.flow_init!r} "
                          f"(one of {APEX_INITS}, only with fer_xception): fer_xception needs a flow branch "
                          f"(model {a.name!r} has {branches}) and one member")
+    if a.flow_shift_tta < 0 or (a.flow_shift_tta and (
+            "flow" not in branches or flow_fer or a.fusion != "late" or a.members > 1 or a.mirror_tta
+            or (a.linear and a.linear_inputs != "flow_seq") or a.au_heads or a.adversary_heads)):
+        raise ValueError(f"flow_shift_tta={a.flow_shift_tta}: >= 0; > 0 averages the flow CNN's views before its "
+                         "head, so it needs a flow branch with the CNN backbone, fusion='late', one member, no "
+                         "mirror_tta, no other reader of the flow image (linear_inputs='flow_seq') and no AU or "
+                         "adversary heads")
     if a.members > 1 and (len(branches) < 2 or ("apex" in branches and not (fer and a.freeze_apex))):
         raise ValueError(f"members={a.members} copies the trained branches of a late-fusion model: it needs "
                          "two or more branches, and an apex branch frozen (fer_xception with freeze_apex)")
