@@ -225,7 +225,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
       flow image translated by every (dy, dx) in -r..r (`ShiftViews`, edges repeated, before
       `flow_sample_norm`, as training's `--flow_shift` translates it) and its embedding is the
       mean over the (2r + 1)^2 views (`MergeViews`). Its head is affine in the embedding, so
-      the flow head's logits are the mean of the views' logits. Training is unchanged.
+      the flow head's logits are the mean of the views' logits. Training computes the same
+      thing, though not bit for bit: the view layers change the order of the model's layers.
     * `head_weights` (late fusion): branch -> weight of its heads in the average that
       predicts (`WeightedMean`; unnamed branches 1); the heads' own outputs, and so their
       losses, are unchanged.
