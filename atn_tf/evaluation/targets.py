@@ -83,6 +83,9 @@ class Recipe:
     def sd(self) -> float:
         return float(np.std([r["overall"]["uf1"] for r in self.runs], ddof=1))
 
+    def has_db(self, db: str) -> bool:
+        return all(db in r["per_database"] for r in self.runs)
+
     def db_mean(self, db: str) -> float:
         return float(np.mean([r["per_database"][db]["uf1"] for r in self.runs]))
 
@@ -117,21 +120,25 @@ def margins(recipe: Recipe, target: Target, probes: dict) -> dict[str, float]:
     if target.ensemble is not None:
         out["ensemble"] = recipe.ensemble["overall"]["uf1"] - target.ensemble if recipe.ensemble else -np.inf
     for db, v in (target.per_database or {}).items():
-        out[db] = recipe.db_mean(db) - v if all(db in r["per_database"] for r in recipe.runs) else -np.inf
+        out[db] = recipe.db_mean(db) - v if recipe.has_db(db) else -np.inf
     if target.no_collapse:
         out["no collapse"] = 0.0 if not any(collapsed(r) for r in recipe.runs) else -np.inf
     return out
 
 
+def all_met(margin: dict) -> bool:
+    return all(v >= 0 for v in margin.values())
+
+
 def meets(recipe: Recipe, target: Target, probes: dict) -> bool:
-    return all(v >= 0 for v in margins(recipe, target, probes).values())
+    return all_met(margins(recipe, target, probes))
 
 
 def _describe(recipe: Recipe, target: Target, n_boot: int) -> str:
     text = f"**{recipe.key}**: {recipe.mean():.3f} ± {recipe.sd():.3f}"
     if target.per_database:
-        text += " (" + " / ".join(f"{recipe.db_mean(db):.3f}" if all(db in r["per_database"] for r in recipe.runs)
-                                  else "—" for db in target.per_database) + ")"
+        text += " (" + " / ".join(f"{recipe.db_mean(db):.3f}" if recipe.has_db(db) else "—"
+                                  for db in target.per_database) + ")"
     if recipe.ensemble:
         ci = stats.bootstrap_uf1_ci(recipe.ensemble["predictions"], n=n_boot, seed=0)["overall"]
         text += f"; ensemble {ci['uf1']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"
@@ -157,14 +164,14 @@ def status_row(target: Target, recipes: list[Recipe], probes: dict, n_boot: int 
             top = max(with_ens, key=lambda r: r.ensemble["overall"]["uf1"])
             if top is not best:
                 shown.append(top)
-    meeting = [r.key for r in recipes if meets(r, target, probes)]
-    cells = "; ".join(f"{_describe(r, target, n_boot)} (margins: {_signed(margins(r, target, probes))})" for r in shown)
+    margin = {r.key: margins(r, target, probes) for r in recipes}     # keys are unique within a protocol
+    meeting = [r.key for r in recipes if all_met(margin[r.key])]
+    cells = "; ".join(f"{_describe(r, target, n_boot)} (margins: {_signed(margin[r.key])})" for r in shown)
     status = (f"met by {len(meeting)} of {len(recipes)} recipes ({', '.join(meeting)})" if meeting
               else f"missed by all {len(recipes)} recipes")
     if not meeting:
         # per criterion, the best any recipe reaches: how far the nearest one is
-        crit = margins(best, target, probes).keys()
-        nearest = {c: max(margins(r, target, probes)[c] for r in recipes) for c in crit}
+        nearest = {c: max(m[c] for m in margin.values()) for c in margin[best.key]}
         status += f"; closest per criterion: {_signed(nearest)}"
     return [target.name, cells, str(len(recipes)), status]
 
