@@ -1,0 +1,130 @@
+"""The development rule (atn_tf.evaluation.dev_rule): pairing by seed, the four verdicts, bad input."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from atn_tf.evaluation import dev_rule
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEV_DIR = os.path.join(ROOT, "docs", "results", "dev")
+
+
+def report(tmp_path, name, seed, uf1, **changes):
+    body = {"kind": "development", "protocol": "cde", "inner_split": "rotating", "num_val_samples": 442,
+            "folds": ["casme2/sub01", "samm/007"], "final": {"uf1": uf1, "step": 400},
+            "config": {"seed": seed, "val_fraction": 0.2, "data_dir": "data/tfrecords/x"}}
+    for key, value in changes.items():
+        if key in body["config"]:
+            body["config"][key] = value
+        else:
+            body[key] = value
+    path = tmp_path / f"{name}_s{seed}.json"
+    path.write_text(json.dumps(body))
+    return dev_rule.DevRun.load(str(path))
+
+
+def runs(tmp_path, name, values, first_seed=8):
+    return [report(tmp_path, name, first_seed + i, v) for i, v in enumerate(values)]
+
+
+BAR = [0.770, 0.780, 0.760, 0.770, 0.775, 0.765, 0.770, 0.780]
+
+
+def test_passes_when_mean_and_count_hold(tmp_path):
+    gains = [0.010, 0.000, 0.005, -0.002, 0.004, 0.006, -0.001, 0.010]       # mean +0.004, 6 of 8
+    v = dev_rule.judge(runs(tmp_path, "bar", BAR), runs(tmp_path, "c", [b + g for b, g in zip(BAR, gains)]))
+    assert v.status == "passes", v.reason
+    assert "level or better on 6 of 8" in v.reason
+
+
+@pytest.mark.parametrize("gains, why", [
+    ([0.003] * 8, "mean gain +0.0030"),                                       # every seed up, mean too small
+    ([0.030, 0.030, 0.030, -0.001, -0.001, -0.001, -0.001, 0.000], "4 of 8"),  # mean large, too few seeds
+])
+def test_fails_on_either_criterion(tmp_path, gains, why):
+    v = dev_rule.judge(runs(tmp_path, "bar", BAR), runs(tmp_path, "c", [b + g for b, g in zip(BAR, gains)]))
+    assert v.status == "fails" and why in v.reason
+
+
+def test_stopped_on_two_of_the_first_four_below(tmp_path):
+    v = dev_rule.judge(runs(tmp_path, "bar", BAR), runs(tmp_path, "c", [0.780, 0.770, 0.750]))
+    assert v.status == "stopped"
+    assert v.candidate[3:] == (None,) * 5
+
+
+def test_pending_until_every_seed_is_run(tmp_path):
+    v = dev_rule.judge(runs(tmp_path, "bar", BAR), runs(tmp_path, "c", [0.780, 0.770]))
+    assert v.status == "pending" and "2 of 8 seeds run" in v.reason
+    assert "| candidate | 0.780 | 0.770 | — |" in v.table()
+
+
+def test_level_is_equal_uf1(tmp_path):
+    v = dev_rule.judge(runs(tmp_path, "bar", BAR[:4]), runs(tmp_path, "c", [b + 0.004 for b in BAR[:3]] + [BAR[3]]),
+                       dev_rule.Rule(min_gain=0.003, min_level=4))
+    assert v.status == "passes", v.reason
+
+
+def test_refuses_unpaired_runs(tmp_path):
+    bar, rule = runs(tmp_path, "bar", BAR[:2]), dev_rule.Rule(min_level=1)
+    other = report(tmp_path, "c", 8, 0.8, val_fraction=0.3)
+    with pytest.raises(ValueError, match=r"c_s8\.json: not the same development partition.*config\.val_fraction"):
+        dev_rule.judge(bar, [other], rule)
+    with pytest.raises(ValueError, match=r"seed 3 has no run in --bar"):
+        dev_rule.judge(bar, [report(tmp_path, "c", 3, 0.8)], rule)
+    with pytest.raises(ValueError, match="seed 8 twice"):
+        dev_rule.judge(bar + [report(tmp_path, "again", 8, 0.7)], [], rule)
+    with pytest.raises(ValueError, match=r"min_level=3: must be in 1\.\.2"):
+        dev_rule.judge(bar, [], dev_rule.Rule(min_level=3))
+
+
+@pytest.mark.parametrize("content, why", [
+    ("{not json", "not JSON"),
+    (json.dumps({"kind": "cde"}), "not a development report"),
+    (json.dumps({"kind": "development", "config": {}}), "development report without"),
+])
+def test_bad_reports_name_the_file(tmp_path, content, why):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=f"bad.json: {why}"):
+        dev_rule.DevRun.load(str(path))
+    with pytest.raises(ValueError, match="missing.json: cannot read"):
+        dev_rule.DevRun.load(str(tmp_path / "missing.json"))
+
+
+def test_a_work_dir_stands_for_its_report(tmp_path):
+    (tmp_path / "run").mkdir()
+    os.rename(tmp_path / report(tmp_path, "x", 8, 0.75).path, tmp_path / "run" / "development.json")
+    assert dev_rule.DevRun.load(str(tmp_path / "run")).uf1 == 0.75
+
+
+def committed(name, seeds):
+    paths = [os.path.join(DEV_DIR, f"{name}_s{s}.json") for s in seeds]
+    if not all(os.path.exists(p) for p in paths):
+        pytest.skip(f"committed development reports {name}_s* not found in {DEV_DIR}")
+    return [dev_rule.DevRun.load(p) for p in paths]
+
+
+def test_the_twenty_fifth_round_as_written():
+    """docs/results.md: v16 + --apex_fit=probe, +0.003 and 5 of 8 (fails); --flow_shift=4 stopped."""
+    bar = committed("v14fs3", range(8, 16))
+    v = dev_rule.judge(bar, committed("v16ap", range(8, 16)))
+    assert v.status == "fails" and "mean gain +0.0028, level or better on 5 of 8" in v.reason
+    assert dev_rule.judge(bar, committed("v16fs4", range(8, 12))).status == "stopped"
+
+
+def test_cli(tmp_path):
+    runs(tmp_path, "bar", BAR[:2])
+    runs(tmp_path, "c", [0.9, 0.9])
+    cmd = [sys.executable, "-m", "atn_tf.evaluation.dev_rule",
+           "--bar=" + ",".join(sorted(glob.glob(str(tmp_path / "bar_s*.json")))),
+           "--candidate=" + ",".join(sorted(glob.glob(str(tmp_path / "c_s*.json")))), "--min_level=2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert "**passes**" in out and "| gain | +0.130 | +0.120 |" in out
+    bad = subprocess.run(cmd[:3] + ["--candidate=" + str(tmp_path / "nope.json")], capture_output=True, text=True,
+                         cwd=ROOT)
+    assert bad.returncode == 1 and "nope.json: cannot read" in bad.stderr and "Traceback" not in bad.stderr
