@@ -27,11 +27,13 @@ def old_flow_mirror(report: dict) -> bool:
 def cpu(report: dict) -> str:
     """The CPU a report ran on: the head of its `machine` ("AMD EPYC, 2 logical CPUs ..."). The
     same recipe and seed train a different model on another CPU (docs/results.md, seventeenth
-    round), so the tables name it. Older reports wrote "2 cores (AMD EPYC)" or {"cpu": ...}."""
+    round), so the tables name it. Older reports wrote "2 cores (AMD EPYC)" or {"cpu": ...}. A
+    clock suffix (" @ 2.80GHz") is dropped: hosts whose CPU reports it train the same models as
+    those that do not (v16's development seed 8 reproduces to the last digit; twenty-sixth round)."""
     machine = report.get("machine") or ""
     if isinstance(machine, dict):
         machine = machine.get("cpu", "")
-    head = machine.split(",")[0].strip()
+    head = re.sub(r"\s*@\s*[\d.]+\s*GHz$", "", machine.split(",")[0].strip())
     inner = re.fullmatch(r"\d+ cores \((.+)\)", head)
     return (inner.group(1) if inner else head) or "—"
 
