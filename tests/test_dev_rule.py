@@ -63,6 +63,16 @@ def test_pending_until_every_seed_is_run(tmp_path):
     assert "| candidate | 0.780 | 0.770 | — |" in v.table()
 
 
+def test_fails_once_the_count_cannot_be_reached(tmp_path):
+    up, down = 0.01, -0.01          # one of the first four below: not stopped
+    three_of_six = [up, up, down, up, down, down]
+    v = dev_rule.judge(runs(tmp_path, "bar", BAR), runs(tmp_path, "a", [b + g for b, g in zip(BAR, three_of_six)]))
+    assert v.status == "pending", v.reason              # 3 + the 2 seeds left can still make 5
+    v = dev_rule.judge(runs(tmp_path, "bar", BAR),
+                       runs(tmp_path, "b", [b + g for b, g in zip(BAR, three_of_six + [down])]))
+    assert v.status == "fails" and "decided after 7 of 8 seeds: level or better on 3, so at most 4 of 8" in v.reason
+
+
 def test_level_is_equal_uf1(tmp_path):
     v = dev_rule.judge(runs(tmp_path, "bar", BAR[:4]), runs(tmp_path, "c", [b + 0.004 for b in BAR[:3]] + [BAR[3]]),
                        dev_rule.Rule(min_gain=0.003, min_level=4))

@@ -13,7 +13,8 @@ clips) and says what the rule says:
 
 * **passes**: every seed of the bar has been run, the mean gain is >= `--min_gain` and the
   candidate is level or better on >= `--min_level` of the seeds;
-* **fails**: every seed run, and one of the two does not hold;
+* **fails**: every seed run, and one of the two does not hold; or too few seeds are left for
+  the count to be reached even if all of them are level or better;
 * **stopped**: of the bar's first `--stop_after` seeds, `--stop_below` or more are below
   (so the rest need not be run);
 * **pending**: neither yet.
@@ -144,6 +145,10 @@ def judge(bar: Sequence[DevRun], candidate: Sequence[DevRun], rule: Rule = Rule(
     if below_first >= rule.stop_below:
         status, reason = "stopped", (f"{below_first} of the first {min(rule.stop_after, len(seeds))} seeds below "
                                      f"the bar (mean gain so far {mean:+.4f})")
+    elif len(gains) < len(seeds) and level + len(seeds) - len(gains) < rule.min_level:
+        status, reason = "fails", (f"decided after {len(gains)} of {len(seeds)} seeds: level or better on {level}, "
+                                   f"so at most {level + len(seeds) - len(gains)} of {len(seeds)} "
+                                   f"(mean gain so far {mean:+.4f})")
     elif len(gains) < len(seeds):
         status, reason = "pending", f"{len(gains)} of {len(seeds)} seeds run (mean gain so far {mean:+.4f})"
     else:
