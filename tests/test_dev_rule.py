@@ -106,6 +106,11 @@ def test_bad_reports_name_the_file(tmp_path, content, why):
         dev_rule.DevRun.load(str(tmp_path / "missing.json"))
 
 
+def test_report_name_is_evaluates():
+    from atn_tf.evaluation import evaluate_lib      # (TensorFlow: dev_rule itself does not import it)
+    assert dev_rule.DEV_REPORT == evaluate_lib.DEV_REPORT
+
+
 def test_a_work_dir_stands_for_its_report(tmp_path):
     (tmp_path / "run").mkdir()
     os.rename(tmp_path / report(tmp_path, "x", 8, 0.75).path, tmp_path / "run" / "development.json")

@@ -113,15 +113,5 @@ def test_seeds_table_averages_each_recipe_over_its_seeds(tmp_path):
     from atn_tf.evaluation.reports import cpu
     assert [cpu({"machine": m}) for m in ("AMD EPYC, 2 logical CPUs", "2 cores (AMD EPYC)", {"cpu": "AMD EPYC"}, "")] \
         == ["AMD EPYC", "AMD EPYC", "AMD EPYC", "—"]
-
-
-@pytest.mark.parametrize("machine, cpu", [
-    ("Intel(R) Xeon(R) Processor @ 2.80GHz, 2 logical CPUs (nproc), 24 GB RAM", "Intel(R) Xeon(R) Processor"),
-    ("Intel(R) Xeon(R) Processor, 2 logical CPUs (nproc)", "Intel(R) Xeon(R) Processor"),
-    ("2 cores (AMD EPYC)", "AMD EPYC"),
-    ({"cpu": "AMD EPYC"}, "AMD EPYC"),
-    ("", "—"),
-])
-def test_runs_are_grouped_by_cpu_model_not_clock(machine, cpu):
-    from atn_tf.evaluation import reports
-    assert reports.cpu({"machine": machine}) == cpu
+    # grouped by the CPU's model, not its clock (the same Xeon names itself both ways)
+    assert cpu({"machine": "Intel(R) Xeon(R) Processor @ 2.80GHz, 2 logical CPUs"}) == "Intel(R) Xeon(R) Processor"
