@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import os
 import sys
 
@@ -61,19 +60,9 @@ def changes(config: dict, base: TrainConfig) -> str:
 OLD_MIRROR_MARK = " †"
 
 
-def _read_reports(paths, kind: str, what: str) -> list[dict]:
-    """The JSON reports at `paths`, each checked to be of `kind` (`what` names it in errors)."""
-    out = []
-    for path in paths:
-        try:
-            with open(path, encoding="utf-8") as f:
-                r = json.load(f)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{path}: not a readable {what} ({e})") from None
-        if r.get("kind") != kind:
-            raise ValueError(f"{path}: not a {what}")
-        out.append((path, r))
-    return out
+def _read_reports(paths, kind: str, what: str) -> list[tuple[str, dict]]:
+    """(path, report) for the JSON reports at `paths`, each checked to be of `kind`."""
+    return [(path, reports_lib.read_kind(path, kind, what)) for path in paths]
 
 
 def load(dev_dir: str) -> list[dict]:

@@ -93,8 +93,9 @@ def test_refuses_unpaired_runs(tmp_path):
 
 
 @pytest.mark.parametrize("content, why", [
-    ("{not json", "not JSON"),
+    ("{not json", "not a readable development report"),
     (json.dumps({"kind": "cde"}), "not a development report"),
+    (json.dumps(["development"]), "not a development report"),
     (json.dumps({"kind": "development", "config": {}}), "development report without"),
 ])
 def test_bad_reports_name_the_file(tmp_path, content, why):
@@ -102,7 +103,7 @@ def test_bad_reports_name_the_file(tmp_path, content, why):
     path.write_text(content)
     with pytest.raises(ValueError, match=f"bad.json: {why}"):
         dev_rule.DevRun.load(str(path))
-    with pytest.raises(ValueError, match="missing.json: cannot read"):
+    with pytest.raises(ValueError, match="missing.json: not a readable development report"):
         dev_rule.DevRun.load(str(tmp_path / "missing.json"))
 
 
@@ -142,4 +143,4 @@ def test_cli(tmp_path):
     assert "**passes**" in out and "| gain | +0.130 | +0.120 |" in out
     bad = subprocess.run(cmd[:3] + ["--candidate=" + str(tmp_path / "nope.json")], capture_output=True, text=True,
                          cwd=ROOT)
-    assert bad.returncode == 1 and "nope.json: cannot read" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 1 and "nope.json: not a readable development report" in bad.stderr and "Traceback" not in bad.stderr

@@ -35,6 +35,8 @@ from typing import Sequence
 import numpy as np
 from absl import app, flags
 
+from atn_tf.evaluation import reports
+
 DEV_REPORT = "development.json"     # evaluate_lib.DEV_REPORT (not imported: that loads TensorFlow)
 TOLERANCE = 1e-9                    # "level": equal UF1 up to float noise
 # What makes two development runs of one seed validate the same clips.
@@ -64,16 +66,8 @@ class DevRun:
     @classmethod
     def load(cls, path: str) -> "DevRun":
         path = os.path.join(path, DEV_REPORT) if os.path.isdir(path) else path
-        try:
-            with open(path) as f:
-                report = json.load(f)
-        except OSError as e:
-            raise ValueError(f"{path}: cannot read ({e.strerror or e})") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not JSON ({e.msg}, line {e.lineno})") from None
-        if not isinstance(report, dict) or report.get("kind") != "development":
-            raise ValueError(f"{path}: not a development report (kind must be 'development'; "
-                             "written by python -m atn_tf.evaluate --develop=N)")
+        report = reports.read_kind(path, "development",
+                                   "development report (written by python -m atn_tf.evaluate --develop=N)")
         try:
             config = report["config"]
             seed, uf1 = int(config["seed"]), float(report["final"]["uf1"])

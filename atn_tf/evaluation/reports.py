@@ -38,6 +38,19 @@ def cpu(report: dict) -> str:
     return (inner.group(1) if inner else head) or "—"
 
 
+def read_kind(path: str, kind: str, what: str) -> dict:
+    """The JSON report at `path`, checked to be of `kind` ("development", ...); `what` names it
+    in the errors, which name the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            report = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable {what} ({e})") from None
+    if not isinstance(report, dict) or report.get("kind") != kind:
+        raise ValueError(f"{path}: not a {what}")
+    return report
+
+
 def load_report(path: str) -> dict:
     if os.path.isdir(path):
         path = os.path.join(path, "report.json")
