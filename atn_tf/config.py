@@ -122,6 +122,7 @@ class TrainConfig:
     focal_gamma: float = 0.0                # > 0: focal cross-entropy, (1 - p_y)^gamma down-weights easy clips
     gce_q: float = 0.0                      # > 0: generalised cross-entropy (1 - p_y^q) / q, robust to label noise
     sam_rho: float = 0.0                    # > 0: sharpness-aware minimisation, ball of this radius (2 passes per step)
+    logit_adjust: float = 0.0               # > 0 (with --nobalance): the loss reads logits + tau log(class prior)
     input_norm: bool = False                # standardise inputs with training-fold statistics
     flow_sample_norm: bool = False          # standardise each flow image per channel over its own pixels
     embedding_scale: str = "none"           # none | learned (scale on the L2-normalised embeddings)
@@ -311,6 +312,9 @@ class TrainConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.focal_gamma < 0 or self.sam_rho < 0:
             raise ValueError(f"focal_gamma and sam_rho must be >= 0, got {self.focal_gamma}, {self.sam_rho}")
+        if self.logit_adjust < 0 or (self.logit_adjust and self.balance):
+            raise ValueError(f"logit_adjust={self.logit_adjust}: must be >= 0, and > 0 only with balance off "
+                             "(--nobalance): it corrects the natural class frequencies that balancing removes")
         if not 0 <= self.gce_q <= 1 or (self.gce_q and self.focal_gamma):
             raise ValueError(f"gce_q={self.gce_q}: must be in [0, 1], and not with focal_gamma")
         if not 0 <= self.val_fraction < 1:

@@ -55,6 +55,9 @@ HELP = {
     "label_smoothing": "Label smoothing of the cross-entropy.",
     "focal_gamma": "> 0: focal cross-entropy with this gamma (0: plain cross-entropy).",
     "gce_q": "> 0: generalised cross-entropy (1 - p_label^q) / q, in (0, 1] (0: cross-entropy).",
+    "logit_adjust": "> 0, with --nobalance: logit-adjusted loss (Menon et al. 2021): each head's loss reads its "
+                    "logits + tau * log(the training part's class frequencies), so the natural stream trains "
+                    "a class-balanced classifier without repeating the rare clips; prediction unchanged.",
     "sam_rho": "> 0: sharpness-aware minimisation with this radius (two passes per step).",
     "input_norm": "Standardise inputs with statistics of the training fold (kept in the model).",
     "flow_sample_norm": "Standardise each flow image per channel over its own pixels, inside the model "

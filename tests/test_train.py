@@ -492,6 +492,38 @@ def test_mixup_is_keyed_by_step_and_changes_the_training_loss(data_dir):
         TrainConfig(mixup=-0.1)
 
 
+def test_logit_adjust_trains_on_logits_shifted_by_the_log_class_prior(data_dir):
+    """--logit_adjust=tau: the loss of a step is the cross-entropy of logits + tau log(the
+    training part's class frequencies); it needs the natural stream (--nobalance)."""
+    import keras
+    from atn_tf.training import train_lib
+    with pytest.raises(ValueError, match="logit_adjust"):
+        TrainConfig(logit_adjust=1.0)           # class-balanced sampling has removed the prior already
+    with pytest.raises(ValueError, match="logit_adjust"):
+        TrainConfig(logit_adjust=-1.0, balance=False)
+    from atn_tf.data import input_pipeline
+    data = _arrays(data_dir)
+    labels = data["label"]      # the fake records are balanced: keep one clip in three of classes 1, 2
+    keep = np.flatnonzero((labels == 0) | (np.arange(len(labels)) % 3 == 0))
+    data = input_pipeline.take_rows(data, keep)
+    cfg = TrainConfig(data_dir=data_dir, model="time_only", train_steps=1, dropout=0.0, balance=False,
+                      augment=False, logit_adjust=0.5, optimizer="adamw", learning_rate=0.0, lr_schedule="cosine",
+                      **TINY)
+    session = _session(cfg, data)
+    session.set_run_statistics(data)
+    freq = np.bincount(data["label"], minlength=3) / len(data["label"])
+    assert freq.std() > 0.1
+    np.testing.assert_allclose(session.logit_offset.numpy(), 0.5 * np.log(freq), rtol=1e-6)
+    x, y = next(iter(session.dataset(data)))
+    logits = keras.ops.convert_to_numpy(session.model(x, training=True)["logits"]) + 0.5 * np.log(freq)
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    expected = -log_p[np.arange(len(y)), y.numpy()].mean()
+    losses, _ = train_lib.fit(session, data)
+    assert losses[0][1] == pytest.approx(expected, rel=1e-5)
+    unadjusted = _session(cfg.replace(logit_adjust=0.0), data)
+    assert train_lib.fit(unadjusted, data)[0][0][1] != pytest.approx(expected, rel=1e-5)
+
+
 def test_sam_steps_with_the_gradient_at_the_perturbed_weights(data_dir):
     """--sam_rho: one SGD step (no momentum or decay, lr 1, so a step's weight change is its
     gradient) moves the weights by the plain gradient taken at w + rho g / ||g||, and

@@ -170,6 +170,10 @@ class Session:
                         for v in self.model.trainable_variables] if config.ema_decay > 0 else []
             # The frozen FER2013 network the ResNet apex is distilled from (--apex_distill).
             self.teacher = fer_teacher(config.image_size) if config.apex_distill > 0 else None
+            # --logit_adjust: tau * log(class frequencies of the training part), added to the
+            # logits the loss reads (`set_run_statistics`).
+            self.logit_offset = tf.Variable(tf.zeros([self.model.output["logits"].shape[-1]]), trainable=False,
+                                            name="logit_offset")
         # Keras seed generators (dropout masks) are not tracked by tf.train.Checkpoint; without
         # them a resumed run would draw other masks than an uninterrupted one.
         # Listed in layer order: their names carry process-global counters.
@@ -183,9 +187,9 @@ class Session:
 
     def set_statistics(self, data: dict) -> None:
         """The training part's statistics: the model's (`set_model_statistics`) and the
-        teacher's feature standardisation."""
+        run's (`set_run_statistics`)."""
         self.set_model_statistics(data)
-        self.set_teacher_statistics(data)
+        self.set_run_statistics(data)
 
     def set_model_statistics(self, data: dict) -> None:
         """What the model takes from the training part before training (checkpointed with
@@ -200,10 +204,18 @@ class Session:
                 fit = probe_head.fit_probe_head(self.model, data, groups, layer)
                 logging.info("%s: the probe with C=%g (inner UF1 %.3f)", layer, fit["C"], fit["inner_uf1"])
 
-    def set_teacher_statistics(self, data: dict) -> None:
-        """(Not checkpointed: its weights are the file's, so a resumed run recomputes them.)"""
+    def set_run_statistics(self, data: dict) -> None:
+        """What training alone takes from the training part, not checkpointed (a resumed run
+        recomputes it): the teacher's feature standardisation (its weights are the file's) and
+        --logit_adjust's offset, tau * log of the class frequencies."""
         if self.teacher is not None:
             set_input_statistics(self.teacher, data)
+        if self.config.logit_adjust > 0:
+            counts = np.bincount(np.asarray(data["label"]), minlength=self.logit_offset.shape[0])
+            if not counts.all():
+                raise ValueError(f"--logit_adjust: the training part has no clip of class(es) "
+                                 f"{np.flatnonzero(counts == 0).tolist()}")
+            self.logit_offset.assign(self.config.logit_adjust * np.log(counts / counts.sum()).astype(np.float32))
 
     def reset(self) -> None:
         for v, value in zip(self.model.variables, self._initial):
@@ -246,7 +258,12 @@ class Session:
         for layer in probe_fitted_heads(config):    # fitted, fixed heads: out of the loss, which then
             branch_keys.remove(layer)               # trains the branches exactly as without them
         late = config.fusion == "late" and bool(branch_keys)
-        per_example_loss = classification_loss(config, num_classes)
+        class_loss = classification_loss(config, num_classes)
+        if config.logit_adjust > 0:     # Menon et al. 2021: the loss of logits + tau log(prior)
+            def per_example_loss(y, logits):
+                return class_loss(y, logits + self.logit_offset)
+        else:
+            per_example_loss = class_loss
 
         def mixed(inputs, labels):
             """--mixup: the mixed batch and its loss lam CE(y) + (1 - lam) CE(y'), with draws
@@ -643,7 +660,7 @@ def _restore_or_start(session: Session, train_data: dict, selector: Optional[Sel
             _load_init_checkpoint(model, config.init_checkpoint)
             session.restart_average()
         session.set_model_statistics(train_data)
-    session.set_teacher_statistics(train_data)
+    session.set_run_statistics(train_data)
     return manager, ckpt_dir
 
 
