@@ -496,12 +496,12 @@ def test_logit_adjust_trains_on_logits_shifted_by_the_log_class_prior(data_dir):
     """--logit_adjust=tau: the loss of a step is the cross-entropy of logits + tau log(the
     training part's class frequencies); it needs the natural stream (--nobalance)."""
     import keras
+    from atn_tf.data import input_pipeline
     from atn_tf.training import train_lib
     with pytest.raises(ValueError, match="logit_adjust"):
         TrainConfig(logit_adjust=1.0)           # class-balanced sampling has removed the prior already
     with pytest.raises(ValueError, match="logit_adjust"):
         TrainConfig(logit_adjust=-1.0, balance=False)
-    from atn_tf.data import input_pipeline
     data = _arrays(data_dir)
     labels = data["label"]      # the fake records are balanced: keep one clip in three of classes 1, 2
     keep = np.flatnonzero((labels == 0) | (np.arange(len(labels)) % 3 == 0))
