@@ -92,6 +92,23 @@ def test_refuses_unpaired_runs(tmp_path):
         dev_rule.judge(bar, [], dev_rule.Rule(min_level=3))
 
 
+def test_seeds_fixed_in_advance_let_the_bar_run_beside_the_candidate(tmp_path):
+    seeds = range(8, 16)
+    bar = runs(tmp_path, "bar", BAR[:2])                       # seeds 8, 9 done; the rest still running
+    v = dev_rule.judge(bar, runs(tmp_path, "c", [0.790, 0.790, 0.790]), seeds=seeds)
+    assert v.status == "pending" and "2 of 8 seeds run" in v.reason
+    assert "| bar | 0.770 | 0.780 | — |" in v.table() and "| candidate | 0.790 | 0.790 | 0.790 | — |" in v.table()
+    assert "| gain | +0.020 | +0.010 | — |" in v.table() and v.gains == pytest.approx([0.020, 0.010])
+    below = dev_rule.judge(bar, runs(tmp_path, "d", [0.760, 0.770]), seeds=seeds)
+    assert below.status == "stopped"
+    done = dev_rule.judge(runs(tmp_path, "bar", BAR), runs(tmp_path, "e", [b + 0.005 for b in BAR]), seeds=seeds)
+    assert done.status == "passes"
+    with pytest.raises(ValueError, match=r"bar_s9\.json: seed 9 is not one of --seeds \(8, 10\)"):
+        dev_rule.judge(bar, [], seeds=[8, 10], rule=dev_rule.Rule(min_level=1))
+    with pytest.raises(ValueError, match=r"min_level=5: must be in 1\.\.3 \(the seeds of --seeds\)"):
+        dev_rule.judge(bar, [], seeds=[8, 9, 10])
+
+
 @pytest.mark.parametrize("content, why", [
     ("{not json", "not a readable development report"),
     (json.dumps({"kind": "cde"}), "not a development report"),
@@ -133,6 +150,16 @@ def test_the_twenty_fifth_round_as_written():
     assert dev_rule.judge(bar, committed("v16fs4", range(8, 12))).status == "stopped"
 
 
+def test_the_twenty_seventh_round_as_written():
+    """docs/results.md: against v16 on seeds 24-31, --nobalance --logit_adjust=1 stopped at
+    -0.0027; --train_steps=600 --apex_fit=probe stopped after three seeds, judged while the bar ran."""
+    bar = committed("v16", range(24, 32))
+    v = dev_rule.judge(bar, committed("v16la", range(24, 32)))
+    assert v.status == "stopped" and "mean gain so far -0.0027" in v.reason
+    early = dev_rule.judge(committed("v16", range(24, 27)), committed("v16sp", range(24, 27)), seeds=range(24, 32))
+    assert early.status == "stopped" and "mean gain so far +0.0015" in early.reason
+
+
 def test_cli(tmp_path):
     runs(tmp_path, "bar", BAR[:2])
     runs(tmp_path, "c", [0.9, 0.9])
@@ -141,6 +168,8 @@ def test_cli(tmp_path):
            "--candidate=" + ",".join(sorted(glob.glob(str(tmp_path / "c_s*.json")))), "--min_level=2"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert "**passes**" in out and "| gain | +0.130 | +0.120 |" in out
+    out = subprocess.run(cmd + ["--seeds=8,9,10"], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert "**pending**" in out and "| bar | 0.770 | 0.780 | — |" in out
     bad = subprocess.run(cmd[:3] + ["--candidate=" + str(tmp_path / "nope.json")], capture_output=True, text=True,
                          cwd=ROOT)
     assert bad.returncode == 1 and "nope.json: not a readable development report" in bad.stderr and "Traceback" not in bad.stderr

@@ -19,6 +19,9 @@ clips) and says what the rule says:
   (so the rest need not be run);
 * **pending**: neither yet.
 
+`--seeds` fixes the rule's seeds in advance, for a bar that is run beside the candidate: a seed
+counts once both runs of it are there, and until then it is pending.
+
 A work dir stands for its `development.json`. Reports that were not run on the same
 partition as their bar's (another protocol, inner split, validation fraction, set of
 development folds or records) are refused: their difference would not be paired.
@@ -91,48 +94,62 @@ def _by_seed(runs: Sequence[DevRun], role: str) -> dict:
 @dataclasses.dataclass(frozen=True)
 class Verdict:
     seeds: tuple
-    bar: tuple
+    bar: tuple                # None where the seed has not been run (with --seeds)
     candidate: tuple          # None where the seed has not been run
     status: str               # passes / fails / stopped / pending
     reason: str
 
     @property
+    def pairs(self) -> list:
+        """(bar, candidate) of the seeds both have run."""
+        return [(b, c) for b, c in zip(self.bar, self.candidate) if b is not None and c is not None]
+
+    @property
     def gains(self) -> list:
-        return [c - b for b, c in zip(self.bar, self.candidate) if c is not None]
+        return [c - b for b, c in self.pairs]
 
     def table(self) -> str:
         fmt = lambda v: "—" if v is None else f"{v:.3f}"   # noqa: E731
-        done = [(b, c) for b, c in zip(self.bar, self.candidate) if c is not None]
+        done = self.pairs
         mean_bar = np.mean([b for b, _ in done]) if done else None
         mean_cand = np.mean([c for _, c in done]) if done else None
         lines = ["| development seed | " + " | ".join(str(s) for s in self.seeds) + " | mean (seeds run) |",
                  "|---|" + "---:|" * (len(self.seeds) + 1),
                  "| bar | " + " | ".join(fmt(b) for b in self.bar) + f" | {fmt(mean_bar)} |",
                  "| candidate | " + " | ".join(fmt(c) for c in self.candidate) + f" | {fmt(mean_cand)} |",
-                 "| gain | " + " | ".join("—" if c is None else f"{c - b:+.3f}"
+                 "| gain | " + " | ".join("—" if b is None or c is None else f"{c - b:+.3f}"
                                           for b, c in zip(self.bar, self.candidate))
                  + (f" | {np.mean(self.gains):+.4f} |" if done else " | — |")]
         return "\n".join(lines) + f"\n\n**{self.status}**: {self.reason}"
 
 
-def judge(bar: Sequence[DevRun], candidate: Sequence[DevRun], rule: Rule = Rule()) -> Verdict:
-    """The rule's verdict on `candidate` against `bar`, paired by seed."""
+def judge(bar: Sequence[DevRun], candidate: Sequence[DevRun], rule: Rule = Rule(),
+          seeds: Sequence[int] | None = None) -> Verdict:
+    """The rule's verdict on `candidate` against `bar`, paired by seed. `seeds`: the rule's
+    seeds, fixed in advance (default: the bar's); a seed without both runs is pending."""
     if not bar:
         raise ValueError("--bar: no development report given")
     bars, cands = _by_seed(bar, "--bar"), _by_seed(candidate, "--candidate")
-    seeds = tuple(sorted(bars))
+    if seeds is None:
+        seeds, role = tuple(sorted(bars)), "--bar"
+    else:
+        seeds, role = tuple(sorted(set(seeds))), "--seeds"
+        for r in list(bars.values()) + list(cands.values()):
+            if r.seed not in seeds:
+                raise ValueError(f"{r.path}: seed {r.seed} is not one of --seeds ({', '.join(map(str, seeds))})")
     if not 1 <= rule.min_level <= len(seeds):
-        raise ValueError(f"min_level={rule.min_level}: must be in 1..{len(seeds)} (the bar's seeds)")
+        raise ValueError(f"min_level={rule.min_level}: must be in 1..{len(seeds)} (the seeds of {role})")
     for s, c in cands.items():
-        if s not in bars:
+        if s not in bars and role == "--bar":
             raise ValueError(f"{c.path}: seed {s} has no run in --bar (seeds {', '.join(map(str, seeds))})")
-        if c.partition != bars[s].partition:
+        if s in bars and c.partition != bars[s].partition:
             raise ValueError(f"{c.path}: not the same development partition as {bars[s].path} "
                              f"(they differ in {_differs(c.partition, bars[s].partition)}), so not paired")
     values = tuple(cands[s].uf1 if s in cands else None for s in seeds)
-    base = tuple(bars[s].uf1 for s in seeds)
-    gains = [c - b for b, c in zip(base, values) if c is not None]
-    first = [c - b for b, c in zip(base[:rule.stop_after], values[:rule.stop_after]) if c is not None]
+    base = tuple(bars[s].uf1 if s in bars else None for s in seeds)
+    paired = [None if b is None or c is None else c - b for b, c in zip(base, values)]
+    gains = [g for g in paired if g is not None]
+    first = [g for g in paired[:rule.stop_after] if g is not None]
     below_first = sum(g < -TOLERANCE for g in first)
     level = sum(g >= -TOLERANCE for g in gains)
     mean = float(np.mean(gains)) if gains else 0.0
@@ -164,6 +181,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("min_level", Rule.min_level, "… and level or better on at least this many seeds.")
     flags.DEFINE_integer("stop_after", Rule.stop_after, "Early stop: look at the bar's first this many seeds …")
     flags.DEFINE_integer("stop_below", Rule.stop_below, "… and stop if at least this many of them are below.")
+    flags.DEFINE_list("seeds", None, "The rule's seeds, fixed before the runs (default: the bar's). With it the "
+                      "bar may be incomplete, as when it is run beside the candidate: a seed counts once both "
+                      "runs of it are there.")
 
 
 def main(argv):
@@ -171,7 +191,8 @@ def main(argv):
     F = flags.FLAGS
     try:
         rule = Rule(F.min_gain, F.min_level, F.stop_after, F.stop_below)
-        verdict = judge([DevRun.load(p) for p in F.bar], [DevRun.load(p) for p in F.candidate], rule)
+        seeds = None if F.seeds is None else [int(s) for s in F.seeds]
+        verdict = judge([DevRun.load(p) for p in F.bar], [DevRun.load(p) for p in F.candidate], rule, seeds)
     except ValueError as e:
         sys.exit(f"error: {e}")
     print(verdict.table())
