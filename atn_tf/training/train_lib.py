@@ -249,10 +249,12 @@ class Session:
         for a, v in zip(self.ema, self.model.trainable_variables):
             v.assign(a)
 
-    def _make_train_loop(self):
-        """`train_loop(iterator, n)`: n training steps -> (losses [n], labels, predictions of
-        the n global batches, concatenated)."""
-        config, model, optimizer, strategy = self.config, self.model, self.optimizer, self.strategy
+    def _make_losses(self):
+        """-> (mixed, per_example). `mixed(inputs, labels)`: the batch (with --mixup, mixed)
+        and the classification loss to use on it; `per_example(inputs, labels, out,
+        target_loss, au_target, domain_target)`: each clip's training loss [B] -- the heads',
+        --apex_distill's, --au_loss's and the adversaries' terms."""
+        config, model, strategy = self.config, self.model, self.strategy
         num_classes = model.output["logits"].shape[-1]
         branch_keys = sorted(k for k in model.output if k.endswith("_logits"))   # branch_heads / late fusion
         for layer in probe_fitted_heads(config):    # fitted, fixed heads: out of the loss, which then
@@ -319,6 +321,21 @@ class Session:
                      for k in adv_keys]
             return config.adversary_weight * tf.add_n(terms) / len(terms)
 
+        def per_example(inputs, labels, out, target_loss, au_target, domain_target):
+            loss = example_loss(inputs, labels, out, target_loss)
+            if au_keys:
+                loss += au_loss(au_target, out)
+            if adv_keys:
+                loss += adversary_loss(domain_target, out)
+            return loss
+
+        return mixed, per_example
+
+    def _make_replica_step(self):
+        """One replica's step on its share of the global batch: forward pass, loss, gradients
+        (a second pass with --sam_rho) and update -> (loss, labels, predictions)."""
+        config, model, optimizer = self.config, self.model, self.optimizer
+        mixed, per_example = self._make_losses()
         reads_database = bool(fusion_databases(model))
 
         def replica_step(inputs, labels):
@@ -332,12 +349,9 @@ class Session:
             def gradients():
                 with tf.GradientTape() as tape:
                     out = model(inputs, training=True)
-                    per_example = example_loss(inputs, labels, out, target_loss)
-                    if au_keys:
-                        per_example += au_loss(au_target, out)
-                    if adv_keys:
-                        per_example += adversary_loss(domain_target, out)
-                    loss = tf.nn.compute_average_loss(per_example, global_batch_size=config.batch_size)
+                    loss = tf.nn.compute_average_loss(
+                        per_example(inputs, labels, out, target_loss, au_target, domain_target),
+                        global_batch_size=config.batch_size)
                     if model.losses:    # kernel regularisers (the linear path's ridge penalty)
                         loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
                     scaled = optimizer.scale_loss(loss) if config.mixed_precision else loss
@@ -361,7 +375,13 @@ class Session:
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
             return loss, labels, tf.argmax(out["logits"], axis=-1, output_type=tf.int32)
 
-        replica_fn = tf.function(replica_step, jit_compile=True) if config.jit_compile else replica_step
+        return tf.function(replica_step, jit_compile=True) if config.jit_compile else replica_step
+
+    def _make_train_loop(self):
+        """`train_loop(iterator, n)`: n training steps -> (losses [n], labels, predictions of
+        the n global batches, concatenated)."""
+        config, model, strategy = self.config, self.model, self.strategy
+        replica_fn = self._make_replica_step()
 
         def one_step(it):
             inputs, labels = next(it)
