@@ -170,6 +170,8 @@ def test_cli(tmp_path):
     assert "**passes**" in out and "| gain | +0.130 | +0.120 |" in out
     out = subprocess.run(cmd + ["--seeds=8,9,10"], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert "**pending**" in out and "| bar | 0.770 | 0.780 | — |" in out
+    bad = subprocess.run(cmd + ["--seeds=8,nine"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 1 and "--seeds: 'nine' is not a seed" in bad.stderr and "Traceback" not in bad.stderr
     bad = subprocess.run(cmd[:3] + ["--candidate=" + str(tmp_path / "nope.json")], capture_output=True, text=True,
                          cwd=ROOT)
     assert bad.returncode == 1 and "nope.json: not a readable development report" in bad.stderr and "Traceback" not in bad.stderr

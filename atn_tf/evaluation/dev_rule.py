@@ -174,12 +174,19 @@ def _differs(a: tuple, b: tuple) -> str:
     return ", ".join(n for n, x, y in zip(names, a, b) if x != y)
 
 
+def _seed(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--seeds: {text!r} is not a seed (an integer)") from None
+
+
 def define_flags() -> None:
     flags.DEFINE_list("bar", [], "The current recipe's development reports or work dirs, one per seed.")
     flags.DEFINE_list("candidate", [], "The changed recipe's, on some or all of the same seeds.")
     flags.DEFINE_float("min_gain", Rule.min_gain, "Passing needs a mean gain at least this large.")
     flags.DEFINE_integer("min_level", Rule.min_level, "… and level or better on at least this many seeds.")
-    flags.DEFINE_integer("stop_after", Rule.stop_after, "Early stop: look at the bar's first this many seeds …")
+    flags.DEFINE_integer("stop_after", Rule.stop_after, "Early stop: look at the first this many seeds (of the bar, or of --seeds) …")
     flags.DEFINE_integer("stop_below", Rule.stop_below, "… and stop if at least this many of them are below.")
     flags.DEFINE_list("seeds", None, "The rule's seeds, fixed before the runs (default: the bar's). With it the "
                       "bar may be incomplete, as when it is run beside the candidate: a seed counts once both "
@@ -191,7 +198,7 @@ def main(argv):
     F = flags.FLAGS
     try:
         rule = Rule(F.min_gain, F.min_level, F.stop_after, F.stop_below)
-        seeds = None if F.seeds is None else [int(s) for s in F.seeds]
+        seeds = None if F.seeds is None else [_seed(s) for s in F.seeds]
         verdict = judge([DevRun.load(p) for p in F.bar], [DevRun.load(p) for p in F.candidate], rule, seeds)
     except ValueError as e:
         sys.exit(f"error: {e}")
