@@ -173,7 +173,7 @@ class Session:
             # --logit_adjust: tau * log(class frequencies of the training part), added to the
             # logits the loss reads (`set_run_statistics`).
             self.logit_offset = tf.Variable(tf.zeros([self.model.output["logits"].shape[-1]]), trainable=False,
-                                            name="logit_offset")
+                                            name="logit_offset") if config.logit_adjust > 0 else None
         # Keras seed generators (dropout masks) are not tracked by tf.train.Checkpoint; without
         # them a resumed run would draw other masks than an uninterrupted one.
         # Listed in layer order: their names carry process-global counters.
@@ -210,7 +210,7 @@ class Session:
         --logit_adjust's offset, tau * log of the class frequencies."""
         if self.teacher is not None:
             set_input_statistics(self.teacher, data)
-        if self.config.logit_adjust > 0:
+        if self.logit_offset is not None:
             counts = np.bincount(np.asarray(data["label"]), minlength=self.logit_offset.shape[0])
             if not counts.all():
                 raise ValueError(f"--logit_adjust: the training part has no clip of class(es) "
@@ -261,7 +261,7 @@ class Session:
             branch_keys.remove(layer)               # trains the branches exactly as without them
         late = config.fusion == "late" and bool(branch_keys)
         class_loss = classification_loss(config, num_classes)
-        if config.logit_adjust > 0:     # Menon et al. 2021: the loss of logits + tau log(prior)
+        if self.logit_offset is not None:     # Menon et al. 2021: the loss of logits + tau log(prior)
             def per_example_loss(y, logits):
                 return class_loss(y, logits + self.logit_offset)
         else:
