@@ -123,6 +123,7 @@ class TrainConfig:
     gce_q: float = 0.0                      # > 0: generalised cross-entropy (1 - p_y^q) / q, robust to label noise
     sam_rho: float = 0.0                    # > 0: sharpness-aware minimisation, ball of this radius (2 passes per step)
     logit_adjust: float = 0.0               # > 0 (with --nobalance): the loss reads logits + tau log(class prior)
+    isda: float = 0.0                       # > 0 (fusion=late): ISDA on the trained heads, at this final strength
     input_norm: bool = False                # standardise inputs with training-fold statistics
     flow_sample_norm: bool = False          # standardise each flow image per channel over its own pixels
     embedding_scale: str = "none"           # none | learned (scale on the L2-normalised embeddings)
@@ -315,6 +316,10 @@ class TrainConfig:
         if self.logit_adjust < 0 or (self.logit_adjust and self.balance):
             raise ValueError(f"logit_adjust={self.logit_adjust}: must be >= 0, and > 0 only with balance off "
                              "(--nobalance): it corrects the natural class frequencies that balancing removes")
+        if self.isda < 0 or (self.isda and not (self.fusion == "late" and self.members == 1
+                                                 and not self.mirror_tta and self.mixup == 0)):
+            raise ValueError(f"isda={self.isda}: must be >= 0, and > 0 only with fusion=late, members=1, no "
+                             "mirror_tta and no mixup (it augments each branch head's own embedding, per label)")
         if not 0 <= self.gce_q <= 1 or (self.gce_q and self.focal_gamma):
             raise ValueError(f"gce_q={self.gce_q}: must be in [0, 1], and not with focal_gamma")
         if not 0 <= self.val_fraction < 1:

@@ -58,6 +58,9 @@ HELP = {
     "logit_adjust": "> 0, with --nobalance: logit-adjusted loss (Menon et al. 2021): each head's loss reads its "
                     "logits + tau * log(the training part's class frequencies), so the natural stream trains "
                     "a class-balanced classifier without repeating the rare clips; prediction unchanged.",
+    "isda": "> 0, with fusion=late: implicit semantic data augmentation (Wang et al. 2019) of the trained "
+            "branch heads: each head's loss reads logits + lambda/2 (w_j - w_y)^T Sigma_y (w_j - w_y), Sigma_y "
+            "the running covariance of class y's embeddings, lambda rising linearly to this value.",
     "sam_rho": "> 0: sharpness-aware minimisation with this radius (two passes per step).",
     "input_norm": "Standardise inputs with statistics of the training fold (kept in the model).",
     "flow_sample_norm": "Standardise each flow image per channel over its own pixels, inside the model "

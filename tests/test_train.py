@@ -524,6 +524,69 @@ def test_logit_adjust_trains_on_logits_shifted_by_the_log_class_prior(data_dir):
     assert train_lib.fit(unadjusted, data)[0][0][1] != pytest.approx(expected, rel=1e-5)
 
 
+def test_isda_moments_are_each_class_covariance_over_the_clips_seen():
+    """isda.ClassMoments: after two batches, each class's covariance is NumPy's (biased) over
+    the clips of both; a class never seen has zero covariance. augmented_logits adds
+    lambda / 2 (w_j - w_y)^T Sigma_y (w_j - w_y), zero for the label's own logit."""
+    from atn_tf.training import isda
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(12, 5)).astype(np.float32), np.array([0, 1] * 6)
+    moments = isda.ClassMoments(3, 5, "test")
+    moments.update(x[:7], y[:7])
+    moments.update(x[7:], y[7:])
+    cov = moments.covariance().numpy()
+    for c in (0, 1):
+        np.testing.assert_allclose(cov[c], np.cov(x[y == c].T, bias=True), atol=1e-5)
+    assert not cov[2].any()
+    kernel, logits = rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=(12, 3)).astype(np.float32)
+    out = isda.augmented_logits(logits, y, kernel, cov, 0.7).numpy()
+    for i in range(12):
+        d = kernel.T - kernel[:, y[i]]
+        np.testing.assert_allclose(out[i], logits[i] + 0.35 * np.einsum("cd,de,ce->c", d, cov[y[i]], d), rtol=1e-5)
+        assert out[i, y[i]] == pytest.approx(logits[i, y[i]])
+    moments.reset()
+    assert not moments.covariance().numpy().any()
+
+
+def test_isda_trains_each_head_on_the_surrogate_of_the_covariance_seen(data_dir):
+    """--isda=lambda (late fusion): step 0 (strength 0) is the plain loss; step 1's is each
+    head's cross-entropy of logits + lambda/2 * t (w_j - w_y)^T s^2 Sigma_y (w_j - w_y), t = 1 /
+    train_steps, Sigma_y the covariance of step 0's embeddings of class y, s the head's scale."""
+    import keras
+    from atn_tf.training import train_lib
+    for bad in (dict(isda=-1.0, fusion="late"), dict(isda=1.0), dict(isda=1.0, fusion="late", mixup=0.2)):
+        with pytest.raises(ValueError, match="isda"):
+            TrainConfig(**bad)
+    data = _arrays(data_dir)
+    cfg = TrainConfig(data_dir=data_dir, model="atn", fusion="late", embedding_scale="learned", train_steps=2,
+                      dropout=0.0, augment=False, isda=4.0, optimizer="adamw", learning_rate=0.0,
+                      weight_decay=0.0, lr_schedule="cosine", **{**TINY, "log_every": 1})
+    session = _session(cfg, data)
+    assert sorted(session.isda) == ["apex_logits", "time_logits"]
+    batches = list(session.dataset(data).take(2))
+    out0, out1 = (session.model(x, training=True) for x, _ in batches)
+    y0, y1 = (y.numpy() for _, y in batches)
+
+    def ce(logits, y):
+        log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        return -log_p[np.arange(len(y)), y]
+
+    plain0 = np.mean([ce(keras.ops.convert_to_numpy(out0[k]), y0) for k in session.isda], axis=0).mean()
+    expected = []
+    for key, (embedding, dense, scale, _) in session.isda.items():
+        e = keras.ops.convert_to_numpy(out0[embedding])
+        w = (dense.kernel.numpy() * scale.scale.numpy()).T
+        logits = keras.ops.convert_to_numpy(out1[key]).copy()
+        for i, c in enumerate(y1):
+            cov = np.cov(e[y0 == c].T, bias=True) if (y0 == c).any() else 0.0 * np.eye(e.shape[1])
+            d = w - w[c]
+            logits[i] += 0.5 * 4.0 * 0.5 * np.einsum("cd,de,ce->c", d, cov, d)
+        expected.append(ce(logits, y1))
+    losses, _ = train_lib.fit(session, data)
+    assert [l for _, l in losses] == pytest.approx([plain0, np.mean(expected, axis=0).mean()], rel=1e-4)
+    assert losses[1][1] > np.mean([ce(keras.ops.convert_to_numpy(out1[k]), y1) for k in session.isda], axis=0).mean()
+
+
 def test_sam_steps_with_the_gradient_at_the_perturbed_weights(data_dir):
     """--sam_rho: one SGD step (no momentum or decay, lr 1, so a step's weight change is its
     gradient) moves the weights by the plain gradient taken at w + rho g / ||g||, and

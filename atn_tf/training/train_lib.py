@@ -23,7 +23,7 @@ from absl import logging
 
 from atn_tf import atomic_io
 from atn_tf.data import augment, input_pipeline, provenance
-from atn_tf.training import distribute
+from atn_tf.training import distribute, isda
 from atn_tf.evaluation import protocols
 from atn_tf.config import TrainConfig, parse_au_vocab, parse_domains
 from atn_tf.models import DATABASE_INPUT, build_model, complete_inputs, fusion_databases, set_input_statistics
@@ -137,6 +137,13 @@ def classification_loss(config: TrainConfig, num_classes: int):
     return lambda y, logits: loss(tf.one_hot(y, num_classes), logits)
 
 
+def trained_head_keys(model: keras.Model, config: TrainConfig) -> list[str]:
+    """The branch heads (`branch_heads`, late fusion) that the loss trains: all but the
+    probe-fitted, fixed ones, so that the loss trains the branches exactly as without them."""
+    fitted = probe_fitted_heads(config)
+    return sorted(k for k in model.output if k.endswith("_logits") and k not in fitted)
+
+
 def probe_fitted_heads(config: TrainConfig) -> list[str]:
     """The late-fusion heads fitted as linear probes before training and then kept fixed:
     `linear_logits` with --linear_fit=probe, `apex_logits` (frozen apex) with --apex_fit=probe."""
@@ -174,6 +181,12 @@ class Session:
             # logits the loss reads (`set_run_statistics`).
             self.logit_offset = tf.Variable(tf.zeros([self.model.output["logits"].shape[-1]]), trainable=False,
                                             name="logit_offset") if config.logit_adjust > 0 else None
+            # --isda: each trained head's class moments of its embedding (`isda.ClassMoments`).
+            heads = isda.trained_heads(self.model, trained_head_keys(self.model, config)) if config.isda > 0 else {}
+            num_classes = self.model.output["logits"].shape[-1]
+            self.isda = {k: (embedding, dense, scale,
+                             isda.ClassMoments(num_classes, self.model.output[embedding].shape[-1], f"isda_{k}"))
+                         for k, (embedding, dense, scale) in heads.items()}
         # Keras seed generators (dropout masks) are not tracked by tf.train.Checkpoint; without
         # them a resumed run would draw other masks than an uninterrupted one.
         # Listed in layer order: their names carry process-global counters.
@@ -223,6 +236,8 @@ class Session:
         for v in self.optimizer.variables:
             v.assign(tf.zeros_like(v))
         self.step.assign(0)
+        for *_, moments in self.isda.values():
+            moments.reset()
         self.restart_average()
 
     def restart_average(self) -> None:
@@ -256,9 +271,7 @@ class Session:
         --apex_distill's, --au_loss's and the adversaries' terms."""
         config, model, strategy = self.config, self.model, self.strategy
         num_classes = model.output["logits"].shape[-1]
-        branch_keys = sorted(k for k in model.output if k.endswith("_logits"))   # branch_heads / late fusion
-        for layer in probe_fitted_heads(config):    # fitted, fixed heads: out of the loss, which then
-            branch_keys.remove(layer)               # trains the branches exactly as without them
+        branch_keys = trained_head_keys(model, config)
         late = config.fusion == "late" and bool(branch_keys)
         class_loss = classification_loss(config, num_classes)
         if self.logit_offset is not None:     # Menon et al. 2021: the loss of logits + tau log(prior)
@@ -280,12 +293,22 @@ class Session:
             return augment.mixup(inputs, lam), lambda y, lg: (
                 lam * per_example_loss(y, lg) + (1.0 - lam) * per_example_loss(partner, lg))
 
+        def head_logits(key, labels, out):
+            """A head's logits, as its loss reads them: with --isda, the surrogate's, at a
+            strength rising linearly to --isda at the last step."""
+            if key not in self.isda:
+                return tf.cast(out[key], tf.float32)
+            _, dense, scale, moments = self.isda[key]
+            kernel = dense.kernel if scale is None else dense.kernel * scale.scale
+            strength = config.isda * tf.cast(self.step, tf.float32) / config.train_steps
+            return isda.augmented_logits(out[key], labels, kernel, moments.covariance(), strength)
+
         def example_loss(inputs, labels, out, target_loss):
             """The fused head's loss (with --branch_loss, plus the branch heads'; with late
             fusion, the branch heads', plus --fused_loss x the fused logits'), plus
             --apex_distill's term."""
             if branch_keys:
-                branch_loss = tf.add_n([target_loss(labels, tf.cast(out[k], tf.float32))
+                branch_loss = tf.add_n([target_loss(labels, head_logits(k, labels, out))
                                         for k in branch_keys]) / len(branch_keys)
             if late:    # each head on its own loss; the averaged logits predict
                 loss = branch_loss
@@ -358,6 +381,8 @@ class Session:
                 return loss, out, tape.gradient(scaled, model.trainable_variables)
 
             loss, out, grads = gradients()
+            for embedding, _, _, moments in self.isda.values():   # once per step, after the loss read them
+                moments.update(out[embedding], labels)
             if config.sam_rho > 0:
                 # Sharpness-aware minimisation (Foret et al. 2021): step with the gradient
                 # taken at the worst weights within an L2 ball of radius rho. The shift comes
@@ -665,7 +690,9 @@ def _restore_or_start(session: Session, train_data: dict, selector: Optional[Sel
     statistics. -> (manager, checkpoint folder; a worker's is temporary)."""
     config, model = session.config, session.model
     ckpt = tf.train.Checkpoint(model=model, optimizer=session.optimizer, step=session.step,
-                               rng=session.rng_states, **({"ema": session.ema} if session.ema else {}))
+                               rng=session.rng_states, **({"ema": session.ema} if session.ema else {}),
+                               **({"isda": [v for *_, m in session.isda.values() for v in m.variables]}
+                                  if session.isda else {}))
     ckpt_dir = os.path.join(config.model_dir, CHECKPOINT_DIR)
     if not session.chief:   # every worker takes part in saving; only the chief's copy is kept
         ckpt_dir = tempfile.mkdtemp(prefix="atn_worker_ckpt_")
