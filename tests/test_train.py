@@ -587,6 +587,20 @@ def test_isda_trains_each_head_on_the_surrogate_of_the_covariance_seen(data_dir)
     assert losses[1][1] > np.mean([ce(keras.ops.convert_to_numpy(out1[k]), y1) for k in session.isda], axis=0).mean()
 
 
+def test_isda_resumes_with_its_class_moments(data_dir, tmp_path):
+    """--isda's moments are part of the checkpoint: 3 steps, a stop, then 3 more train as 6
+    in one go (without them the resumed loss would read the covariance of no clip)."""
+    from atn_tf.training import train_lib
+    base = dict(data_dir=data_dir, model="atn", fusion="late", isda=4.0, train_steps=6, checkpoint_every=3,
+                test_subjects=("casme2/s02",), **{**TINY, "log_every": 1})
+    whole = train_lib.train(TrainConfig(model_dir=str(tmp_path / "whole"), **base), progress=False).losses
+    cfg = TrainConfig(model_dir=str(tmp_path / "parts"), **base)
+    first = train_lib.train(cfg, progress=False, stop_after=3).losses
+    second = train_lib.train(cfg, progress=False)
+    assert second.resumed_from == 3
+    np.testing.assert_allclose([l for _, l in first + second.losses], [l for _, l in whole], rtol=1e-5)
+
+
 def test_sam_steps_with_the_gradient_at_the_perturbed_weights(data_dir):
     """--sam_rho: one SGD step (no momentum or decay, lr 1, so a step's weight change is its
     gradient) moves the weights by the plain gradient taken at w + rho g / ||g||, and
@@ -622,10 +636,11 @@ def test_sam_steps_with_the_gradient_at_the_perturbed_weights(data_dir):
 def test_mirrored_on_two_virtual_cpus_matches_one_device(data_dir, tmp_path):
     # Same global batch; dropout off (its masks differ per replica) and BatchNorm statistics
     # synchronised across replicas, so the two runs compute the same function. With a
-    # moving average of the weights, so its cross-replica update is checked too, and with the
-    # FER2013 teacher of --apex_distill called in each replica.
+    # moving average of the weights, so its cross-replica update is checked too, with the
+    # FER2013 teacher of --apex_distill called in each replica, and with --isda's class moments
+    # summed over the replicas.
     base = dict(data_dir=data_dir, train_steps=8, checkpoint_every=100, dropout=0.0, sync_batchnorm=True,
-                ema_decay=0.5, apex_distill=1.0, **TINY)
+                ema_decay=0.5, apex_distill=1.0, fusion="late", isda=4.0, **TINY)
     one = _run_worker(TrainConfig(model_dir=str(tmp_path / "one"), strategy="default", **base), tmp_path, name="a.json")
     two = _run_worker(TrainConfig(model_dir=str(tmp_path / "two"), strategy="mirrored", cpu_devices=2, **base),
                       tmp_path, name="b.json")

@@ -66,14 +66,12 @@ class ClassMoments:
 def trained_heads(model: keras.Model, head_keys) -> dict:
     """{`<branch>_logits`: (`<branch>_embedding`, its dense layer, its scale layer or None)}
     for the heads the loss trains."""
-    heads = {}
+    names, heads = {layer.name for layer in model.layers}, {}
     for key in head_keys:
-        branch = key.removesuffix("_logits")
-        embedding = f"{branch}_embedding"
+        embedding = key.removesuffix("_logits") + "_embedding"
         if embedding not in model.output:
             raise ValueError(f"--isda augments the heads of the model's own embeddings; {key} has none "
                              f"(members > 1 or mirror_tta)")
-        names = {layer.name for layer in model.layers}
         scale = model.get_layer(f"{embedding}_scale") if f"{embedding}_scale" in names else None
         heads[key] = (embedding, model.get_layer(key), scale)
     return heads
