@@ -573,9 +573,9 @@ def test_isda_trains_each_head_on_the_surrogate_of_the_covariance_seen(data_dir)
 
     plain0 = np.mean([ce(keras.ops.convert_to_numpy(out0[k]), y0) for k in session.isda], axis=0).mean()
     expected = []
-    for key, (embedding, dense, scale, _) in session.isda.items():
-        e = keras.ops.convert_to_numpy(out0[embedding])
-        w = (dense.kernel.numpy() * scale.scale.numpy()).T
+    for key, head in session.isda.items():
+        e = keras.ops.convert_to_numpy(out0[head.embedding])
+        w = (head.dense.kernel.numpy() * head.scale.scale.numpy()).T
         logits = keras.ops.convert_to_numpy(out1[key]).copy()
         for i, c in enumerate(y1):
             cov = np.cov(e[y0 == c].T, bias=True) if (y0 == c).any() else 0.0 * np.eye(e.shape[1])

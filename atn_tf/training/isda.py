@@ -11,7 +11,7 @@ covariance, in closed form: the cross-entropy reads the logits
 class y's L2-normalised embeddings, s the learned embedding scale and w the head's kernel.
 Why here: the block-division network of Chen et al. (BDCNN, 2022) credits it with much of its
 gain on the same MEGC2019 composite set, and it regularises the heads without touching the
-inputs. lambda rises linearly from 0 at step 0 to `--isda` at the last step, as in the paper.
+inputs. At step t of T, lambda is `--isda` * t / T, rising linearly as in the paper.
 
 The covariances come from every clip trained on so far (the paper's estimator): running
 counts, sums and sums of outer products per class, summed over the replicas, so that every
@@ -19,6 +19,8 @@ replica holds the same moments. They are training state, checkpointed with the m
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple, Optional
 
 import tensorflow as tf
 import keras
@@ -63,17 +65,31 @@ class ClassMoments:
         return tf.where((self.count > 0)[:, None, None], cov, tf.zeros_like(cov))
 
 
-def trained_heads(model: keras.Model, head_keys) -> dict:
-    """{`<branch>_logits`: (`<branch>_embedding`, its dense layer, its scale layer or None)}
-    for the heads the loss trains."""
+class Head(NamedTuple):
+    """A trained head: the model output it reads, its dense layer, its scale layer (None without
+    --embedding_scale=learned) and the class moments of that output."""
+    embedding: str
+    dense: keras.layers.Layer
+    scale: Optional[keras.layers.Layer]
+    moments: ClassMoments
+
+    def kernel(self):
+        """The kernel on the unscaled embedding: the dense kernel times the learned scale."""
+        return self.dense.kernel if self.scale is None else self.dense.kernel * self.scale.scale
+
+
+def trained_heads(model: keras.Model, head_keys) -> dict[str, Head]:
+    """{`<branch>_logits`: its `Head`} for the heads the loss trains, moments at zero."""
     names, heads = {layer.name for layer in model.layers}, {}
+    num_classes = model.output["logits"].shape[-1]
     for key in head_keys:
         embedding = key.removesuffix("_logits") + "_embedding"
         if embedding not in model.output:
             raise ValueError(f"--isda augments the heads of the model's own embeddings; {key} has none "
                              f"(members > 1 or mirror_tta)")
         scale = model.get_layer(f"{embedding}_scale") if f"{embedding}_scale" in names else None
-        heads[key] = (embedding, model.get_layer(key), scale)
+        heads[key] = Head(embedding, model.get_layer(key), scale,
+                          ClassMoments(num_classes, model.output[embedding].shape[-1], f"isda_{key}"))
     return heads
 
 

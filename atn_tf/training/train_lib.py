@@ -182,11 +182,8 @@ class Session:
             self.logit_offset = tf.Variable(tf.zeros([self.model.output["logits"].shape[-1]]), trainable=False,
                                             name="logit_offset") if config.logit_adjust > 0 else None
             # --isda: each trained head's class moments of its embedding (`isda.ClassMoments`).
-            heads = isda.trained_heads(self.model, trained_head_keys(self.model, config)) if config.isda > 0 else {}
-            num_classes = self.model.output["logits"].shape[-1]
-            self.isda = {k: (embedding, dense, scale,
-                             isda.ClassMoments(num_classes, self.model.output[embedding].shape[-1], f"isda_{k}"))
-                         for k, (embedding, dense, scale) in heads.items()}
+            self.isda = isda.trained_heads(self.model, trained_head_keys(self.model, config)) if config.isda > 0 \
+                else {}
         # Keras seed generators (dropout masks) are not tracked by tf.train.Checkpoint; without
         # them a resumed run would draw other masks than an uninterrupted one.
         # Listed in layer order: their names carry process-global counters.
@@ -236,8 +233,8 @@ class Session:
         for v in self.optimizer.variables:
             v.assign(tf.zeros_like(v))
         self.step.assign(0)
-        for *_, moments in self.isda.values():
-            moments.reset()
+        for head in self.isda.values():
+            head.moments.reset()
         self.restart_average()
 
     def restart_average(self) -> None:
@@ -295,13 +292,12 @@ class Session:
 
         def head_logits(key, labels, out):
             """A head's logits, as its loss reads them: with --isda, the surrogate's, at a
-            strength rising linearly to --isda at the last step."""
+            strength of --isda x step / train_steps."""
             if key not in self.isda:
                 return tf.cast(out[key], tf.float32)
-            _, dense, scale, moments = self.isda[key]
-            kernel = dense.kernel if scale is None else dense.kernel * scale.scale
+            head = self.isda[key]
             strength = config.isda * tf.cast(self.step, tf.float32) / config.train_steps
-            return isda.augmented_logits(out[key], labels, kernel, moments.covariance(), strength)
+            return isda.augmented_logits(out[key], labels, head.kernel(), head.moments.covariance(), strength)
 
         def example_loss(inputs, labels, out, target_loss):
             """The fused head's loss (with --branch_loss, plus the branch heads'; with late
@@ -381,8 +377,8 @@ class Session:
                 return loss, out, tape.gradient(scaled, model.trainable_variables)
 
             loss, out, grads = gradients()
-            for embedding, _, _, moments in self.isda.values():   # once per step, after the loss read them
-                moments.update(out[embedding], labels)
+            for head in self.isda.values():   # once per step (not per SAM pass), after the loss read them
+                head.moments.update(out[head.embedding], labels)
             if config.sam_rho > 0:
                 # Sharpness-aware minimisation (Foret et al. 2021): step with the gradient
                 # taken at the worst weights within an L2 ball of radius rho. The shift comes
@@ -691,7 +687,7 @@ def _restore_or_start(session: Session, train_data: dict, selector: Optional[Sel
     config, model = session.config, session.model
     ckpt = tf.train.Checkpoint(model=model, optimizer=session.optimizer, step=session.step,
                                rng=session.rng_states, **({"ema": session.ema} if session.ema else {}),
-                               **({"isda": [v for *_, m in session.isda.values() for v in m.variables]}
+                               **({"isda": [v for head in session.isda.values() for v in head.moments.variables]}
                                   if session.isda else {}))
     ckpt_dir = os.path.join(config.model_dir, CHECKPOINT_DIR)
     if not session.chief:   # every worker takes part in saving; only the chief's copy is kept
