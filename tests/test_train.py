@@ -578,7 +578,7 @@ def test_isda_trains_each_head_on_the_surrogate_of_the_covariance_seen(data_dir)
         w = (head.dense.kernel.numpy() * head.scale.scale.numpy()).T
         logits = keras.ops.convert_to_numpy(out1[key]).copy()
         for i, c in enumerate(y1):
-            cov = np.cov(e[y0 == c].T, bias=True) if (y0 == c).any() else 0.0 * np.eye(e.shape[1])
+            cov = np.cov(e[y0 == c].T, bias=True) if (y0 == c).any() else np.zeros((e.shape[1],) * 2)
             d = w - w[c]
             logits[i] += 0.5 * 4.0 * 0.5 * np.einsum("cd,de,ce->c", d, cov, d)
         expected.append(ce(logits, y1))
