@@ -132,6 +132,12 @@ def _arrays(data_dir, image_size: int = 32) -> dict:
                                       image_size)
 
 
+def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each clip's softmax cross-entropy [B], in NumPy: what a step's loss is checked against."""
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    return -log_p[np.arange(len(labels)), labels]
+
+
 def _session(cfg: TrainConfig, data: dict):
     """A training session of `cfg` with its input statistics set from `data`."""
     from atn_tf.training import train_lib
@@ -516,8 +522,7 @@ def test_logit_adjust_trains_on_logits_shifted_by_the_log_class_prior(data_dir):
     np.testing.assert_allclose(session.logit_offset.numpy(), 0.5 * np.log(freq), rtol=1e-6)
     x, y = next(iter(session.dataset(data)))
     logits = keras.ops.convert_to_numpy(session.model(x, training=True)["logits"]) + 0.5 * np.log(freq)
-    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    expected = -log_p[np.arange(len(y)), y.numpy()].mean()
+    expected = _cross_entropy(logits, y.numpy()).mean()
     losses, _ = train_lib.fit(session, data)
     assert losses[0][1] == pytest.approx(expected, rel=1e-5)
     unadjusted = _session(cfg.replace(logit_adjust=0.0), data)
@@ -567,11 +572,9 @@ def test_isda_trains_each_head_on_the_surrogate_of_the_covariance_seen(data_dir)
     out0, out1 = (session.model(x, training=True) for x, _ in batches)
     y0, y1 = (y.numpy() for _, y in batches)
 
-    def ce(logits, y):
-        log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-        return -log_p[np.arange(len(y)), y]
+    def plain(out, y):      # the heads' mean cross-entropy without the augmentation
+        return np.mean([_cross_entropy(keras.ops.convert_to_numpy(out[k]), y) for k in session.isda], axis=0).mean()
 
-    plain0 = np.mean([ce(keras.ops.convert_to_numpy(out0[k]), y0) for k in session.isda], axis=0).mean()
     expected = []
     for key, head in session.isda.items():
         e = keras.ops.convert_to_numpy(out0[head.embedding])
@@ -581,10 +584,10 @@ def test_isda_trains_each_head_on_the_surrogate_of_the_covariance_seen(data_dir)
             cov = np.cov(e[y0 == c].T, bias=True) if (y0 == c).any() else np.zeros((e.shape[1],) * 2)
             d = w - w[c]
             logits[i] += 0.5 * 4.0 * 0.5 * np.einsum("cd,de,ce->c", d, cov, d)
-        expected.append(ce(logits, y1))
+        expected.append(_cross_entropy(logits, y1))
     losses, _ = train_lib.fit(session, data)
-    assert [l for _, l in losses] == pytest.approx([plain0, np.mean(expected, axis=0).mean()], rel=1e-4)
-    assert losses[1][1] > np.mean([ce(keras.ops.convert_to_numpy(out1[k]), y1) for k in session.isda], axis=0).mean()
+    assert [l for _, l in losses] == pytest.approx([plain(out0, y0), np.mean(expected, axis=0).mean()], rel=1e-4)
+    assert losses[1][1] > plain(out1, y1)
 
 
 def test_isda_resumes_with_its_class_moments(data_dir, tmp_path):
