@@ -124,6 +124,8 @@ class TrainConfig:
     sam_rho: float = 0.0                    # > 0: sharpness-aware minimisation, ball of this radius (2 passes per step)
     logit_adjust: float = 0.0               # > 0 (with --nobalance): the loss reads logits + tau log(class prior)
     isda: float = 0.0                       # > 0 (fusion=late): ISDA on the trained heads, at this final strength
+    supcon: float = 0.0                     # > 0 (fusion=late): supervised contrastive term on the heads' embeddings
+    supcon_temperature: float = 0.1         # its temperature
     input_norm: bool = False                # standardise inputs with training-fold statistics
     flow_sample_norm: bool = False          # standardise each flow image per channel over its own pixels
     embedding_scale: str = "none"           # none | learned (scale on the L2-normalised embeddings)
@@ -320,6 +322,11 @@ class TrainConfig:
                                                  and not self.mirror_tta and self.mixup == 0)):
             raise ValueError(f"isda={self.isda}: must be >= 0, and > 0 only with fusion=late, members=1, no "
                              "mirror_tta and no mixup (it augments each branch head's own embedding, per label)")
+        if self.supcon < 0 or self.supcon_temperature <= 0 or (self.supcon and not (
+                self.fusion == "late" and self.members == 1 and not self.mirror_tta and self.mixup == 0)):
+            raise ValueError(f"supcon={self.supcon}, supcon_temperature={self.supcon_temperature}: must be >= 0 "
+                             "and > 0; supcon > 0 only with fusion=late, members=1, no mirror_tta and no mixup "
+                             "(it contrasts each branch head's own embedding, by label)")
         if not 0 <= self.gce_q <= 1 or (self.gce_q and self.focal_gamma):
             raise ValueError(f"gce_q={self.gce_q}: must be in [0, 1], and not with focal_gamma")
         if not 0 <= self.val_fraction < 1:

@@ -61,6 +61,10 @@ HELP = {
     "isda": "> 0, with fusion=late: implicit semantic data augmentation (Wang et al. 2019) of the trained "
             "branch heads: each head's loss reads logits + lambda/2 (w_j - w_y)^T Sigma_y (w_j - w_y), Sigma_y "
             "the running covariance of class y's embeddings, lambda rising linearly to this value.",
+    "supcon": "> 0, with fusion=late: weight of a supervised contrastive term (Khosla et al. 2020) on each "
+              "trained branch head's embedding: it pulls each clip towards the other clips of its class in "
+              "the batch, whatever their database.",
+    "supcon_temperature": "Temperature of --supcon's similarities.",
     "sam_rho": "> 0: sharpness-aware minimisation with this radius (two passes per step).",
     "input_norm": "Standardise inputs with statistics of the training fold (kept in the model).",
     "flow_sample_norm": "Standardise each flow image per channel over its own pixels, inside the model "

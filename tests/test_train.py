@@ -604,6 +604,59 @@ def test_isda_resumes_with_its_class_moments(data_dir, tmp_path):
     np.testing.assert_allclose([l for _, l in first + second.losses], [l for _, l in whole], rtol=1e-5)
 
 
+def _supcon_numpy(z: np.ndarray, y: np.ndarray, t: float) -> np.ndarray:
+    """Khosla et al.'s per-clip supervised contrastive loss, written out clip by clip."""
+    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    out = np.zeros(len(y))
+    for i in range(len(y)):
+        others = [a for a in range(len(y)) if a != i]
+        positives = [p for p in others if y[p] == y[i]]
+        log_den = np.log(sum(np.exp(z[i] @ z[a] / t) for a in others))
+        out[i] = -np.mean([z[i] @ z[p] / t - log_den for p in positives]) if positives else 0.0
+    return out
+
+
+def test_supcon_term_is_the_papers_and_zero_without_a_positive():
+    """supcon.contrastive_loss matches the loss written clip by clip; a clip alone in its class
+    has no term; embeddings grouped by class score lower than the same ones shuffled."""
+    from atn_tf.training import supcon
+    rng = np.random.default_rng(0)
+    z, y = rng.normal(size=(9, 6)).astype(np.float32), np.array([0, 0, 1, 1, 1, 2, 0, 1, 0])
+    got = supcon.contrastive_loss(z, y, 0.1).numpy()
+    np.testing.assert_allclose(got, _supcon_numpy(z, y, 0.1), rtol=1e-4, atol=1e-5)
+    assert got[5] == 0.0
+    centres = rng.normal(size=(3, 6)) * 3
+    grouped = (centres[y] + rng.normal(size=(9, 6)) * 0.1).astype(np.float32)
+    assert supcon.contrastive_loss(grouped, y, 0.1).numpy().mean() < \
+        supcon.contrastive_loss(grouped, rng.permutation(y), 0.1).numpy().mean()
+
+
+def test_supcon_adds_its_term_on_each_trained_heads_embedding(data_dir):
+    """--supcon=w (late fusion): the first step's loss is the heads' mean cross-entropy plus
+    w x the mean over their embeddings of the contrastive term; bad settings are refused."""
+    import keras
+    from atn_tf.training import train_lib
+    for bad in (dict(supcon=-1.0, fusion="late"), dict(supcon=1.0), dict(supcon=1.0, fusion="late", mixup=0.2),
+                dict(supcon=1.0, fusion="late", supcon_temperature=0.0)):
+        with pytest.raises(ValueError, match="supcon"):
+            TrainConfig(**bad)
+    data = _arrays(data_dir)
+    cfg = TrainConfig(data_dir=data_dir, model="atn", fusion="late", embedding_scale="learned", train_steps=1,
+                      dropout=0.0, augment=False, supcon=0.5, supcon_temperature=0.2,
+                      **{**TINY, "log_every": 1})
+    session = _session(cfg, data)
+    (x, y), = list(session.dataset(data).take(1))
+    out, y = session.model(x, training=True), y.numpy()
+    keys = train_lib.trained_head_keys(session.model, cfg)
+    assert keys == ["apex_logits", "time_logits"]
+    plain = np.mean([_cross_entropy(keras.ops.convert_to_numpy(out[k]), y) for k in keys], axis=0)
+    term = np.mean([_supcon_numpy(keras.ops.convert_to_numpy(out[k.replace("_logits", "_embedding")]), y, 0.2)
+                    for k in keys], axis=0)
+    losses, _ = train_lib.fit(session, data)
+    assert losses[0][1] == pytest.approx((plain + 0.5 * term).mean(), rel=1e-4)
+    assert term.mean() > 0
+
+
 def test_sam_steps_with_the_gradient_at_the_perturbed_weights(data_dir):
     """--sam_rho: one SGD step (no momentum or decay, lr 1, so a step's weight change is its
     gradient) moves the weights by the plain gradient taken at w + rho g / ||g||, and

@@ -23,7 +23,7 @@ from absl import logging
 
 from atn_tf import atomic_io
 from atn_tf.data import augment, input_pipeline, provenance
-from atn_tf.training import distribute, isda
+from atn_tf.training import distribute, isda, supcon
 from atn_tf.evaluation import protocols
 from atn_tf.config import TrainConfig, parse_au_vocab, parse_domains
 from atn_tf.models import DATABASE_INPUT, build_model, complete_inputs, fusion_databases, set_input_statistics
@@ -265,7 +265,7 @@ class Session:
         """-> (mixed, per_example). `mixed(inputs, labels)`: the batch (with --mixup, mixed)
         and the classification loss to use on it; `per_example(inputs, labels, out,
         target_loss, au_target, domain_target)`: each clip's training loss [B] -- the heads',
-        --apex_distill's, --au_loss's and the adversaries' terms."""
+        --apex_distill's, --supcon's, --au_loss's and the adversaries' terms."""
         config, model, strategy = self.config, self.model, self.strategy
         num_classes = model.output["logits"].shape[-1]
         branch_keys = trained_head_keys(model, config)
@@ -340,8 +340,17 @@ class Session:
                      for k in adv_keys]
             return config.adversary_weight * tf.add_n(terms) / len(terms)
 
+        contrasted = supcon.embedding_keys(model.output, branch_keys) if config.supcon > 0 else []
+
+        def contrastive(labels, out):
+            """--supcon x the mean over the trained heads' embeddings of each clip's term."""
+            terms = [supcon.contrastive_loss(out[k], labels, config.supcon_temperature) for k in contrasted]
+            return config.supcon * tf.add_n(terms) / len(terms)
+
         def per_example(inputs, labels, out, target_loss, au_target, domain_target):
             loss = example_loss(inputs, labels, out, target_loss)
+            if contrasted:
+                loss += contrastive(labels, out)
             if au_keys:
                 loss += au_loss(au_target, out)
             if adv_keys:
