@@ -193,6 +193,7 @@ class TrainConfig:
     # Test-time translation of the flow image inside the model: at inference, the flow head
     # reads the mean of its embeddings over the image shifted by every (dy, dx) in -r..r.
     flow_shift_tta: int = 0
+    flow_mixstyle: float = 0.0              # > 0: MixStyle with this p after the flow CNN's first two layers
     # Modality dropout (fusion=concat): per training example, one branch's embedding, drawn
     # at random, is zeroed with this probability before the concatenation.
     branch_dropout: float = 0.0
@@ -384,7 +385,8 @@ class TrainConfig:
                     flow_width=self.flow_width, flow_backbone=self.flow_backbone, flow_init=self.flow_init,
                     flow_seq_repr=self.flow_seq_repr,
                     fusion=self.fusion, members=self.members, mirror_tta=self.mirror_tta,
-                    flow_shift_tta=self.flow_shift_tta, flow_seq_mirror=self.flow_seq_mirror,
+                    flow_shift_tta=self.flow_shift_tta, flow_mixstyle=self.flow_mixstyle,
+                    flow_seq_mirror=self.flow_seq_mirror,
                     branch_dropout=self.branch_dropout, flow_sample_norm=self.flow_sample_norm,
                     head_weights=parse_head_weights(self.head_weights),
                     database_head_weights=parse_database_head_weights(self.database_head_weights),

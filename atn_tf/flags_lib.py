@@ -91,6 +91,9 @@ HELP = {
                       "embedding, drawn at random, with this probability.",
     "mirror_tta": "Predict with the mean logits of the inputs and of their horizontal mirrors "
                   "(inside the model, so exports do too; training unchanged).",
+    "flow_mixstyle": "> 0: MixStyle (Zhou et al. 2021) with this probability per batch after the flow CNN's "
+                     "first two layers: in training, each clip's per-channel feature mean and deviation are "
+                     "mixed with another clip's of the batch (Beta(0.1, 0.1)); the identity at inference.",
     "flow_shift_tta": "> 0: the flow head predicts from the mean of its embeddings over the raw flow image "
                       "translated by every (dy, dx) in -r..r, edges repeated as --flow_shift draws them "
                       "(inside the model, so exports do too; training unchanged; 0: off).",

@@ -21,6 +21,7 @@ from atn_tf.models import (CUSTOM_OBJECTS, INPUT_NAMES, MODEL_NAMES, AttentionGa
 from atn_tf.data.feature_spec import polar_to_cartesian
 from atn_tf.data import augment
 from atn_tf.models.layers import (BatchToChannels, BranchDropout, ChannelsToBatch, GradientScale, MergeViews, MirrorView,
+                                  MixStyle,
                                   PolarToCartesian, ShiftViews, shift_offsets)
 from atn_tf.models import backbone
 
@@ -152,6 +153,7 @@ def test_functional_config_round_trip(small_models, name):
     MirrorView("flow_seq", name="mirror"),
     MergeViews("first", name="merge"),
     BranchDropout(0.3, seed=2, name="branch_dropout"),
+    MixStyle(0.5, 0.2, seed=4, name="mixstyle"),
     GradientScale(0.25, name="apex_label_grad"),
     ChannelsToBatch(name="channels"),
     BatchToChannels(3, name="per_channel"),
@@ -725,6 +727,38 @@ def test_branch_dropout_zeroes_at_most_one_branch_per_example_in_training(tmp_pa
     for bad in (dict(branch_dropout=1.0), dict(branch_dropout=0.2, fusion="late")):
         with pytest.raises(ValueError, match="branch_dropout"):
             build_model("atn", **bad, **SMALL)
+
+
+def test_mixstyle_mixes_each_clips_feature_statistics_with_another_clips_in_training(tmp_path):
+    """MixStyle: in training (p = 1) each clip's per-channel mean and deviation become a mix of
+    its own and one other clip's, its normalised pattern unchanged; at inference, or with
+    p = 0, the identity. `flow_mixstyle` puts it after the flow CNN's first two layers only."""
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(8, 6, 6, 3)) * rng.uniform(0.5, 3, size=(8, 1, 1, 3))
+         + rng.normal(size=(8, 1, 1, 3)) * 4).astype(np.float32)
+    y = keras.ops.convert_to_numpy(MixStyle(1.0, 0.1, seed=1)(x, training=True))
+    mean, std = x.mean((1, 2)), np.sqrt(x.var((1, 2)) + 1e-6)
+    assert not np.allclose(y, x)
+    np.testing.assert_allclose((y - y.mean((1, 2), keepdims=True)) / y.std((1, 2), keepdims=True),
+                               (x - mean[:, None, None]) / x.std((1, 2), keepdims=True), atol=1e-3)
+    for i in range(8):      # the new statistics: lam * own + (1 - lam) * one other clip's, same lam
+        lam = [(y[i].mean((0, 1))[c] - mean[j, c]) / (mean[i, c] - mean[j, c]) for j in range(8) for c in range(3)
+               if j != i]
+        lam = np.reshape(lam, (7, 3))
+        partner = [j for j in range(7) if np.allclose(lam[j], lam[j, 0], atol=1e-3)]
+        assert partner or np.allclose(y[i].mean((0, 1)), mean[i], atol=1e-3)   # (paired with itself)
+    for layer, training in ((MixStyle(1.0, seed=1), False), (MixStyle(0.0, seed=1), True)):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x, training=training)), x)
+    model = build_model("atn_flow", flow_mixstyle=0.5, **SMALL)
+    assert [l.name for l in model.layers if isinstance(l, MixStyle)] == ["flow_mixstyle1", "flow_mixstyle2"]
+    batch = make_batch(seed=52)
+    path = tmp_path / "ms.keras"
+    model.save(path)
+    np.testing.assert_allclose(as_numpy(keras.saving.load_model(path)(batch, training=False))["logits"],
+                               as_numpy(model(batch, training=False))["logits"], rtol=1e-6, atol=1e-6)
+    for bad in (dict(flow_mixstyle=1.5), dict(flow_mixstyle=0.5, flow_backbone="fer_xception")):
+        with pytest.raises(ValueError, match="flow_mixstyle"):
+            build_model("atn_flow", **bad, **SMALL)
 
 
 def test_adversary_heads_reverse_their_gradient_into_the_motion_branches():

@@ -590,12 +590,15 @@ def test_isda_trains_each_head_on_the_surrogate_of_the_covariance_seen(data_dir)
     assert losses[1][1] > plain(out1, y1)
 
 
-def test_isda_resumes_with_its_class_moments(data_dir, tmp_path):
-    """--isda's moments are part of the checkpoint: 3 steps, a stop, then 3 more train as 6
-    in one go (without them the resumed loss would read the covariance of no clip)."""
+@pytest.mark.parametrize("option", [dict(model="atn", fusion="late", isda=4.0),
+                                    dict(model="atn_flow", flow_mixstyle=1.0)], ids=["isda", "flow_mixstyle"])
+def test_training_state_of_an_option_resumes(data_dir, tmp_path, option):
+    """3 steps, a stop, then 3 more train as 6 in one go: --isda's class moments are part of
+    the checkpoint (without them the resumed loss would read the covariance of no clip), and
+    so are --flow_mixstyle's draws (the mixing partners and weights)."""
     from atn_tf.training import train_lib
-    base = dict(data_dir=data_dir, model="atn", fusion="late", isda=4.0, train_steps=6, checkpoint_every=3,
-                test_subjects=("casme2/s02",), **{**TINY, "log_every": 1})
+    base = dict(data_dir=data_dir, train_steps=6, checkpoint_every=3,
+                test_subjects=("casme2/s02",), **option, **{**TINY, "log_every": 1})
     whole = train_lib.train(TrainConfig(model_dir=str(tmp_path / "whole"), **base), progress=False).losses
     cfg = TrainConfig(model_dir=str(tmp_path / "parts"), **base)
     first = train_lib.train(cfg, progress=False, stop_after=3).losses

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import keras
 
-from atn_tf.models.layers import AttentionGate, L2Normalize, MaskedMean, SequenceMask, Standardize
+from atn_tf.models.layers import AttentionGate, L2Normalize, MaskedMean, MixStyle, SequenceMask, Standardize
 
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.99
@@ -167,14 +167,15 @@ def time_branch(flow_seq, flow_len, units: int = 512, max_steps: int | None = No
     return L2Normalize(name="time_embedding")(x)
 
 
-def flow_branch(flow_image, width: int = 64, input_norm: bool = False):
+def flow_branch(flow_image, width: int = 64, input_norm: bool = False, mixstyle: float = 0.0):
     """Onset->apex flow image [B, 28, 28, 3] (raw 0..255) -> L2-normalised `2 * width` dims.
 
     BN + learned scale on the input, then three 3x3 conv-BN-ReLU layers (width/4, width/2,
     width channels) with 2x2 max-pooling after the first two (28 -> 14 -> 7), flatten (the
     layout of the movement matters), a linear dense layer and L2 normalisation. With
     `input_norm` the input is standardised per pixel and channel by the training fold's
-    statistics instead of the BatchNorm input layer.
+    statistics instead of the BatchNorm input layer. With `mixstyle` = p > 0 the first two
+    layers' feature maps go through `MixStyle(p)` in training.
     """
     x = Standardize(tuple(flow_image.shape[1:]), name="flow_image_norm")(flow_image) if input_norm \
         else _bn(flow_image, "flow_data_bn")
@@ -183,6 +184,8 @@ def flow_branch(flow_image, width: int = 64, input_norm: bool = False):
         x = _conv(x, f, 3, 1, f"flow_conv{i + 1}")
         x = _relu(_bn(x, f"flow_conv{i + 1}_bn"), f"flow_conv{i + 1}_relu")
         if i < len(filters) - 1:
+            if mixstyle > 0:
+                x = MixStyle(mixstyle, name=f"flow_mixstyle{i + 1}")(x)
             x = keras.layers.MaxPooling2D(2, name=f"flow_pool{i + 1}")(x)
     x = keras.layers.Flatten(name="flow_flatten")(x)
     x = keras.layers.Dense(flow_embedding_dim(width), name="flow_dense")(x)

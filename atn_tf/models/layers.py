@@ -426,6 +426,49 @@ class BranchDropout(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class MixStyle(keras.layers.Layer):
+    """MixStyle (Zhou et al., ICLR 2021) on feature maps [B, H, W, C]: in training, with
+    probability `p` per batch, each example's per-channel mean and standard deviation over
+    H x W are replaced by a Beta(alpha, alpha) mix of its own and those of another example of
+    the batch (a random permutation); the identity at inference.
+
+    Why: the clips of a batch come from three databases and many subjects, whose flow maps
+    differ in level and contrast (camera, frame rate, face scale). Mixing those statistics
+    in the early feature maps trains the flow CNN on "styles" between the sources, a
+    domain-generalisation method that needs no domain labels.
+    """
+
+    def __init__(self, p: float, alpha: float = 0.1, epsilon: float = 1e-6, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= p <= 1.0 or alpha <= 0:
+            raise ValueError(f"MixStyle needs p in [0, 1] and alpha > 0, got p={p}, alpha={alpha}")
+        self.p, self.alpha, self.epsilon, self.seed = float(p), float(alpha), float(epsilon), seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=False):
+        if not training or self.p == 0.0:
+            return inputs
+        batch = ops.shape(inputs)[0]
+        mean = ops.stop_gradient(ops.mean(inputs, axis=(1, 2), keepdims=True))    # the paper detaches them
+        std = ops.stop_gradient(ops.sqrt(ops.var(inputs, axis=(1, 2), keepdims=True) + self.epsilon))
+        lam = keras.random.beta((batch, 1, 1, 1), self.alpha, self.alpha, seed=self.seed_generator)
+        order = keras.random.shuffle(ops.arange(batch), seed=self.seed_generator)
+        mixed_mean = lam * mean + (1.0 - lam) * ops.take(mean, order, axis=0)
+        mixed_std = lam * std + (1.0 - lam) * ops.take(std, order, axis=0)
+        mixed = (inputs - mean) / std * mixed_std + mixed_mean
+        apply = keras.random.uniform((), seed=self.seed_generator) < self.p
+        return ops.where(apply, mixed, inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(p=self.p, alpha=self.alpha, epsilon=self.epsilon, seed=self.seed)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class GradientScale(keras.layers.Layer):
     """The identity forward; backward, the gradient is multiplied by `scale` (0: none passes;
     negative: reversed, the gradient reversal of domain-adversarial training).
@@ -607,6 +650,6 @@ CUSTOM_OBJECTS = {
     f"{PACKAGE}>{cls.__name__}": cls
     for cls in (L2Normalize, SequenceMask, FlattenSteps, MaskedMean, AttentionGate, Standardize, LearnedScale,
                 Subsample2x, ScaleToUnit, PolarToCartesian, MirrorView, ShiftViews, MergeViews, BranchDropout,
-                GradientScale, SampleStandardize, WeightedMean, DatabaseWeightedMean, ChannelsToBatch,
+                GradientScale, MixStyle, SampleStandardize, WeightedMean, DatabaseWeightedMean, ChannelsToBatch,
                 BatchToChannels)
 }

@@ -138,7 +138,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                 head_weights: dict | None = None, flow_seq_mirror: str = "reflect", au_heads: int = 0,
                 au_class_heads: bool = False, adversary_heads: int = 0,
                 database_head_weights: dict | None = None, flow_backbone: str = "cnn",
-                flow_init: str = "", apex_head_trainable: bool = True, flow_shift_tta: int = 0) -> keras.Model:
+                flow_init: str = "", apex_head_trainable: bool = True, flow_shift_tta: int = 0,
+                flow_mixstyle: float = 0.0) -> keras.Model:
     """Builds one of `MODEL_NAMES`.
 
     * `atn`: apex branch + time branch, concatenated -> dropout -> dense -> softmax.
@@ -227,6 +228,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
       mean over the (2r + 1)^2 views (`MergeViews`). Its head is affine in the embedding, so
       the flow head's logits are the mean of the views' logits. Training computes the same
       thing, though not bit for bit: the view layers change the order of the model's layers.
+    * `flow_mixstyle` = p > 0 (the flow CNN): `MixStyle(p)` after its first two layers, which
+      mixes the clips' feature statistics in training and is the identity at inference.
     * `head_weights` (late fusion): branch -> weight of its heads in the average that
       predicts (`WeightedMean`; unnamed branches 1); the heads' own outputs, and so their
       losses, are unchanged.
@@ -276,7 +279,7 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         embeddings["flow_embedding"] = flow_fer_branch(raw_flow_image)
     elif "flow" in branches:
         embeddings["flow_embedding"] = backbone.flow_branch(inputs["flow_image"], flow_width or width,
-                                                              input_norm=input_norm)
+                                                              input_norm=input_norm, mixstyle=flow_mixstyle)
         if flow_shift_tta:
             embeddings["flow_embedding"] = MergeViews("mean", views=(2 * flow_shift_tta + 1) ** 2,
                                                       name="flow_merged_views")(embeddings["flow_embedding"])
@@ -420,6 +423,9 @@ def _check_recipe(a) -> tuple:
         raise ValueError(f"flow_backbone={a.flow_backbone!r} (one of {FLOW_BACKBONES}), flow_init={a.flow_init!r} "
                          f"(one of {APEX_INITS}, only with fer_xception): fer_xception needs a flow branch "
                          f"(model {a.name!r} has {branches}) and one member")
+    if not 0.0 <= a.flow_mixstyle <= 1.0 or (a.flow_mixstyle and a.flow_backbone != "cnn"):
+        raise ValueError(f"flow_mixstyle={a.flow_mixstyle}: a probability in [0, 1], > 0 only with the flow "
+                         "CNN (flow_backbone='cnn')")
     if a.flow_shift_tta < 0 or (a.flow_shift_tta and (
             "flow" not in branches or flow_fer or a.fusion != "late" or a.members > 1 or a.mirror_tta
             or (a.linear and a.linear_inputs != "flow_seq") or a.au_heads or a.adversary_heads)):
@@ -497,7 +503,7 @@ def member_embeddings(embeddings: dict, k: int, flow_seq, inputs: dict, lstm_uni
                 [flow_seq, inputs["flow_len"]], f"time_branch_m{k}")
         else:
             copies[f"{name}_embedding"] = _nested_branch(
-                lambda f: backbone.flow_branch(f, flow_width, input_norm=input_norm),
+                lambda f: backbone.flow_branch(f, flow_width, input_norm=input_norm, mixstyle=flow_mixstyle),
                 [inputs["flow_image"]], f"flow_branch_m{k}")
     return copies
 
