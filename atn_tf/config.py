@@ -163,6 +163,9 @@ class TrainConfig:
     # fusion=late: > 0 adds fused_loss x the cross-entropy of the averaged logits (what
     # predicts) to the heads' own losses, so the heads also learn to complement each other.
     fused_loss: float = 0.0
+    # fusion=late: > 0 adds head_distill x KL(averaged prediction || head) to each trained
+    # head's loss, the average held fixed (online distillation of the ensemble into its heads).
+    head_distill: float = 0.0
     # fusion=late: "branch=w,..." (apex | time | flow | linear) weights the branches' heads in
     # the average that predicts (unnamed: 1; copies of `members` take their branch's);
     # training is unchanged, as each head learns from its own loss.
@@ -258,6 +261,9 @@ class TrainConfig:
         if self.fused_loss < 0 or (self.fused_loss > 0 and self.fusion != "late"):
             raise ValueError(f"fused_loss={self.fused_loss}: must be >= 0, and > 0 only with fusion=late "
                              "(fusion=concat trains the fused head alone already)")
+        if self.head_distill < 0 or (self.head_distill > 0 and self.fusion != "late"):
+            raise ValueError(f"head_distill={self.head_distill}: must be >= 0, and > 0 only with fusion=late "
+                             "(it distils the average of the heads into each head)")
         if parse_head_weights(self.head_weights) and self.fusion != "late":
             raise ValueError(f"head_weights={self.head_weights!r}: weights the heads of fusion=late")
         if parse_database_head_weights(self.database_head_weights) and (

@@ -127,6 +127,9 @@ HELP = {
                          "dataset_info.json at the start of training (leave empty).",
     "fused_loss": "fusion=late: > 0 adds this weight x the cross-entropy of the averaged logits to the "
                   "heads' own losses (0: each head on its own loss only).",
+    "head_distill": "fusion=late: > 0 adds this weight x KL(averaged prediction || head's prediction) to each "
+                    "trained head's loss, the average (with the heads' global weights; training feeds no "
+                    "database) held fixed: the ensemble taught to its own heads.",
     "linear_path": "A linear path on the standardised flow_seq / flow_image inputs (the model then "
                    "contains the linear probe of those inputs): fusion=concat adds its logits to the "
                    "head's; fusion=late makes it one more head, averaged and trained on its own loss.",

@@ -590,6 +590,34 @@ def test_isda_trains_each_head_on_the_surrogate_of_the_covariance_seen(data_dir)
     assert losses[1][1] > plain(out1, y1)
 
 
+def test_head_distill_adds_each_heads_divergence_from_the_fixed_average(data_dir):
+    """--head_distill=w (late fusion): the first step's loss is the heads' mean cross-entropy
+    plus w x their mean KL(softmax(fused logits) || softmax(head logits)); bad settings refused."""
+    import keras
+    from atn_tf.training import train_lib
+    for bad in (dict(head_distill=-1.0, fusion="late"), dict(head_distill=1.0)):
+        with pytest.raises(ValueError, match="head_distill"):
+            TrainConfig(**bad)
+    data = _arrays(data_dir)
+    cfg = TrainConfig(data_dir=data_dir, model="atn", fusion="late", embedding_scale="learned", train_steps=1,
+                      dropout=0.0, augment=False, head_distill=2.0, head_weights="apex=0.5",
+                      **{**TINY, "log_every": 1})
+    session = _session(cfg, data)
+    (x, y), = list(session.dataset(data).take(1))
+    out, y = {k: keras.ops.convert_to_numpy(v) for k, v in session.model(x, training=True).items()}, y.numpy()
+    keys = train_lib.trained_head_keys(session.model, cfg)
+
+    def log_softmax(z):
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+    teacher = log_softmax(out["logits"])
+    np.testing.assert_allclose(out["logits"], (0.5 * out["apex_logits"] + out["time_logits"]) / 1.5, rtol=1e-5)
+    kl = np.mean([(np.exp(teacher) * (teacher - log_softmax(out[k]))).sum(-1) for k in keys], axis=0)
+    plain = np.mean([_cross_entropy(out[k], y) for k in keys], axis=0)
+    losses, _ = train_lib.fit(session, data)
+    assert losses[0][1] == pytest.approx((plain + 2.0 * kl).mean(), rel=1e-4)
+    assert kl.mean() > 0
+
+
 @pytest.mark.parametrize("option", [dict(model="atn", fusion="late", isda=4.0),
                                     dict(model="atn_flow", flow_mixstyle=1.0)], ids=["isda", "flow_mixstyle"])
 def test_training_state_of_an_option_resumes(data_dir, tmp_path, option):

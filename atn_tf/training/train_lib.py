@@ -299,15 +299,25 @@ class Session:
             strength = config.isda * tf.cast(self.step, tf.float32) / config.train_steps
             return isda.augmented_logits(out[key], labels, head.kernel(), head.moments.covariance(), strength)
 
+        def head_distillation(out, keys):
+            """Each clip's mean over the heads of KL(average || head): the fused prediction,
+            without gradient, as every head's soft target."""
+            teacher = tf.nn.log_softmax(tf.stop_gradient(tf.cast(out["logits"], tf.float32)))
+            terms = [tf.reduce_sum(tf.exp(teacher) * (teacher - tf.nn.log_softmax(tf.cast(out[k], tf.float32))), -1)
+                     for k in keys]
+            return tf.add_n(terms) / len(terms)
+
         def example_loss(inputs, labels, out, target_loss):
             """The fused head's loss (with --branch_loss, plus the branch heads'; with late
-            fusion, the branch heads', plus --fused_loss x the fused logits'), plus
-            --apex_distill's term."""
+            fusion, the branch heads', plus --head_distill's and --fused_loss x the fused
+            logits'), plus --apex_distill's term."""
             if branch_keys:
                 branch_loss = tf.add_n([target_loss(labels, head_logits(k, labels, out))
                                         for k in branch_keys]) / len(branch_keys)
             if late:    # each head on its own loss; the averaged logits predict
                 loss = branch_loss
+                if config.head_distill:     # ... and learns the (fixed) average's prediction
+                    loss += config.head_distill * head_distillation(out, branch_keys)
                 if config.fused_loss:   # ... and, with --fused_loss, train together too
                     loss += config.fused_loss * target_loss(labels, tf.cast(out["logits"], tf.float32))
             else:
