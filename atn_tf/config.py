@@ -166,6 +166,9 @@ class TrainConfig:
     # fusion=late: > 0 adds head_distill x KL(averaged prediction || head) to each trained
     # head's loss, the average held fixed (online distillation of the ensemble into its heads).
     head_distill: float = 0.0
+    # fusion=late: > 0 subtracts head_diversity x the squared distance of each trained head's
+    # probabilities from the (fixed) averaged prediction: negative correlation learning.
+    head_diversity: float = 0.0
     # fusion=late: "branch=w,..." (apex | time | flow | linear) weights the branches' heads in
     # the average that predicts (unnamed: 1; copies of `members` take their branch's);
     # training is unchanged, as each head learns from its own loss.
@@ -264,6 +267,9 @@ class TrainConfig:
         if self.head_distill < 0 or (self.head_distill > 0 and self.fusion != "late"):
             raise ValueError(f"head_distill={self.head_distill}: must be >= 0, and > 0 only with fusion=late "
                              "(it distils the average of the heads into each head)")
+        if self.head_diversity < 0 or (self.head_diversity > 0 and self.fusion != "late"):
+            raise ValueError(f"head_diversity={self.head_diversity}: must be >= 0, and > 0 only with fusion=late "
+                             "(it pushes each head away from the average of the heads)")
         if parse_head_weights(self.head_weights) and self.fusion != "late":
             raise ValueError(f"head_weights={self.head_weights!r}: weights the heads of fusion=late")
         if parse_database_head_weights(self.database_head_weights) and (

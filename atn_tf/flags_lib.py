@@ -130,6 +130,9 @@ HELP = {
     "head_distill": "fusion=late: > 0 adds this weight x KL(averaged prediction || head's prediction) to each "
                     "trained head's loss, the average (with the heads' global weights; training feeds no "
                     "database) held fixed: the ensemble taught to its own heads.",
+    "head_diversity": "fusion=late: > 0 subtracts this weight x ||p_head - p_average||^2 from each trained head's "
+                      "loss, the average held fixed (negative correlation learning, Liu and Yao 1999): the "
+                      "heads are pushed to err on different clips.",
     "linear_path": "A linear path on the standardised flow_seq / flow_image inputs (the model then "
                    "contains the linear probe of those inputs): fusion=concat adds its logits to the "
                    "head's; fusion=late makes it one more head, averaged and trained on its own loss.",

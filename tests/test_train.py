@@ -590,17 +590,19 @@ def test_isda_trains_each_head_on_the_surrogate_of_the_covariance_seen(data_dir)
     assert losses[1][1] > plain(out1, y1)
 
 
-def test_head_distill_adds_each_heads_divergence_from_the_fixed_average(data_dir):
+@pytest.mark.parametrize("flag", ["head_distill", "head_diversity"])
+def test_head_terms_read_each_heads_distance_from_the_fixed_average(data_dir, flag):
     """--head_distill=w (late fusion): the first step's loss is the heads' mean cross-entropy
-    plus w x their mean KL(softmax(fused logits) || softmax(head logits)); bad settings refused."""
+    plus w x their mean KL(softmax(fused logits) || softmax(head logits)); --head_diversity=w:
+    minus w x their mean ||softmax(head) - softmax(fused)||^2. Bad settings are refused."""
     import keras
     from atn_tf.training import train_lib
-    for bad in (dict(head_distill=-1.0, fusion="late"), dict(head_distill=1.0)):
-        with pytest.raises(ValueError, match="head_distill"):
+    for bad in (dict(fusion="late", **{flag: -1.0}), {flag: 1.0}):
+        with pytest.raises(ValueError, match=flag):
             TrainConfig(**bad)
     data = _arrays(data_dir)
     cfg = TrainConfig(data_dir=data_dir, model="atn", fusion="late", embedding_scale="learned", train_steps=1,
-                      dropout=0.0, augment=False, head_distill=2.0, head_weights="apex=0.5",
+                      dropout=0.0, augment=False, head_weights="apex=0.5", **{flag: 2.0},
                       **{**TINY, "log_every": 1})
     session = _session(cfg, data)
     (x, y), = list(session.dataset(data).take(1))
@@ -611,11 +613,14 @@ def test_head_distill_adds_each_heads_divergence_from_the_fixed_average(data_dir
         return z - np.log(np.exp(z).sum(-1, keepdims=True))
     teacher = log_softmax(out["logits"])
     np.testing.assert_allclose(out["logits"], (0.5 * out["apex_logits"] + out["time_logits"]) / 1.5, rtol=1e-5)
-    kl = np.mean([(np.exp(teacher) * (teacher - log_softmax(out[k]))).sum(-1) for k in keys], axis=0)
+    if flag == "head_distill":
+        term = np.mean([(np.exp(teacher) * (teacher - log_softmax(out[k]))).sum(-1) for k in keys], axis=0)
+    else:
+        term = -np.mean([((np.exp(log_softmax(out[k])) - np.exp(teacher)) ** 2).sum(-1) for k in keys], axis=0)
     plain = np.mean([_cross_entropy(out[k], y) for k in keys], axis=0)
     losses, _ = train_lib.fit(session, data)
-    assert losses[0][1] == pytest.approx((plain + 2.0 * kl).mean(), rel=1e-4)
-    assert kl.mean() > 0
+    assert losses[0][1] == pytest.approx((plain + 2.0 * term).mean(), rel=1e-4)
+    assert abs(term).mean() > 0
 
 
 @pytest.mark.parametrize("option", [dict(model="atn", fusion="late", isda=4.0),

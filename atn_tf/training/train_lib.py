@@ -307,10 +307,17 @@ class Session:
                      for k in keys]
             return tf.add_n(terms) / len(terms)
 
+        def head_divergence(out, keys):
+            """Each clip's mean over the heads of ||p_head - p_average||^2 (bounded by 2),
+            the average without gradient: Liu and Yao's negative-correlation penalty."""
+            average = tf.nn.softmax(tf.stop_gradient(tf.cast(out["logits"], tf.float32)))
+            terms = [tf.reduce_sum(tf.square(tf.nn.softmax(tf.cast(out[k], tf.float32)) - average), -1) for k in keys]
+            return tf.add_n(terms) / len(terms)
+
         def example_loss(inputs, labels, out, target_loss):
             """The fused head's loss (with --branch_loss, plus the branch heads'; with late
-            fusion, the branch heads', plus --head_distill's and --fused_loss x the fused
-            logits'), plus --apex_distill's term."""
+            fusion, the branch heads', plus --head_distill's, minus --head_diversity's, plus
+            --fused_loss x the fused logits'), plus --apex_distill's term."""
             if branch_keys:
                 branch_loss = tf.add_n([target_loss(labels, head_logits(k, labels, out))
                                         for k in branch_keys]) / len(branch_keys)
@@ -318,6 +325,8 @@ class Session:
                 loss = branch_loss
                 if config.head_distill:     # ... and learns the (fixed) average's prediction
                     loss += config.head_distill * head_distillation(out, branch_keys)
+                if config.head_diversity:   # ... or moves away from it
+                    loss -= config.head_diversity * head_divergence(out, branch_keys)
                 if config.fused_loss:   # ... and, with --fused_loss, train together too
                     loss += config.fused_loss * target_loss(labels, tf.cast(out["logits"], tf.float32))
             else:
