@@ -872,3 +872,11 @@ def test_apex_head_input_distill_heads_read_the_readout(tmp_path):
     for bad in (dict(apex_head_input="distill"), dict(apex_distill=True, apex_head_input="readout")):
         with pytest.raises(ValueError, match="apex_head_input"):
             build_model("atn", **bad, **SMALL)
+
+
+def test_head_embedding_names_the_output_a_late_fusion_head_reads():
+    from atn_tf.models.networks import head_embedding
+    outputs = {"apex_embedding": None, "apex_logits": None, "time_logits": None}
+    assert head_embedding(outputs, "apex_logits", "--isda") == "apex_embedding"
+    with pytest.raises(ValueError, match="--supcon reads the heads' own embeddings; time_logits has none"):
+        head_embedding(outputs, "time_logits", "--supcon")

@@ -619,6 +619,16 @@ def branch_logits(embeddings: dict, features: list, num_classes: int, dropout: f
     return heads
 
 
+def head_embedding(outputs, head_key: str, reader: str) -> str:
+    """The model output that the late-fusion head `<branch>_logits` reads (`branch_logits`):
+    `<branch>_embedding`. A ValueError names `reader` (the flag that needs it) when the model
+    does not output it (copies of `members`, or `mirror_tta`'s merged views)."""
+    embedding = head_key.removesuffix("_logits") + "_embedding"
+    if embedding not in outputs:
+        raise ValueError(f"{reader} reads the heads' own embeddings; {head_key} has none (members > 1 or mirror_tta)")
+    return embedding
+
+
 def _finish(model: keras.Model, sync_batchnorm: bool, apex_init: str, freeze_apex: bool, fer: bool,
             flow_init: str = "") -> keras.Model:
     """Synchronised BatchNorm, the FER2013 weights and the frozen apex layers, in that order."""

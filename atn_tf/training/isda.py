@@ -25,6 +25,8 @@ from typing import NamedTuple, Optional
 import tensorflow as tf
 import keras
 
+from atn_tf.models.networks import head_embedding
+
 
 class ClassMoments:
     """Running count, sum and sum of outer products of one head's embeddings, per class."""
@@ -83,10 +85,7 @@ def trained_heads(model: keras.Model, head_keys) -> dict[str, Head]:
     names, heads = {layer.name for layer in model.layers}, {}
     num_classes = model.output["logits"].shape[-1]
     for key in head_keys:
-        embedding = key.removesuffix("_logits") + "_embedding"
-        if embedding not in model.output:
-            raise ValueError(f"--isda augments the heads of the model's own embeddings; {key} has none "
-                             f"(members > 1 or mirror_tta)")
+        embedding = head_embedding(model.output, key, "--isda")
         scale = model.get_layer(f"{embedding}_scale") if f"{embedding}_scale" in names else None
         heads[key] = Head(embedding, model.get_layer(key), scale,
                           ClassMoments(num_classes, model.output[embedding].shape[-1], f"isda_{key}"))

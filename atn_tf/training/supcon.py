@@ -22,18 +22,6 @@ from __future__ import annotations
 import tensorflow as tf
 
 
-def embedding_keys(model_outputs, head_keys) -> list[str]:
-    """The embedding output of each trained head (`<branch>_logits` -> `<branch>_embedding`)."""
-    keys = []
-    for key in head_keys:
-        embedding = key.removesuffix("_logits") + "_embedding"
-        if embedding not in model_outputs:
-            raise ValueError(f"--supcon reads the heads' own embeddings; {key} has none "
-                             f"(members > 1 or mirror_tta)")
-        keys.append(embedding)
-    return keys
-
-
 def contrastive_loss(embedding, labels, temperature: float):
     """[B, D] embeddings, [B] int labels -> [B]: each clip's supervised contrastive loss."""
     z = tf.math.l2_normalize(tf.cast(embedding, tf.float32), axis=-1)

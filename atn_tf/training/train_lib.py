@@ -27,7 +27,7 @@ from atn_tf.training import distribute, isda, supcon
 from atn_tf.evaluation import protocols
 from atn_tf.config import TrainConfig, parse_au_vocab, parse_domains
 from atn_tf.models import DATABASE_INPUT, build_model, complete_inputs, fusion_databases, set_input_statistics
-from atn_tf.models.networks import DISTILL_OUTPUT, fer_teacher
+from atn_tf.models.networks import DISTILL_OUTPUT, fer_teacher, head_embedding
 
 CHECKPOINT_DIR = "checkpoints"
 FINAL_MODEL = "model.keras"
@@ -359,7 +359,7 @@ class Session:
                      for k in adv_keys]
             return config.adversary_weight * tf.add_n(terms) / len(terms)
 
-        contrasted = supcon.embedding_keys(model.output, branch_keys) if config.supcon > 0 else []
+        contrasted = [head_embedding(model.output, k, "--supcon") for k in branch_keys] if config.supcon > 0 else []
 
         def contrastive(labels, out):
             """--supcon x the mean over the trained heads' embeddings of each clip's term."""
