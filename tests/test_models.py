@@ -751,6 +751,10 @@ def test_mixstyle_mixes_each_clips_feature_statistics_with_another_clips_in_trai
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x, training=training)), x)
     model = build_model("atn_flow", flow_mixstyle=0.5, **SMALL)
     assert [l.name for l in model.layers if isinstance(l, MixStyle)] == ["flow_mixstyle1", "flow_mixstyle2"]
+    from atn_tf.models.networks import all_layers
+    copies = build_model("atn_flow", flow_mixstyle=0.5, fusion="late", members=2, apex_backbone="fer_xception",
+                         freeze_apex=True, **SMALL)   # each copy of the flow CNN has its own
+    assert [l.name for l in all_layers(copies) if isinstance(l, MixStyle)] == ["flow_mixstyle1", "flow_mixstyle2"] * 2
     batch = make_batch(seed=52)
     path = tmp_path / "ms.keras"
     model.save(path)

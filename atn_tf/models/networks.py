@@ -313,7 +313,7 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         heads = merge(branch_logits(embeddings, features, num_classes, rate, fixed))
         for k in range(1, members):
             copies = member_embeddings(embeddings, k, flow_seq, inputs, lstm_units, max_steps, flow_width or width,
-                                       input_norm, time_pool)
+                                       input_norm, time_pool, flow_mixstyle)
             heads.update(merge(branch_logits(copies, scaled(copies), num_classes, rate)))
         if linear:
             heads.update(merge({"linear_logits": linear_path(inputs, branches, num_classes, linear_steps, linear_l2,
@@ -488,7 +488,7 @@ def _nested_branch(build, tensors: list, name: str):
 
 
 def member_embeddings(embeddings: dict, k: int, flow_seq, inputs: dict, lstm_units: int, max_steps: int,
-                      flow_width: int, input_norm: bool, time_pool: str) -> dict:
+                      flow_width: int, input_norm: bool, time_pool: str, flow_mixstyle: float = 0.0) -> dict:
     """Copy `k` of the branches (`members`): new time / flow branches as nested models, the
     frozen apex's embedding shared. Keys `<branch>_m<k>_embedding`."""
     copies = {}
