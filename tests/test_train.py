@@ -138,6 +138,20 @@ def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return -log_p[np.arange(len(labels)), labels]
 
 
+def _first_step(cfg: TrainConfig, data_dir) -> tuple[dict, np.ndarray, list, float]:
+    """(the model's outputs on the first training batch, in training mode and before the step,
+    as NumPy; its labels; the keys of the heads the loss trains; the first step's loss)."""
+    import keras
+    from atn_tf.training import train_lib
+    data = _arrays(data_dir)
+    session = _session(cfg, data)
+    (x, y), = list(session.dataset(data).take(1))
+    out = {k: keras.ops.convert_to_numpy(v) for k, v in session.model(x, training=True).items()}
+    keys = train_lib.trained_head_keys(session.model, cfg)
+    losses, _ = train_lib.fit(session, data)
+    return out, y.numpy(), keys, losses[0][1]
+
+
 def _session(cfg: TrainConfig, data: dict):
     """A training session of `cfg` with its input statistics set from `data`."""
     from atn_tf.training import train_lib
@@ -595,19 +609,13 @@ def test_head_terms_read_each_heads_distance_from_the_fixed_average(data_dir, fl
     """--head_distill=w (late fusion): the first step's loss is the heads' mean cross-entropy
     plus w x their mean KL(softmax(fused logits) || softmax(head logits)); --head_diversity=w:
     minus w x their mean ||softmax(head) - softmax(fused)||^2. Bad settings are refused."""
-    import keras
-    from atn_tf.training import train_lib
     for bad in (dict(fusion="late", **{flag: -1.0}), {flag: 1.0}):
         with pytest.raises(ValueError, match=flag):
             TrainConfig(**bad)
-    data = _arrays(data_dir)
     cfg = TrainConfig(data_dir=data_dir, model="atn", fusion="late", embedding_scale="learned", train_steps=1,
                       dropout=0.0, augment=False, head_weights="apex=0.5", **{flag: 2.0},
                       **{**TINY, "log_every": 1})
-    session = _session(cfg, data)
-    (x, y), = list(session.dataset(data).take(1))
-    out, y = {k: keras.ops.convert_to_numpy(v) for k, v in session.model(x, training=True).items()}, y.numpy()
-    keys = train_lib.trained_head_keys(session.model, cfg)
+    out, y, keys, loss = _first_step(cfg, data_dir)
 
     def log_softmax(z):
         return z - np.log(np.exp(z).sum(-1, keepdims=True))
@@ -618,8 +626,7 @@ def test_head_terms_read_each_heads_distance_from_the_fixed_average(data_dir, fl
     else:
         term = -np.mean([((np.exp(log_softmax(out[k])) - np.exp(teacher)) ** 2).sum(-1) for k in keys], axis=0)
     plain = np.mean([_cross_entropy(out[k], y) for k in keys], axis=0)
-    losses, _ = train_lib.fit(session, data)
-    assert losses[0][1] == pytest.approx((plain + 2.0 * term).mean(), rel=1e-4)
+    assert loss == pytest.approx((plain + 2.0 * term).mean(), rel=1e-4)
     assert abs(term).mean() > 0
 
 
@@ -670,26 +677,18 @@ def test_supcon_term_is_the_papers_and_zero_without_a_positive():
 def test_supcon_adds_its_term_on_each_trained_heads_embedding(data_dir):
     """--supcon=w (late fusion): the first step's loss is the heads' mean cross-entropy plus
     w x the mean over their embeddings of the contrastive term; bad settings are refused."""
-    import keras
-    from atn_tf.training import train_lib
     for bad in (dict(supcon=-1.0, fusion="late"), dict(supcon=1.0), dict(supcon=1.0, fusion="late", mixup=0.2),
                 dict(supcon=1.0, fusion="late", supcon_temperature=0.0)):
         with pytest.raises(ValueError, match="supcon"):
             TrainConfig(**bad)
-    data = _arrays(data_dir)
     cfg = TrainConfig(data_dir=data_dir, model="atn", fusion="late", embedding_scale="learned", train_steps=1,
                       dropout=0.0, augment=False, supcon=0.5, supcon_temperature=0.2,
                       **{**TINY, "log_every": 1})
-    session = _session(cfg, data)
-    (x, y), = list(session.dataset(data).take(1))
-    out, y = session.model(x, training=True), y.numpy()
-    keys = train_lib.trained_head_keys(session.model, cfg)
+    out, y, keys, loss = _first_step(cfg, data_dir)
     assert keys == ["apex_logits", "time_logits"]
-    plain = np.mean([_cross_entropy(keras.ops.convert_to_numpy(out[k]), y) for k in keys], axis=0)
-    term = np.mean([_supcon_numpy(keras.ops.convert_to_numpy(out[k.replace("_logits", "_embedding")]), y, 0.2)
-                    for k in keys], axis=0)
-    losses, _ = train_lib.fit(session, data)
-    assert losses[0][1] == pytest.approx((plain + 0.5 * term).mean(), rel=1e-4)
+    plain = np.mean([_cross_entropy(out[k], y) for k in keys], axis=0)
+    term = np.mean([_supcon_numpy(out[k.replace("_logits", "_embedding")], y, 0.2) for k in keys], axis=0)
+    assert loss == pytest.approx((plain + 0.5 * term).mean(), rel=1e-4)
     assert term.mean() > 0
 
 
