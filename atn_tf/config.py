@@ -261,15 +261,12 @@ class TrainConfig:
             raise ValueError(f"branch_loss must be >= 0, got {self.branch_loss}")
         if self.fusion == "late" and self.branch_loss > 0:
             raise ValueError("fusion=late trains a head per branch already: drop branch_loss")
-        if self.fused_loss < 0 or (self.fused_loss > 0 and self.fusion != "late"):
-            raise ValueError(f"fused_loss={self.fused_loss}: must be >= 0, and > 0 only with fusion=late "
-                             "(fusion=concat trains the fused head alone already)")
-        if self.head_distill < 0 or (self.head_distill > 0 and self.fusion != "late"):
-            raise ValueError(f"head_distill={self.head_distill}: must be >= 0, and > 0 only with fusion=late "
-                             "(it distils the average of the heads into each head)")
-        if self.head_diversity < 0 or (self.head_diversity > 0 and self.fusion != "late"):
-            raise ValueError(f"head_diversity={self.head_diversity}: must be >= 0, and > 0 only with fusion=late "
-                             "(it pushes each head away from the average of the heads)")
+        for flag, why in (("fused_loss", "fusion=concat trains the fused head alone already"),
+                          ("head_distill", "it distils the average of the heads into each head"),
+                          ("head_diversity", "it pushes each head away from the average of the heads")):
+            value = getattr(self, flag)     # the late-fusion loss terms on the averaged prediction
+            if value < 0 or (value > 0 and self.fusion != "late"):
+                raise ValueError(f"{flag}={value}: must be >= 0, and > 0 only with fusion=late ({why})")
         if parse_head_weights(self.head_weights) and self.fusion != "late":
             raise ValueError(f"head_weights={self.head_weights!r}: weights the heads of fusion=late")
         if parse_database_head_weights(self.database_head_weights) and (
@@ -331,12 +328,12 @@ class TrainConfig:
         if self.logit_adjust < 0 or (self.logit_adjust and self.balance):
             raise ValueError(f"logit_adjust={self.logit_adjust}: must be >= 0, and > 0 only with balance off "
                              "(--nobalance): it corrects the natural class frequencies that balancing removes")
-        if self.isda < 0 or (self.isda and not (self.fusion == "late" and self.members == 1
-                                                 and not self.mirror_tta and self.mixup == 0)):
+        # --isda and --supcon read each late-fusion head's own embedding, paired with its label.
+        head_embeddings = self.fusion == "late" and self.members == 1 and not self.mirror_tta and self.mixup == 0
+        if self.isda < 0 or (self.isda and not head_embeddings):
             raise ValueError(f"isda={self.isda}: must be >= 0, and > 0 only with fusion=late, members=1, no "
                              "mirror_tta and no mixup (it augments each branch head's own embedding, per label)")
-        if self.supcon < 0 or self.supcon_temperature <= 0 or (self.supcon and not (
-                self.fusion == "late" and self.members == 1 and not self.mirror_tta and self.mixup == 0)):
+        if self.supcon < 0 or self.supcon_temperature <= 0 or (self.supcon and not head_embeddings):
             raise ValueError(f"supcon={self.supcon}, supcon_temperature={self.supcon_temperature}: must be >= 0 "
                              "and > 0; supcon > 0 only with fusion=late, members=1, no mirror_tta and no mixup "
                              "(it contrasts each branch head's own embedding, by label)")
