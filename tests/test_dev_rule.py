@@ -186,6 +186,15 @@ def test_the_twenty_ninth_round_as_written():
     assert v.status == "fails" and "mean gain +0.0023, level or better on 6 of 8" in v.reason
 
 
+def test_the_thirtieth_round_as_written():
+    """docs/results.md: the random search's first candidate, rs30_5, stopped against v16 on
+    seeds 32-35 (-0.0090, three of four below) under the +0.008 / 6 of 8 rule."""
+    rule = dev_rule.Rule(min_gain=0.008, min_level=6)
+    v = dev_rule.judge(committed("v16", range(32, 40)), committed("rs30_5", range(32, 36)), rule)
+    assert v.status == "stopped" and "3 of the first 4 seeds below" in v.reason
+    assert "mean gain so far -0.0090" in v.reason
+
+
 def test_cli(tmp_path):
     runs(tmp_path, "bar", BAR[:2])
     runs(tmp_path, "c", [0.9, 0.9])

@@ -74,6 +74,16 @@ def test_rank_orders_by_mean_and_refuses_a_missing_run(tmp_path):
         rs.rank(["a", "c"], str(tmp_path), [40, 41], "base")
 
 
+def test_the_thirtieth_round_as_ranked():
+    """docs/results.md, thirtieth round: the committed runs of seeds 40-41 rank rs30_5 first."""
+    dev = os.path.join(ROOT, "docs", "results", "dev")
+    if not os.path.exists(os.path.join(dev, "rs30_5_s40.json")):
+        pytest.skip(f"the thirtieth round's reports are not in {dev}")
+    rows = rs.rank([n for n, _ in rs.candidates("v16", 10, 30, "rs30")], dev, [40, 41], "v16")
+    assert [(n, round(m, 4)) for n, m in rows[:2]] == [("rs30_5", 0.7727), ("rs30_8", 0.7696)]
+    assert [n for n, _ in rows].index("v16") == 6
+
+
 def test_cli(tmp_path):
     cmd = [sys.executable, "-m", "atn_tf.evaluation.random_search", "--n=3", "--draw_seed=30", "--prefix=x"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True).stdout

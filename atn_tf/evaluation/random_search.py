@@ -14,7 +14,8 @@ counted.
     python -m atn_tf.evaluation.random_search --space=v16 --n=10 --draw_seed=30 --prefix=rs30 \\
         --rank_dir=runs/dev --baseline=v16 --seeds=40,41
 
-Run directories are `<rank_dir>/<name>_s<seed>` (as `dev.sh`/`evaluate --work_dir` make them).
+Runs are read from `<rank_dir>/<name>_s<seed>/development.json` (the work dirs of `evaluate
+--develop`) or `<rank_dir>/<name>_s<seed>.json` (the reports committed in docs/results/dev).
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ def rank(names: Sequence[str], rank_dir: str, seeds: Sequence[int], baseline: st
         uf1 = []
         for s in seeds:
             path = os.path.join(rank_dir, f"{name}_s{s}")
-            if not os.path.exists(os.path.join(path, "development.json")):
+            if os.path.exists(path + ".json"):                  # a committed report (docs/results/dev)
+                path += ".json"
+            elif not os.path.exists(os.path.join(path, "development.json")):
                 raise ValueError(f"{path}: no development.json (run seed {s} of {name} first)")
             run = DevRun.load(path)
             if run.seed != s:
