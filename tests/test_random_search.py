@@ -36,9 +36,9 @@ def test_every_candidate_is_a_valid_config():
     fail mid-search), and the point is what the config holds."""
     from atn_tf.flags_lib import config_from_flagfile
     cfg = os.path.join(ROOT, "experiments", "atn_flow_cde_v16.cfg")
+    base = config_from_flagfile(cfg)
     for name, text in rs.candidates("v16", 10, 30, "rs30"):
         changes = dict(f[2:].split("=") for f in text.split())
-        base = config_from_flagfile(cfg)
         got = config_from_flagfile(cfg, **{k: type(getattr(base, k))(v) for k, v in changes.items()})
         for k, v in changes.items():
             assert str(getattr(got, k)) == v, (name, k)
@@ -92,3 +92,5 @@ def test_cli(tmp_path):
     assert bad.returncode == 1 and "--space='nope': unknown" in bad.stderr and "Traceback" not in bad.stderr
     bad = subprocess.run(cmd + [f"--rank_dir={tmp_path}", "--seeds=40"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 1 and "x_0_s40: no development.json" in bad.stderr and "Traceback" not in bad.stderr
+    bad = subprocess.run(cmd + [f"--rank_dir={tmp_path}", "--seeds=forty"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 1 and "--seeds: 'forty' is not a seed" in bad.stderr and "Traceback" not in bad.stderr

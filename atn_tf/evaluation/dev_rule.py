@@ -174,7 +174,7 @@ def _differs(a: tuple, b: tuple) -> str:
     return ", ".join(n for n, x, y in zip(names, a, b) if x != y)
 
 
-def _seed(text: str) -> int:
+def parse_seed(text: str) -> int:
     try:
         return int(text)
     except ValueError:
@@ -198,7 +198,7 @@ def main(argv):
     F = flags.FLAGS
     try:
         rule = Rule(F.min_gain, F.min_level, F.stop_after, F.stop_below)
-        seeds = None if F.seeds is None else [_seed(s) for s in F.seeds]
+        seeds = None if F.seeds is None else [parse_seed(s) for s in F.seeds]
         verdict = judge([DevRun.load(p) for p in F.bar], [DevRun.load(p) for p in F.candidate], rule, seeds)
     except ValueError as e:
         sys.exit(f"error: {e}")

@@ -28,7 +28,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from absl import app, flags
 
-from atn_tf.evaluation.dev_rule import DevRun
+from atn_tf.evaluation.dev_rule import DevRun, parse_seed
 
 # Flag -> the values it may take. The recipe's own value is in each list, so a draw may keep
 # it; the recipe itself is never drawn. Ranges are those the single-flag rounds left open:
@@ -118,7 +118,7 @@ def main(argv):
             for name, text in cands:
                 print(f"{name}\t{text}")
             return
-        seeds = [int(s) for s in F.seeds]
+        seeds = [parse_seed(s) for s in F.seeds]
         if not seeds:
             raise ValueError("--rank_dir needs --seeds")
         text = dict(cands)
