@@ -84,6 +84,15 @@ def test_the_thirtieth_round_as_ranked():
     assert [n for n, _ in rows].index("v16") == 6
 
 
+def test_commands_run_the_recipe_and_every_candidate_on_every_seed():
+    cands = rs.candidates("v16", 2, 30, "rs30")
+    lines = rs.commands(cands, "experiments/atn_flow_cde_v16.cfg", [40, 41], "v16")
+    assert len(lines) == 6 and lines[0].endswith("--experiment=v16_s40 --work_dir=runs/dev/v16_s40")
+    assert lines[2].startswith("python -m atn_tf.evaluate --flagfile=experiments/atn_flow_cde_v16.cfg "
+                               "--protocol=cde --develop=8 --val_fraction=0.2")
+    assert lines[3].endswith("--work_dir=runs/dev/rs30_0_s41 " + cands[0][1])
+
+
 def test_cli(tmp_path):
     cmd = [sys.executable, "-m", "atn_tf.evaluation.random_search", "--n=3", "--draw_seed=30", "--prefix=x"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True).stdout
@@ -92,5 +101,10 @@ def test_cli(tmp_path):
     assert bad.returncode == 1 and "--space='nope': unknown" in bad.stderr and "Traceback" not in bad.stderr
     bad = subprocess.run(cmd + [f"--rank_dir={tmp_path}", "--seeds=40"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 1 and "x_0_s40: no development.json" in bad.stderr and "Traceback" not in bad.stderr
+    out = subprocess.run(cmd + ["--commands=experiments/atn_flow_cde_v16.cfg", "--seeds=40"], capture_output=True,
+                         text=True, cwd=ROOT, check=True).stdout
+    assert len(out.splitlines()) == 4 and "--work_dir=runs/dev/x_2_s40" in out
+    bad = subprocess.run(cmd + ["--commands=nope.cfg", "--seeds=40"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 1 and "--commands=nope.cfg: no such experiment file" in bad.stderr
     bad = subprocess.run(cmd + [f"--rank_dir={tmp_path}", "--seeds=forty"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 1 and "--seeds: 'forty' is not a seed" in bad.stderr and "Traceback" not in bad.stderr

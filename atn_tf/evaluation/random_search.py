@@ -10,6 +10,10 @@ counted.
     # the candidates, one line each: name, then the flags that change the recipe
     python -m atn_tf.evaluation.random_search --space=v16 --n=10 --draw_seed=30 --prefix=rs30
 
+    # or the development runs themselves, one command per candidate and seed (the recipe's too)
+    python -m atn_tf.evaluation.random_search --space=v16 --n=10 --draw_seed=30 --prefix=rs30 \
+        --commands=experiments/atn_flow_cde_v16.cfg --seeds=40,41 | sh
+
     # their ranking by mean inner-validation UF1 over the search seeds, beside the recipe's
     python -m atn_tf.evaluation.random_search --space=v16 --n=10 --draw_seed=30 --prefix=rs30 \\
         --rank_dir=runs/dev --baseline=v16 --seeds=40,41
@@ -99,6 +103,20 @@ def rank(names: Sequence[str], rank_dir: str, seeds: Sequence[int], baseline: st
     return sorted(rows, key=lambda r: -r[1])
 
 
+def commands(cands: Sequence[tuple[str, str]], flagfile: str, seeds: Sequence[int], baseline: str,
+             run_dir: str = "runs/dev") -> list[str]:
+    """The development runs of a search: the recipe and each candidate on each seed, with the
+    options of the rounds in docs/results.md, each into `<run_dir>/<name>_s<seed>`."""
+    out = []
+    for name, text in [(baseline, "")] + list(cands):
+        for s in seeds:
+            out.append(" ".join(filter(None, [
+                f"python -m atn_tf.evaluate --flagfile={flagfile} --protocol=cde --develop=8",
+                "--val_fraction=0.2 --eval_every=50 --fold_workers=2", f"--seed={s}",
+                f"--experiment={name}_s{s} --work_dir={run_dir}/{name}_s{s}", text])))
+    return out
+
+
 def define_flags() -> None:
     flags.DEFINE_string("space", "v16", "Which search space (atn_tf.evaluation.random_search.SPACES).")
     flags.DEFINE_integer("n", 10, "How many candidates to draw.")
@@ -106,7 +124,9 @@ def define_flags() -> None:
     flags.DEFINE_string("prefix", "rs", "Candidates are named <prefix>_<i>.")
     flags.DEFINE_string("rank_dir", None, "Rank the candidates' runs in <rank_dir>/<name>_s<seed>.")
     flags.DEFINE_string("baseline", "v16", "Name of the recipe's own runs in --rank_dir, ranked beside them.")
-    flags.DEFINE_list("seeds", [], "The search seeds (with --rank_dir).")
+    flags.DEFINE_list("seeds", [], "The search seeds (with --rank_dir or --commands).")
+    flags.DEFINE_string("commands", None, "Print the search's development runs on this experiment file "
+                        "(the recipe's and each candidate's, on each of --seeds) instead of the candidates.")
 
 
 def main(argv):
@@ -114,13 +134,18 @@ def main(argv):
     F = flags.FLAGS
     try:
         cands = candidates(F.space, F.n, F.draw_seed, F.prefix)
+        seeds = [parse_seed(s) for s in F.seeds]
+        if (F.rank_dir or F.commands) and not seeds:
+            raise ValueError("--rank_dir and --commands need --seeds")
+        if F.commands:
+            if not os.path.isfile(F.commands):
+                raise ValueError(f"--commands={F.commands}: no such experiment file")
+            print("\n".join(commands(cands, F.commands, seeds, F.baseline, F.rank_dir or "runs/dev")))
+            return
         if not F.rank_dir:
             for name, text in cands:
                 print(f"{name}\t{text}")
             return
-        seeds = [parse_seed(s) for s in F.seeds]
-        if not seeds:
-            raise ValueError("--rank_dir needs --seeds")
         text = dict(cands)
         print(f"| candidate | mean UF1, seeds {', '.join(map(str, seeds))} | flags |\n|---|---:|---|")
         for name, mean in rank([n for n, _ in cands], F.rank_dir, seeds, F.baseline):
