@@ -200,6 +200,8 @@ class TrainConfig:
     # reads the mean of its embeddings over the image shifted by every (dy, dx) in -r..r.
     flow_shift_tta: int = 0
     flow_mixstyle: float = 0.0              # > 0: MixStyle with this p after the flow CNN's first two layers
+    flow_kernel: int = 3                    # the flow CNN's kernel size ...
+    flow_layers: int = 3                    # ... and number of conv layers (backbone.flow_branch)
     # Modality dropout (fusion=concat): per training example, one branch's embedding, drawn
     # at random, is zeroed with this probability before the concatenation.
     branch_dropout: float = 0.0
@@ -395,6 +397,7 @@ class TrainConfig:
                     flow_seq_repr=self.flow_seq_repr,
                     fusion=self.fusion, members=self.members, mirror_tta=self.mirror_tta,
                     flow_shift_tta=self.flow_shift_tta, flow_mixstyle=self.flow_mixstyle,
+                    flow_kernel=self.flow_kernel, flow_layers=self.flow_layers,
                     flow_seq_mirror=self.flow_seq_mirror,
                     branch_dropout=self.branch_dropout, flow_sample_norm=self.flow_sample_norm,
                     head_weights=parse_head_weights(self.head_weights),

@@ -94,6 +94,9 @@ HELP = {
     "flow_mixstyle": "> 0: MixStyle (Zhou et al. 2021) with this probability per batch after the flow CNN's "
                      "first two layers: in training, each clip's per-channel feature mean and deviation are "
                      "mixed with another clip's of the batch (Beta(0.1, 0.1)); the identity at inference.",
+    "flow_kernel": "Kernel size of the flow-image CNN's convolutions (1, 3, 5 or 7; 3 in every recipe so far).",
+    "flow_layers": "Number of the flow-image CNN's conv layers (1-4; 3 in every recipe so far): each has half "
+                   "the next one's channels, the last --flow_width, with 2x2 max-pooling after the first two.",
     "flow_shift_tta": "> 0: the flow head predicts from the mean of its embeddings over the raw flow image "
                       "translated by every (dy, dx) in -r..r, edges repeated as --flow_shift draws them "
                       "(inside the model, so exports do too; training unchanged; 0: off).",

@@ -765,6 +765,36 @@ def test_mixstyle_mixes_each_clips_feature_statistics_with_another_clips_in_trai
             build_model("atn_flow", **bad, **SMALL)
 
 
+def test_flow_kernel_and_layers_shape_the_flow_cnn():
+    """flow_kernel / flow_layers: the flow CNN's convolutions (kernel, channels halving towards
+    the input, pooling after the first two); the defaults are the CNN every recipe used, layer
+    for layer; every --members copy gets the same; refused where there is no flow CNN."""
+    from atn_tf.models.networks import all_layers
+
+    def convs(model):
+        return [(l.name, l.kernel_size, l.filters) for l in all_layers(model)
+                if isinstance(l, keras.layers.Conv2D) and l.name.startswith("flow_conv")]
+
+    default = build_model("atn_flow", flow_width=16, **SMALL)
+    assert convs(default) == [("flow_conv1", (3, 3), 4), ("flow_conv2", (3, 3), 8), ("flow_conv3", (3, 3), 16)]
+    assert default.count_params() == build_model("atn_flow", flow_width=16, flow_kernel=3, flow_layers=3,
+                                                 **SMALL).count_params()
+    deep = build_model("atn_flow", flow_width=16, flow_kernel=5, flow_layers=4, **SMALL)
+    assert convs(deep) == [(f"flow_conv{i + 1}", (5, 5), f) for i, f in enumerate((2, 4, 8, 16))]
+    assert deep.get_layer("flow_flatten").output.shape[-1] == 7 * 7 * 16
+    shallow = build_model("atn_flow", flow_width=16, flow_layers=2, **SMALL)
+    assert shallow.get_layer("flow_flatten").output.shape[-1] == 14 * 14 * 16
+    copies = build_model("atn_flow", flow_width=16, flow_kernel=5, fusion="late", members=2,
+                         apex_backbone="fer_xception", freeze_apex=True, **SMALL)
+    assert [k for _, k, _ in convs(copies)] == [(5, 5)] * 6
+    batch = make_batch(seed=53)
+    assert as_numpy(deep(batch, training=False))["logits"].shape == (batch["flow_image"].shape[0], 3)
+    for model, bad in (("atn_flow", dict(flow_kernel=4)), ("atn_flow", dict(flow_layers=5)),
+                       ("atn", dict(flow_kernel=5)), ("atn_flow", dict(flow_layers=2, flow_backbone="fer_xception"))):
+        with pytest.raises(ValueError, match="flow_kernel"):
+            build_model(model, **bad, **SMALL)
+
+
 def test_adversary_heads_reverse_their_gradient_into_the_motion_branches():
     """adversary_heads: the `adv_<branch>` outputs' gradient reaches the motion branches
     negated (GradientScale(-1)): the same magnitude as without the reversal, the opposite

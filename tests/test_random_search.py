@@ -10,6 +10,8 @@ import pytest
 from atn_tf.evaluation import random_search as rs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The thirty-first round's draw (kernel, layers), as docs/results.md lists it.
+DRAW31 = [(5, 4), (5, 2), (3, 4), (7, 2), (5, 3), (3, 2), (7, 3), (7, 4)]
 
 
 def test_draws_are_distinct_in_the_space_and_never_the_recipe():
@@ -25,10 +27,19 @@ def test_the_baseline_is_a_point_of_its_space_and_the_v16_recipe():
     for name, space in rs.SPACES.items():
         assert set(rs.BASELINES[name]) == set(space)
         assert all(rs.BASELINES[name][k] in space[k] for k in space)
-    cfg = open(os.path.join(ROOT, "experiments", "atn_flow_cde_v16.cfg")).read()
-    for key, value in rs.BASELINES["v16"].items():
-        if key != "head_diversity":                                       # off by default, not in the file
-            assert f"--{key}={value}\n" in cfg, key
+    from atn_tf.flags_lib import config_from_flagfile
+    v16 = config_from_flagfile(os.path.join(ROOT, "experiments", "atn_flow_cde_v16.cfg"))
+    for name in ("v16", "v16_flow_cnn"):
+        for key, value in rs.BASELINES[name].items():
+            assert getattr(v16, key) == value, (name, key)
+
+
+def test_the_thirty_first_round_as_drawn():
+    """docs/results.md, thirty-first round: all eight other shapes of the flow CNN, in this order."""
+    assert rs.candidates("v16_flow_cnn", 8, 31, "rs31") == [
+        (f"rs31_{i}", f"--flow_kernel={k} --flow_layers={n}" if k != 3 and n != 3 else
+         (f"--flow_kernel={k}" if k != 3 else f"--flow_layers={n}"))
+        for i, (k, n) in enumerate(DRAW31)]
 
 
 def test_every_candidate_is_a_valid_config():

@@ -48,11 +48,17 @@ SPACES: dict[str, dict[str, tuple]] = {
         "flow_width": (48, 64, 96),
         "head_diversity": (0.0, 0.25, 0.5),
     },
+    # The flow CNN's shape (thirty-first round): every kernel size and depth of the grid.
+    "v16_flow_cnn": {
+        "flow_kernel": (3, 5, 7),
+        "flow_layers": (2, 3, 4),
+    },
 }
 # The recipe each space is centred on (experiments/atn_flow_cde_v16.cfg; head_diversity off).
 BASELINES: dict[str, dict[str, object]] = {
     "v16": {"learning_rate": 0.003, "train_steps": 400, "weight_decay": 0.0001, "dropout": 0.1,
             "label_smoothing": 0.1, "flow_shift": 3, "flow_width": 64, "head_diversity": 0.0},
+    "v16_flow_cnn": {"flow_kernel": 3, "flow_layers": 3},
 }
 
 

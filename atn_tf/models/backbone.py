@@ -167,23 +167,25 @@ def time_branch(flow_seq, flow_len, units: int = 512, max_steps: int | None = No
     return L2Normalize(name="time_embedding")(x)
 
 
-def flow_branch(flow_image, width: int = 64, input_norm: bool = False, mixstyle: float = 0.0):
+def flow_branch(flow_image, width: int = 64, input_norm: bool = False, mixstyle: float = 0.0,
+                kernel: int = 3, layers: int = 3):
     """Onset->apex flow image [B, 28, 28, 3] (raw 0..255) -> L2-normalised `2 * width` dims.
 
-    BN + learned scale on the input, then three 3x3 conv-BN-ReLU layers (width/4, width/2,
-    width channels) with 2x2 max-pooling after the first two (28 -> 14 -> 7), flatten (the
-    layout of the movement matters), a linear dense layer and L2 normalisation. With
-    `input_norm` the input is standardised per pixel and channel by the training fold's
-    statistics instead of the BatchNorm input layer. With `mixstyle` = p > 0 the first two
-    layers' feature maps go through `MixStyle(p)` in training.
+    BN + learned scale on the input, then `layers` kernel x kernel conv-BN-ReLU layers (by
+    default three 3x3: width/4, width/2, width channels, each layer half the next's) with 2x2
+    max-pooling after the first two (28 -> 14 -> 7), flatten (the layout of the movement
+    matters), a linear dense layer and L2 normalisation. With `input_norm` the input is
+    standardised per pixel and channel by the training fold's statistics instead of the
+    BatchNorm input layer. With `mixstyle` = p > 0 the first two layers' feature maps go
+    through `MixStyle(p)` in training.
     """
     x = Standardize(tuple(flow_image.shape[1:]), name="flow_image_norm")(flow_image) if input_norm \
         else _bn(flow_image, "flow_data_bn")
-    filters = [max(1, width // 4), max(1, width // 2), width]
+    filters = [max(1, width // 2 ** (layers - 1 - i)) for i in range(layers)]
     for i, f in enumerate(filters):
-        x = _conv(x, f, 3, 1, f"flow_conv{i + 1}")
+        x = _conv(x, f, kernel, 1, f"flow_conv{i + 1}")
         x = _relu(_bn(x, f"flow_conv{i + 1}_bn"), f"flow_conv{i + 1}_relu")
-        if i < len(filters) - 1:
+        if i < min(2, layers - 1):
             if mixstyle > 0:
                 x = MixStyle(mixstyle, name=f"flow_mixstyle{i + 1}")(x)
             x = keras.layers.MaxPooling2D(2, name=f"flow_pool{i + 1}")(x)

@@ -139,7 +139,7 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
                 au_class_heads: bool = False, adversary_heads: int = 0,
                 database_head_weights: dict | None = None, flow_backbone: str = "cnn",
                 flow_init: str = "", apex_head_trainable: bool = True, flow_shift_tta: int = 0,
-                flow_mixstyle: float = 0.0) -> keras.Model:
+                flow_mixstyle: float = 0.0, flow_kernel: int = 3, flow_layers: int = 3) -> keras.Model:
     """Builds one of `MODEL_NAMES`.
 
     * `atn`: apex branch + time branch, concatenated -> dropout -> dense -> softmax.
@@ -230,6 +230,8 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
       thing, though not bit for bit: the view layers change the order of the model's layers.
     * `flow_mixstyle` = p > 0 (the flow CNN): `MixStyle(p)` after its first two layers, which
       mixes the clips' feature statistics in training and is the identity at inference.
+    * `flow_kernel`, `flow_layers` (the flow CNN): its convolutions' kernel size and how many
+      there are (3 and 3 by default; `backbone.flow_branch`).
     * `head_weights` (late fusion): branch -> weight of its heads in the average that
       predicts (`WeightedMean`; unnamed branches 1); the heads' own outputs, and so their
       losses, are unchanged.
@@ -258,6 +260,7 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
     if database_head_weights:
         model_in = {**model_in, DATABASE_INPUT: keras.Input((), dtype="int32", name=DATABASE_INPUT)}
     raw_flow_image = inputs["flow_image"]     # the mini-Xception reads 0..255 maps, as its faces
+    flow_cnn = dict(mixstyle=flow_mixstyle, kernel=flow_kernel, layers=flow_layers)
     if flow_shift_tta:      # the raw image, before the per-image standardisation, as in training
         inputs = {**inputs, "flow_image": ShiftViews(flow_shift_tta, name="flow_shift_views")(inputs["flow_image"])}
     if flow_sample_norm:      # after the mirror, which flips the raw 0..255 horizontal flow
@@ -279,7 +282,7 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         embeddings["flow_embedding"] = flow_fer_branch(raw_flow_image)
     elif "flow" in branches:
         embeddings["flow_embedding"] = backbone.flow_branch(inputs["flow_image"], flow_width or width,
-                                                              input_norm=input_norm, mixstyle=flow_mixstyle)
+                                                              input_norm=input_norm, **flow_cnn)
         if flow_shift_tta:
             embeddings["flow_embedding"] = MergeViews("mean", views=(2 * flow_shift_tta + 1) ** 2,
                                                       name="flow_merged_views")(embeddings["flow_embedding"])
@@ -313,7 +316,7 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         heads = merge(branch_logits(embeddings, features, num_classes, rate, fixed))
         for k in range(1, members):
             copies = member_embeddings(embeddings, k, flow_seq, inputs, lstm_units, max_steps, flow_width or width,
-                                       input_norm, time_pool, flow_mixstyle)
+                                       input_norm, time_pool, flow_cnn)
             heads.update(merge(branch_logits(copies, scaled(copies), num_classes, rate)))
         if linear:
             heads.update(merge({"linear_logits": linear_path(inputs, branches, num_classes, linear_steps, linear_l2,
@@ -426,6 +429,10 @@ def _check_recipe(a) -> tuple:
     if not 0.0 <= a.flow_mixstyle <= 1.0 or (a.flow_mixstyle and a.flow_backbone != "cnn"):
         raise ValueError(f"flow_mixstyle={a.flow_mixstyle}: a probability in [0, 1], > 0 only with the flow "
                          "CNN (flow_backbone='cnn')")
+    if a.flow_kernel not in (1, 3, 5, 7) or a.flow_layers not in (1, 2, 3, 4) \
+            or ((a.flow_kernel, a.flow_layers) != (3, 3) and ("flow" not in branches or a.flow_backbone != "cnn")):
+        raise ValueError(f"flow_kernel={a.flow_kernel}, flow_layers={a.flow_layers}: one of 1, 3, 5, 7 and one of "
+                         "1-4; other than 3 and 3 only with the flow CNN (a flow branch, flow_backbone='cnn')")
     if a.flow_shift_tta < 0 or (a.flow_shift_tta and (
             "flow" not in branches or flow_fer or a.fusion != "late" or a.members > 1 or a.mirror_tta
             or (a.linear and a.linear_inputs != "flow_seq") or a.au_heads or a.adversary_heads)):
@@ -488,9 +495,10 @@ def _nested_branch(build, tensors: list, name: str):
 
 
 def member_embeddings(embeddings: dict, k: int, flow_seq, inputs: dict, lstm_units: int, max_steps: int,
-                      flow_width: int, input_norm: bool, time_pool: str, flow_mixstyle: float = 0.0) -> dict:
+                      flow_width: int, input_norm: bool, time_pool: str, flow_cnn: dict | None = None) -> dict:
     """Copy `k` of the branches (`members`): new time / flow branches as nested models, the
-    frozen apex's embedding shared. Keys `<branch>_m<k>_embedding`."""
+    frozen apex's embedding shared. Keys `<branch>_m<k>_embedding`. `flow_cnn`: the flow CNN's
+    options (`backbone.flow_branch`'s mixstyle, kernel, layers), as the first copy's."""
     copies = {}
     for key, emb in embeddings.items():
         branch = key.removesuffix("_embedding")
@@ -503,7 +511,7 @@ def member_embeddings(embeddings: dict, k: int, flow_seq, inputs: dict, lstm_uni
                 [flow_seq, inputs["flow_len"]], f"time_branch_m{k}")
         else:
             copies[f"{name}_embedding"] = _nested_branch(
-                lambda f: backbone.flow_branch(f, flow_width, input_norm=input_norm, mixstyle=flow_mixstyle),
+                lambda f: backbone.flow_branch(f, flow_width, input_norm=input_norm, **(flow_cnn or {})),
                 [inputs["flow_image"]], f"flow_branch_m{k}")
     return copies
 
