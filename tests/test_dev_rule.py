@@ -195,6 +195,15 @@ def test_the_thirtieth_round_as_written():
     assert "mean gain so far -0.0090" in v.reason
 
 
+def test_the_thirty_first_round_as_written():
+    """docs/results.md: the flow CNN's shape search's first, --flow_kernel=5 (rs31_4), stopped
+    against v16 on seeds 24-27 (+0.0018, seeds 25 and 27 below)."""
+    rule = dev_rule.Rule(min_gain=0.008, min_level=6)
+    v = dev_rule.judge(committed("v16", range(24, 32)), committed("rs31_4", range(24, 28)), rule)
+    assert v.status == "stopped" and "2 of the first 4 seeds below" in v.reason
+    assert "mean gain so far +0.0018" in v.reason
+
+
 def test_cli(tmp_path):
     runs(tmp_path, "bar", BAR[:2])
     runs(tmp_path, "c", [0.9, 0.9])

@@ -104,6 +104,16 @@ def test_commands_run_the_recipe_and_every_candidate_on_every_seed():
     assert lines[3].endswith("--work_dir=runs/dev/rs30_0_s41 " + cands[0][1])
 
 
+def test_the_thirty_first_round_as_ranked():
+    """docs/results.md, thirty-first round: the committed runs of seeds 42-43 rank 5 x 5 first."""
+    dev = os.path.join(ROOT, "docs", "results", "dev")
+    if not os.path.exists(os.path.join(dev, "rs31_4_s42.json")):
+        pytest.skip(f"the thirty-first round's reports are not in {dev}")
+    rows = rs.rank([n for n, _ in rs.candidates("v16_flow_cnn", 8, 31, "rs31")], dev, [42, 43], "v16")
+    assert [(n, round(m, 4)) for n, m in rows[:2]] == [("rs31_4", 0.7857), ("rs31_2", 0.7814)]
+    assert [n for n, _ in rows].index("v16") == 6
+
+
 def test_cli(tmp_path):
     cmd = [sys.executable, "-m", "atn_tf.evaluation.random_search", "--n=3", "--draw_seed=30", "--prefix=x"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True).stdout
