@@ -85,14 +85,21 @@ def test_rank_orders_by_mean_and_refuses_a_missing_run(tmp_path):
         rs.rank(["a", "c"], str(tmp_path), [40, 41], "base")
 
 
-def test_the_thirtieth_round_as_ranked():
-    """docs/results.md, thirtieth round: the committed runs of seeds 40-41 rank rs30_5 first."""
+# (space, n, draw seed, prefix, search seeds, the first two as docs/results.md ranks them)
+RANKED = [("v16", 10, 30, "rs30", [40, 41], [("rs30_5", 0.7727), ("rs30_8", 0.7696)]),
+          ("v16_flow_cnn", 8, 31, "rs31", [42, 43], [("rs31_4", 0.7857), ("rs31_2", 0.7814)])]
+
+
+@pytest.mark.parametrize("space,n,seed,prefix,seeds,first", RANKED, ids=["thirtieth", "thirty-first"])
+def test_the_rounds_as_ranked(space, n, seed, prefix, seeds, first):
+    """docs/results.md, thirtieth and thirty-first rounds: the committed runs of the search
+    seeds rank the candidates as the tables say, v16 seventh."""
     dev = os.path.join(ROOT, "docs", "results", "dev")
-    if not os.path.exists(os.path.join(dev, "rs30_5_s40.json")):
-        pytest.skip(f"the thirtieth round's reports are not in {dev}")
-    rows = rs.rank([n for n, _ in rs.candidates("v16", 10, 30, "rs30")], dev, [40, 41], "v16")
-    assert [(n, round(m, 4)) for n, m in rows[:2]] == [("rs30_5", 0.7727), ("rs30_8", 0.7696)]
-    assert [n for n, _ in rows].index("v16") == 6
+    if not os.path.exists(os.path.join(dev, f"{first[0][0]}_s{seeds[0]}.json")):
+        pytest.skip(f"the round's reports are not in {dev}")
+    rows = rs.rank([name for name, _ in rs.candidates(space, n, seed, prefix)], dev, seeds, "v16")
+    assert [(name, round(m, 4)) for name, m in rows[:2]] == first
+    assert [name for name, _ in rows].index("v16") == 6
 
 
 def test_commands_run_the_recipe_and_every_candidate_on_every_seed():
@@ -102,16 +109,6 @@ def test_commands_run_the_recipe_and_every_candidate_on_every_seed():
     assert lines[2].startswith("python -m atn_tf.evaluate --flagfile=experiments/atn_flow_cde_v16.cfg "
                                "--protocol=cde --develop=8 --val_fraction=0.2")
     assert lines[3].endswith("--work_dir=runs/dev/rs30_0_s41 " + cands[0][1])
-
-
-def test_the_thirty_first_round_as_ranked():
-    """docs/results.md, thirty-first round: the committed runs of seeds 42-43 rank 5 x 5 first."""
-    dev = os.path.join(ROOT, "docs", "results", "dev")
-    if not os.path.exists(os.path.join(dev, "rs31_4_s42.json")):
-        pytest.skip(f"the thirty-first round's reports are not in {dev}")
-    rows = rs.rank([n for n, _ in rs.candidates("v16_flow_cnn", 8, 31, "rs31")], dev, [42, 43], "v16")
-    assert [(n, round(m, 4)) for n, m in rows[:2]] == [("rs31_4", 0.7857), ("rs31_2", 0.7814)]
-    assert [n for n, _ in rows].index("v16") == 6
 
 
 def test_cli(tmp_path):
