@@ -20,6 +20,7 @@ from absl import app, flags
 
 from atn_tf import atomic_io
 from atn_tf.evaluation import reports as reports_lib
+from atn_tf.evaluation.dev_rule import DEV_OPTIONS
 from atn_tf.config import TrainConfig
 
 FLAGS = flags.FLAGS
@@ -188,8 +189,8 @@ def update(dev_dir: str, output: str) -> str:
             f"into {len(r0['folds'])} parts, so the pooled predictions cover every clip but those of the folds' "
             f"own test subjects. Rows of different splits are not comparable; nor are rows of different "
             f"`--seed`, which also draws the rotating partition. Command of each row: "
-            f"`python -m atn_tf.evaluate --flagfile=<experiment>.cfg --protocol=cde --develop=8 --val_fraction=0.2 "
-            f"--eval_every=50 --fold_workers=2 <changes>` (exact command in each JSON). Rows marked"
+            f"`python -m atn_tf.evaluate --flagfile=<experiment>.cfg {DEV_OPTIONS} <changes>` (exact command in "
+            f"each JSON). Rows marked"
             f"{OLD_MIRROR_MARK} trained a flow-image model with the flow-image mirror as it was before "
             f"{reports_lib.FLOW_MIRROR_FIXED[:10]} (commit 0480976): columns flipped, the strain channel inverted and u "
             f"kept; later rows negate u and keep the strain.\n\n" + table(reports)

@@ -41,6 +41,9 @@ from absl import app, flags
 from atn_tf.evaluation import reports
 
 DEV_REPORT = "development.json"     # evaluate_lib.DEV_REPORT (not imported: that loads TensorFlow)
+# The options of every development run of docs/results.md since the fourteenth round (after
+# `python -m atn_tf.evaluate --flagfile=<experiment>.cfg`; then --seed and the changes).
+DEV_OPTIONS = "--protocol=cde --develop=8 --val_fraction=0.2 --eval_every=50 --fold_workers=2"
 TOLERANCE = 1e-9                    # "level": equal UF1 up to float noise
 # What makes two development runs of one seed validate the same clips.
 _PARTITION = ("protocol", "inner_split", "folds", "num_val_samples")

@@ -32,7 +32,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from absl import app, flags
 
-from atn_tf.evaluation.dev_rule import DevRun, parse_seed
+from atn_tf.evaluation.dev_rule import DEV_OPTIONS, DevRun, parse_seed
 
 # Flag -> the values it may take. The recipe's own value is in each list, so a draw may keep
 # it; the recipe itself is never drawn. Ranges are those the single-flag rounds left open:
@@ -117,8 +117,7 @@ def commands(cands: Sequence[tuple[str, str]], flagfile: str, seeds: Sequence[in
     for name, text in [(baseline, "")] + list(cands):
         for s in seeds:
             out.append(" ".join(filter(None, [
-                f"python -m atn_tf.evaluate --flagfile={flagfile} --protocol=cde --develop=8",
-                "--val_fraction=0.2 --eval_every=50 --fold_workers=2", f"--seed={s}",
+                f"python -m atn_tf.evaluate --flagfile={flagfile} {DEV_OPTIONS}", f"--seed={s}",
                 f"--experiment={name}_s{s} --work_dir={run_dir}/{name}_s{s}", text])))
     return out
 

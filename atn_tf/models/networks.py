@@ -495,7 +495,7 @@ def _nested_branch(build, tensors: list, name: str):
 
 
 def member_embeddings(embeddings: dict, k: int, flow_seq, inputs: dict, lstm_units: int, max_steps: int,
-                      flow_width: int, input_norm: bool, time_pool: str, flow_cnn: dict | None = None) -> dict:
+                      flow_width: int, input_norm: bool, time_pool: str, flow_cnn: dict) -> dict:
     """Copy `k` of the branches (`members`): new time / flow branches as nested models, the
     frozen apex's embedding shared. Keys `<branch>_m<k>_embedding`. `flow_cnn`: the flow CNN's
     options (`backbone.flow_branch`'s mixstyle, kernel, layers), as the first copy's."""
@@ -511,7 +511,7 @@ def member_embeddings(embeddings: dict, k: int, flow_seq, inputs: dict, lstm_uni
                 [flow_seq, inputs["flow_len"]], f"time_branch_m{k}")
         else:
             copies[f"{name}_embedding"] = _nested_branch(
-                lambda f: backbone.flow_branch(f, flow_width, input_norm=input_norm, **(flow_cnn or {})),
+                lambda f: backbone.flow_branch(f, flow_width, input_norm=input_norm, **flow_cnn),
                 [inputs["flow_image"]], f"flow_branch_m{k}")
     return copies
 
