@@ -78,6 +78,9 @@ def test_inputs_from_records(megc_dir):
     sym = inputs.features("flow_image_sym").reshape(n, 28, 28, 3)
     np.testing.assert_allclose(sym, 0.5 * (img + mirrored), atol=1e-9)
     np.testing.assert_allclose(probe.flow_image_symmetric(mirrored), sym, atol=1e-9)   # mirror-invariant
+    rigid = inputs.features("flow_image_rigid").reshape(n, 28, 28, 3)
+    np.testing.assert_allclose(rigid, feature_spec.sample_standardize(
+        probe.remove_affine_motion(raw.reshape(n, 28, 28, 3))), atol=1e-9)
     recs = {r["sample_id"].decode(): r for r in input_pipeline.records(megc_dir).as_numpy_iterator()}
     for i, sid in enumerate(inputs.sample_ids):
         r = recs[sid]
@@ -91,6 +94,26 @@ def test_inputs_from_records(megc_dir):
     np.testing.assert_array_equal(short.blocks["flow_seq"], inputs.blocks["flow_seq"][:, :256])
     np.testing.assert_array_equal(long_.blocks["flow_seq"][:, :512], inputs.blocks["flow_seq"])
     assert not long_.blocks["flow_seq"][:, 512:].any()
+
+
+def test_remove_affine_motion_takes_out_head_movement_and_keeps_a_local_expression():
+    from atn_tf.data.feature_spec import FLOW_IMAGE_CHANNELS, FLOW_U, FLOW_V
+    strain = FLOW_IMAGE_CHANNELS.index("strain")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:28, 0:28].astype(np.float64)
+    local = np.zeros((28, 28))
+    local[20:24, 8:12] = 5.0                                  # one lip corner moving
+    img = rng.normal(0, 1e-3, (2, 28, 28, 3))
+    img[0, ..., FLOW_U] += 3 + 0.2 * xx - 0.1 * yy           # translation + rotation/zoom
+    img[0, ..., FLOW_V] += -1 + 0.1 * xx + 0.2 * yy + local
+    img[1, ..., FLOW_V] += local                              # no head movement
+    out = probe.remove_affine_motion(img)
+    np.testing.assert_array_equal(out[..., strain], img[..., strain])  # strain untouched
+    for i in (0, 1):
+        np.testing.assert_allclose(out[i, ..., FLOW_U], 0, atol=0.01)
+        np.testing.assert_allclose(out[i, ..., FLOW_V], local, atol=0.01)   # robust: the bump survives
+    # an ordinary least-squares fit would have spread the bump over the whole face
+    assert np.abs(out[1, ..., FLOW_V][local == 0]).max() < 0.01
 
 
 def test_garbage_in_the_test_rows_changes_neither_c_nor_the_model():

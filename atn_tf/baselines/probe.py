@@ -28,6 +28,10 @@ The inputs are the deep models' inputs, read from the TFRecords through
 - `flow_image_sym`: the standardised image averaged with its left-right mirror (columns
   reversed, u negated): only the part of the motion that is symmetric about the face's
   midline, to measure what the asymmetric part carries.
+- `flow_image_rigid`: the flow image with each image's affine field of (u, v) removed (a
+  Huber-weighted least-squares fit of a + b x + c y per component, `remove_affine_motion`),
+  then standardised like `flow_image_std`: the usual correction for head movement
+  (translation, in-plane rotation, scale) that a face crop leaves in the flow.
 - `apex_fer`: the 128 pooled features of the FER2013 mini-Xception (the frozen
   `--apex_backbone=fer_xception --apex_init=fer2013` branch) on the apex area-resized to
   64x64: the floor of the models that use that branch frozen.
@@ -79,11 +83,12 @@ from atn_tf.evaluation import protocols
 
 PROBES = ("flow_seq", "flow_image", "apex", "apex_flow_seq", "all", "apex_fer", "flow_seq_mean", "flow_seq_first",
           "flow_seq_cartesian", "flow_image_std", "flow_image_hoof", "flow_image_sym", "apex_fer_magnified",
-          "flow_fer_meanface")
+          "flow_fer_meanface", "flow_image_rigid")
 PARTS = {"flow_seq": ("flow_seq",), "flow_seq_mean": ("flow_seq_mean",), "flow_seq_first": ("flow_seq_first",),
          "flow_seq_cartesian": ("flow_seq_cartesian",),
          "flow_image": ("flow_image",), "flow_image_std": ("flow_image_std",),
          "flow_image_hoof": ("flow_image_hoof",), "flow_image_sym": ("flow_image_sym",),
+         "flow_image_rigid": ("flow_image_rigid",),
          "apex": ("apex",), "apex_fer": ("apex_fer",), "apex_fer_magnified": ("apex_fer_magnified",),
          "flow_fer_meanface": ("flow_fer_meanface",),
          "apex_flow_seq": ("apex", "flow_seq"), "all": ("apex", "flow_seq", "flow_image")}
@@ -173,6 +178,8 @@ def load_inputs(data_dir: str, apex_size: int = APEX_SIZE, steps: int | None = N
     blocks["flow_image_std"] = std.reshape(len(ids), -1)
     blocks["flow_image_hoof"] = flow_image_hoof(std)
     blocks["flow_image_sym"] = flow_image_symmetric(std).reshape(len(ids), -1)
+    raw = blocks["flow_image"].reshape(len(ids), FLOW_IMAGE_SIZE, FLOW_IMAGE_SIZE, -1)
+    blocks["flow_image_rigid"] = sample_standardize(remove_affine_motion(raw)).reshape(len(ids), -1)
     if fer:
         blocks["apex_fer"] = fer_features(raw_apex)
     if magnify_apex:
@@ -196,6 +203,29 @@ def flow_image_symmetric(std: np.ndarray) -> np.ndarray:
     mirror = std[:, :, ::-1].copy()
     mirror[..., FLOW_U] *= -1
     return 0.5 * (std + mirror)
+
+
+def remove_affine_motion(images: np.ndarray, iterations: int = 10, huber: float = 1.345) -> np.ndarray:
+    """[N, H, W, 3] flow images -> the same with each image's affine field a + b x + c y
+    subtracted from u and from v (strain left as it is). The fit is Huber-weighted
+    (iteratively reweighted least squares, scale from the residuals' MAD), so a local
+    expression's motion counts as an outlier rather than as head movement."""
+    n, h, w, _ = images.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    design = np.stack([np.ones(h * w), (xx.ravel() - xx.mean()) / w, (yy.ravel() - yy.mean()) / h], axis=1)
+    out = np.array(images, dtype=np.float64, copy=True)
+    for i in range(n):
+        for c in (FLOW_U, FLOW_V):
+            f = out[i, ..., c].reshape(-1)
+            weights = np.ones_like(f)
+            for _ in range(iterations):
+                root = np.sqrt(weights)
+                coef = np.linalg.lstsq(design * root[:, None], f * root, rcond=None)[0]
+                resid = f - design @ coef
+                k = huber * (1.4826 * np.median(np.abs(resid - np.median(resid))) + 1e-9)
+                weights = np.minimum(1.0, k / np.maximum(np.abs(resid), 1e-12))
+            out[i, ..., c] = resid.reshape(h, w)
+    return out
 
 
 MAGNIFIED_PARTS = ("apex_fer_magnified", "flow_fer_meanface")
