@@ -75,7 +75,7 @@ class RunHeads:
         """The weighted sum of the heads' logits; `weights` maps a head, or a database to such a map."""
         out = np.zeros_like(next(iter(self.heads.values())))
         for db in np.unique(self.databases):
-            w = weights[db] if isinstance(weights.get(db), dict) else weights
+            w = weights_for(weights, db)
             rows = self.databases == db
             out[rows] = sum(w.get(h, 1.0) * logits[rows] for h, logits in self.heads.items())
         return out
@@ -88,6 +88,14 @@ class RunHeads:
         return protocols.metrics(self.labels, self.predictions(weights))["uf1"]
 
 
+def weights_for(weights: dict, database: str) -> dict:
+    """The head weights a clip of `database` is predicted with, as the model reads them
+    (`--head_weights` + `--database_head_weights`): the database's own map if it has one
+    (its unlisted heads 1), else the flat part of `weights`."""
+    own = weights.get(database)
+    return own if isinstance(own, dict) else {h: w for h, w in weights.items() if not isinstance(w, dict)}
+
+
 def mean_uf1(runs: Sequence[RunHeads], weights: dict) -> float:
     return float(np.mean([r.uf1(weights) for r in runs]))
 
@@ -95,35 +103,35 @@ def mean_uf1(runs: Sequence[RunHeads], weights: dict) -> float:
 def search(runs: Sequence[RunHeads], reference: str = "flow", grid: Sequence[float] = DEFAULT_GRID,
            per_database: bool = False, baseline: dict | None = None) -> dict:
     """The weights with the best mean UF1 over `runs` (ties: the one nearest `baseline`, then
-    the grid's order). Per database: one database's weights at a time, the others held at
-    the best found so far, twice round."""
+    the grid's order). Per database: one database's weights at a time, starting from and
+    tied towards that database's baseline weights, the others held at the best found so far,
+    twice round. `baseline` may hold per-database maps (`weights_for`)."""
     heads = sorted(runs[0].heads)
     if reference not in heads:
         raise ValueError(f"reference head {reference!r} is not one of the runs' heads {heads}")
     free = [h for h in heads if h != reference]
-    base = {h: (baseline or {}).get(h, 1.0) for h in heads}
     candidates = [{reference: 1.0, **dict(zip(free, combo))} for combo in itertools.product(grid, repeat=len(free))]
     candidates = [c for c in candidates if any(c[h] > 0 for h in heads)]
 
-    def distance(c):
-        return sum(abs(c[h] - base[h]) for h in heads)
+    def best(score, base):
+        base = {h: base.get(h, 1.0) for h in heads}
+        return max(candidates, key=lambda c: (round(score(c), 9), -sum(abs(c[h] - base[h]) for h in heads)))
 
-    def best(score):
-        return max(candidates, key=lambda c: (round(score(c), 9), -distance(c)))
-
+    baseline = baseline or {}
     if not per_database:
-        return best(lambda c: mean_uf1(runs, c))
-    chosen = {db: dict(base) for db in sorted(set(np.concatenate([r.databases for r in runs])))}
+        return best(lambda c: mean_uf1(runs, c), weights_for(baseline, ""))
+    chosen = {db: {h: weights_for(baseline, db).get(h, 1.0) for h in heads}
+              for db in sorted(set(np.concatenate([r.databases for r in runs])))}
     for _ in range(2):
         for db in chosen:
-            chosen[db] = best(lambda c: mean_uf1(runs, {**chosen, db: c}))
+            chosen[db] = best(lambda c: mean_uf1(runs, {**chosen, db: c}), weights_for(baseline, db))
     return chosen
 
 
 def describe(weights: dict) -> str:
-    if all(isinstance(v, dict) for v in weights.values()):
-        return "; ".join(f"{db}: {describe(w)}" for db, w in weights.items())
-    return ",".join(f"{h}={w:g}" for h, w in sorted(weights.items()))
+    flat = ",".join(f"{h}={w:g}" for h, w in sorted(weights.items()) if not isinstance(w, dict))
+    own = "; ".join(f"{db}: {describe(w)}" for db, w in weights.items() if isinstance(w, dict))
+    return "; ".join(part for part in (flat, own) if part)
 
 
 def table(check: Sequence[RunHeads], rows: dict) -> str:
@@ -223,7 +231,8 @@ def define_flags() -> None:
     flags.DEFINE_list("agreement", [], "Instead of a search: these development work dirs (e.g. one recipe's "
                       "seeds) under --baseline / --database_baseline, each run's UF1, their ensemble's, and "
                       "the clips every run gets wrong.")
-    flags.DEFINE_string("database_baseline", "", "With --agreement: the recipe's --database_head_weights.")
+    flags.DEFINE_string("database_baseline", "", "The recipe's --database_head_weights, on top of --baseline: "
+                        "the weights compared against (--choose) or scored (--agreement).")
     flags.DEFINE_integer("subsets", 0, "With --agreement: also the ensembles of every k of the runs "
                          "(mean, min, max UF1; e.g. 3 for the three-seed ensemble); 0: off.")
 
@@ -236,14 +245,13 @@ def main(argv):
     if FLAGS.subsets and not FLAGS.agreement:
         sys.exit("--subsets: only with --agreement")
     try:
+        # as the model reads them: a listed database's own weights (its unlisted heads 1), else --baseline
+        baseline = {**parse_head_weights(FLAGS.baseline), **parse_database_head_weights(FLAGS.database_baseline)}
         if FLAGS.agreement:
-            # as the model reads them: a listed database's own weights (its unlisted heads 1), else --baseline
-            weights = {**parse_head_weights(FLAGS.baseline), **parse_database_head_weights(FLAGS.database_baseline)}
-            print(agreement([RunHeads(d) for d in FLAGS.agreement], weights, FLAGS.subsets))
+            print(agreement([RunHeads(d) for d in FLAGS.agreement], baseline, FLAGS.subsets))
             return
         choose = [RunHeads(d) for d in FLAGS.choose]
         check = [RunHeads(d) for d in FLAGS.check]
-        baseline = parse_head_weights(FLAGS.baseline)
         grid = [float(g) for g in FLAGS.grid]
         print(compare(choose, check, baseline, FLAGS.reference, grid))
     except (ValueError, OSError) as e:

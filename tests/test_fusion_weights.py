@@ -123,3 +123,32 @@ def test_agreement_scores_each_run_their_ensemble_and_the_shared_errors(tmp_path
     with pytest.raises(ValueError, match="share no inner-validation clip"):
         runs[1].sample_ids = [f"x{i}" for i in range(180)]
         fusion_weights.agreement(runs, {})
+
+
+def test_a_recipe_with_weights_per_database_is_the_baseline_it_is_compared_with(tmp_path):
+    """--choose with --database_baseline: the baseline row predicts each database with its own
+    weights, and the per-database search starts from, and ties towards, that database's."""
+    runs = [fusion_weights.RunHeads(_run(tmp_path, f"r{s}", s)) for s in range(2)]
+    check = [fusion_weights.RunHeads(_run(tmp_path, "c0", 7))]
+    recipe = {"time": 1.0, "samm": {"time": 0.0}}          # --baseline=time=1 --database_baseline=samm:time=0
+    assert fusion_weights.weights_for(recipe, "samm") == {"time": 0.0}
+    assert fusion_weights.weights_for(recipe, "smic") == {"time": 1.0}
+    rows = check[0].databases == "samm"
+    assert np.array_equal(check[0].predictions(recipe)[rows], check[0].heads["flow"][rows].argmax(1))
+    assert fusion_weights.describe(recipe) == "time=1; samm: time=0"
+    # on a flat grid where every weight of the uninformative head scores the same, the tie goes to the recipe's
+    flat = [fusion_weights.RunHeads(_run(tmp_path, f"f{s}", s, flip_db="none")) for s in range(2)]
+    for r in flat:
+        r.heads["time"] = np.zeros_like(r.heads["time"])    # a head that never moves the argmax
+    chosen = fusion_weights.search(flat, per_database=True, grid=[0.0, 0.5, 2.0],
+                                   baseline={"time": 0.5, "smic": {"time": 2.0}})
+    assert chosen["smic"]["time"] == 2.0 and chosen["casme2"]["time"] == 0.5
+    text = fusion_weights.compare(runs, check, recipe)
+    assert "baseline (time=1; samm: time=0)" in text
+    base = fusion_weights.mean_uf1(check, recipe)
+    assert f"| baseline (time=1; samm: time=0) | {check[0].uf1(recipe):.3f} | {base:.3f} |" in text
+    r = subprocess.run([sys.executable, "-m", "atn_tf.fusion_weights", f"--choose={tmp_path / 'r0'}",
+                        f"--check={tmp_path / 'c0'}", "--baseline=time=1", "--database_baseline=samm:time=0"],
+                       capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert r.returncode == 0, r.stderr
+    assert "baseline (time=1; samm: time=0)" in r.stdout and "per database: mean gain" in r.stdout
