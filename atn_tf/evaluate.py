@@ -4,7 +4,8 @@ Trains one model per fold, predicts each held-out fold, pools the predictions an
 report.json, report.md and confusion.png. `--compare dir_a dir_b ...` prints a table of
 finished experiments instead (work dirs or report files), with each UF1's 95 %
 subject-bootstrap interval and paired permutation tests between reports on the same samples
-(`atn_tf.evaluation.stats`); `--ensemble --work_dir=runs/x a b c` writes the report of the average of
+(`atn_tf.evaluation.stats`; with `--subsets=k`, the ensembles of every k of them); `--ensemble
+--work_dir=runs/x a b c` writes the report of the average of
 finished experiments' probabilities (e.g. one config trained with three seeds).
 """
 
@@ -34,6 +35,8 @@ flags.DEFINE_boolean("compare", False, "Compare the finished work dirs given as 
 flags.DEFINE_string("compare_output", None, "Also write the comparison table (markdown) here.")
 flags.DEFINE_float("target_uf1", None, "--compare: also say how many clips each report is from this UF1, "
                    "and how many clips all of them get wrong.")
+flags.DEFINE_integer("subsets", 0, "--compare: also the mean-probability ensembles of every k of the reports "
+                     "(the spread of a k-seed ensemble over draws of seeds; with --target_uf1, how many reach it).")
 flags.DEFINE_boolean("ensemble", False, "Average the probabilities of the finished work dirs / report "
                      "files given as arguments into one report in --work_dir.")
 flags.DEFINE_boolean("progress", False, "Per-fold training progress bars (sequential runner).")
@@ -69,9 +72,24 @@ def _compare(paths) -> str:
     from atn_tf.evaluation import reports, stats
     loaded = [(os.path.basename(os.path.normpath(d)), reports.load_report(d)) for d in paths]
     table = reports.compare_table(loaded) + "\n" + stats.compare_text(loaded, target_uf1=FLAGS.target_uf1)
+    if FLAGS.subsets:
+        table += _subsets_text(loaded, FLAGS.subsets, FLAGS.target_uf1)
     if FLAGS.compare_output:
         atomic_io.write_text(FLAGS.compare_output, table)
     return table
+
+
+def _subsets_text(loaded, k: int, target) -> str:
+    from atn_tf.evaluation import evaluate_lib
+    found = evaluate_lib.subset_ensembles(loaded, k)
+    scores = [u for _, u in found]
+    low, high = min(found, key=lambda f: f[1]), max(found, key=lambda f: f[1])
+    lines = [f"\nMean-probability ensembles of every {k} of the {len(loaded)} reports ({len(found)} subsets): "
+             f"UF1 mean {sum(scores) / len(scores):.3f}, lowest {low[1]:.3f} ({', '.join(low[0])}), "
+             f"highest {high[1]:.3f} ({', '.join(high[0])})"]
+    if target is not None:
+        lines.append(f"subsets at or above UF1 {target:.3f}: {sum(u >= target for u in scores)} of {len(found)}")
+    return "\n".join(lines) + "\n"
 
 
 def _ensemble(paths, command: str) -> str:
@@ -104,6 +122,8 @@ def main(argv):
             raise app.UsageError("--compare needs one or more work dirs")
         if FLAGS.target_uf1 is not None and not 0.0 <= FLAGS.target_uf1 <= 1.0:
             raise app.UsageError(f"--target_uf1 is a UF1 in [0, 1], got {FLAGS.target_uf1}")
+        if FLAGS.subsets and not 2 <= FLAGS.subsets < len(argv) - 1:
+            raise app.UsageError(f"--subsets={FLAGS.subsets}: needs 2 <= k < the number of reports ({len(argv) - 1})")
         job = lambda: _compare(argv[1:])  # noqa: E731
     elif FLAGS.ensemble:
         if len(argv) < 3 or not FLAGS.work_dir or not FLAGS.experiment:

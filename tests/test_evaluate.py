@@ -234,6 +234,34 @@ def test_ensemble_averages_probabilities_and_checks_members(tmp_path):
         evaluate_lib.ensemble([("a", a), ("p", _fake_report([[1, 0, 0]] * 3, complete=False))], "e", "c")
 
 
+def test_subset_ensembles_score_every_draw_of_k_reports(tmp_path):
+    runs = [("a", _fake_report([[0.6, 0.4, 0.0], [0.1, 0.8, 0.1], [0.5, 0.0, 0.5]], seed=0)),
+            ("b", _fake_report([[0.0, 0.9, 0.1], [0.1, 0.6, 0.3], [0.0, 0.4, 0.6]], seed=1)),
+            ("c", _fake_report([[0.9, 0.1, 0.0], [0.3, 0.3, 0.4], [0.2, 0.2, 0.6]], seed=2))]
+    found = evaluate_lib.subset_ensembles(runs, 2)
+    assert [names for names, _ in found] == [("a", "b"), ("a", "c"), ("b", "c")]
+    for names, uf1 in found:
+        members = [r for r in runs if r[0] in names]
+        assert uf1 == evaluate_lib.ensemble(members, "e", "c")["overall"]["uf1"]
+    assert len({uf1 for _, uf1 in found}) > 1                  # the draws differ
+    for k in (1, 3):
+        with pytest.raises(ValueError, match="need 2 <= k < 3"):
+            evaluate_lib.subset_ensembles(runs, k)
+    for name, r in runs:
+        (tmp_path / f"{name}.json").write_text(json.dumps(r))
+    cmd = [sys.executable, "-m", "atn_tf.evaluate", "--compare", "--subsets=2", "--target_uf1=0.5",
+           *(str(tmp_path / f"{n}.json") for n, _ in runs)]
+    r = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    best = max(found, key=lambda f: f[1])
+    assert "Mean-probability ensembles of every 2 of the 3 reports (3 subsets)" in r.stdout
+    assert f"highest {best[1]:.3f} ({best[0][0]}.json, {best[0][1]}.json)" in r.stdout
+    assert f"subsets at or above UF1 0.500: {sum(u >= 0.5 for _, u in found)} of 3" in r.stdout
+    r = subprocess.run(cmd[:4] + ["--subsets=3"] + cmd[5:], env=dict(os.environ, PYTHONPATH=ROOT),
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "--subsets=3: needs 2 <= k < the number of reports (3)" in r.stderr
+
+
 def test_ensemble_cli(megc_dir, tmp_path):
     cfg = TrainConfig(data_dir=megc_dir, model="time_only", **TINY)
     for name in ("a", "b"):

@@ -19,6 +19,7 @@ the fold's training subjects (`train_lib.split_inner_validation`).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import shutil
@@ -435,6 +436,16 @@ def ensemble(members: Sequence[tuple[str, dict]], experiment: str, command: str)
     tried = [r.get("recipes_tried") for _, r in members if r.get("recipes_tried") is not None]
     report["recipes_tried"] = max(tried) if tried else None
     return report
+
+
+def subset_ensembles(members: Sequence[tuple[str, dict]], k: int) -> list[tuple[tuple[str, ...], float]]:
+    """(member names, overall UF1) of the `ensemble` of every k of `members`: how a k-seed
+    ensemble's score spreads over draws of its seeds, and whether any draw reaches a target
+    (measured, never used to pick the draw that is reported)."""
+    if not 2 <= k < len(members):
+        raise ValueError(f"subsets of {k}: need 2 <= k < {len(members)} (the number of reports)")
+    return [(tuple(name for name, _ in combo), ensemble(list(combo), "", "")["overall"]["uf1"])
+            for combo in itertools.combinations(members, k)]
 
 
 def make_report(predictions: list[dict], protocol: str, experiment: str, command: str,
