@@ -109,6 +109,7 @@ class TrainConfig:
     apex_shift: int = 0                     # augment: translate the apex (at image_size) likewise
     flow_erase: int = 0                     # augment: p = 0.5, an s x s square of the flow image -> its median
     flow_zoom: float = 0.0                  # augment: p = 0.5, scale the flow image by [1/(1+z), 1+z]
+    flow_rotate: float = 0.0                # augment: p = 0.5, rotate the flow image by [-d, d] degrees
     flow_u_flip: float = 0.0                # augment: negate the flow inputs' horizontal motion with this p
     flow_seq_mirror: str = "reflect"        # mirror of flow_seq: reflect (angles a -> pi - a) | columns (angles kept)
     mixup: float = 0.0                      # > 0: mixup in the train step, lambda ~ Beta(mixup, mixup)
@@ -300,6 +301,8 @@ class TrainConfig:
             raise ValueError(f"flow_erase={self.flow_erase}: the flow image is {feature_spec.FLOW_IMAGE_SIZE} pixels a side")
         if not 0 <= self.flow_zoom < 1 or (self.flow_zoom and not self.augment):
             raise ValueError(f"flow_zoom={self.flow_zoom}: must be in [0, 1), and > 0 only with augment")
+        if not 0 <= self.flow_rotate <= 45 or (self.flow_rotate and not self.augment):   # a jitter, not a turn
+            raise ValueError(f"flow_rotate={self.flow_rotate}: must be in [0, 45] degrees, and > 0 only with augment")
         if not 0 <= self.flow_u_flip <= 1 or (self.flow_u_flip and not self.augment):
             raise ValueError(f"flow_u_flip={self.flow_u_flip}: must be in [0, 1], and > 0 only with augment")
         if self.apex_distill < 0 or (self.apex_distill > 0 and self.apex_backbone != "resnet"):

@@ -42,6 +42,8 @@ HELP = {
                   "(edges repeated; 0: off).",
     "flow_zoom": "Augmentation: with p=0.5 scale the flow image about its centre by a factor drawn "
                  "log-uniformly from [1/(1+z), 1+z] (bilinear, edges repeated; 0: off).",
+    "flow_rotate": "Augmentation: with p=0.5 rotate the flow image about its centre by an angle drawn "
+                   "uniformly from [-d, d] degrees (bilinear, edges repeated; the layout only; 0: off).",
     "apex_shift": "Augmentation: with p=0.5 translate the apex (at --image_size) by up to this many pixels "
                   "in x and y (edges repeated; 0: off).",
     "mixup": "> 0: mixup in the train step: each example mixed with another of its batch, weight "

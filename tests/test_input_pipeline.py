@@ -394,6 +394,60 @@ def test_zoom_images_scales_about_the_centre_or_not_at_all():
     assert factors.min() < 1 / 1.18 and factors.max() > 1.18
 
 
+def _rotate_reference(img, degrees):
+    """Bilinear rotation of [h, w, c] about its centre, edges repeated (NumPy, point by point):
+    out[p] is read at the source point of p under cv2's getRotationMatrix2D convention."""
+    h, w = img.shape[:2]
+    t = np.deg2rad(degrees)
+    out = np.empty_like(img)
+    for i in range(h):
+        for j in range(w):
+            dx, dy = j - (w - 1) / 2, i - (h - 1) / 2
+            x = min(max(np.cos(t) * dx - np.sin(t) * dy + (w - 1) / 2, 0.0), w - 1.0)
+            y = min(max(np.sin(t) * dx + np.cos(t) * dy + (h - 1) / 2, 0.0), h - 1.0)
+            y0, x0 = int(np.floor(y)), int(np.floor(x))
+            y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
+            fy, fx = y - y0, x - x0
+            out[i, j] = ((img[y0, x0] * (1 - fx) + img[y0, x1] * fx) * (1 - fy)
+                         + (img[y1, x0] * (1 - fx) + img[y1, x1] * fx) * fy)
+    return out
+
+
+def test_rotate_images_turns_about_the_centre_or_not_at_all():
+    """rotate_images: u0 < 0.5 turns by (2 u1 - 1) * d degrees (bilinear, edges repeated), in
+    the direction of `augment.rotate` (OpenCV's, counter-clockwise on screen), else the image
+    is returned as it is."""
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0, 255, (3, 28, 27, 3)).astype(np.float32)
+    u = np.zeros((3, augment.NUM_DRAWS), np.float32)
+    u[:, 0] = [0.1, 0.2, 0.7]
+    u[:, 1] = [1.0, 0.25, 1.0]                      # +10, -5 degrees, off
+    out = augment.rotate_images(tf.constant(img), tf.constant(u), 10.0).numpy()
+    np.testing.assert_allclose(out[0], _rotate_reference(img[0], 10.0), atol=1e-3)
+    np.testing.assert_allclose(out[1], _rotate_reference(img[1], -5.0), atol=1e-3)
+    np.testing.assert_array_equal(out[2], img[2])
+    for k, degrees in ((0, 10.0), (1, -5.0)):      # OpenCV's fixed-point bilinear: a few grey levels apart
+        cv = np.stack([augment.rotate(img[k][..., c].copy(), degrees) for c in range(3)], axis=-1)
+        np.testing.assert_allclose(out[k], cv, atol=8.0)
+    flat = np.full((2, 28, 28, 3), 9.0, np.float32)
+    np.testing.assert_allclose(augment.rotate_images(tf.constant(flat), tf.constant(u[:2]), 10.0).numpy(), 9.0,
+                               rtol=1e-6)
+
+
+def test_flow_rotate_changes_only_the_flow_image_of_the_stream(data_dir):
+    data = _arrays(data_dir)
+    plain = ip.dataset_from_arrays(data, 8, 32, seed=3)
+    turned = ip.dataset_from_arrays(data, 8, 32, seed=3, flow_rotate=10.0)
+    (xa, ya), (xb, yb) = next(iter(plain)), next(iter(turned))
+    np.testing.assert_array_equal(ya, yb)
+    for k in ("apex_image", "flow_seq", "flow_len"):
+        np.testing.assert_array_equal(xa[k], xb[k], err_msg=k)
+    assert 1 <= sum(not np.allclose(a, b) for a, b in zip(xa["flow_image"], xb["flow_image"])) < 8
+    for bad in ({"flow_rotate": -1.0}, {"flow_rotate": 5.0, "augment_data": False}):
+        with pytest.raises(ValueError, match="flow_rotate"):
+            ip.dataset_from_arrays(data, 8, 32, **bad)
+
+
 def test_flow_zoom_changes_only_the_flow_image_of_the_stream(data_dir):
     data = _arrays(data_dir)
     plain = ip.dataset_from_arrays(data, 8, 32, seed=3)

@@ -479,14 +479,15 @@ def test_ema_keeps_the_moving_average_of_the_weights_and_scores_it(data_dir):
 def test_flow_augmentation_flags_need_augmentation_and_reach_the_stream(data_dir):
     from atn_tf.training import train_lib
     for name, value, out_of_range in (("flow_shift", 2, -1), ("apex_shift", 2, -1), ("flow_u_flip", 0.5, 1.5),
-                                         ("flow_erase", 6, 29), ("flow_zoom", 0.1, 1.0)):
+                                         ("flow_erase", 6, 29), ("flow_zoom", 0.1, 1.0),
+                                         ("flow_rotate", 5.0, 50.0)):
         for bad in ({name: value, "augment": False}, {name: out_of_range}):
             with pytest.raises(ValueError, match=name):
                 TrainConfig(**bad)
     data = _arrays(data_dir)
     batches = {}
     for change in ({}, {"flow_shift": 2}, {"flow_u_flip": 1.0}, {"flow_seq_mirror": "columns"},
-                   {"flow_erase": 6}, {"flow_zoom": 0.1}):
+                   {"flow_erase": 6}, {"flow_zoom": 0.1}, {"flow_rotate": 5.0}):
         session = train_lib.Session(TrainConfig(data_dir=data_dir, model="atn_flow", **change, **TINY))
         x = next(iter(session.dataset(data)))[0]
         batches[str(change)] = np.concatenate([x["flow_image"].numpy().ravel(), x["flow_seq"].numpy().ravel()])

@@ -396,6 +396,7 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
                         tables: Optional[dict] = None, flow_shift: int = 0,
                         apex_shift: int = 0, flow_seq_mirror: str = "reflect",
                         flow_u_flip: float = 0.0, flow_erase: int = 0, flow_zoom: float = 0.0,
+                        flow_rotate: float = 0.0,
                         au_vocab=(), adversary: str = "",
                         domains=()) -> tf.data.Dataset:
     """An endless stream of (inputs, label) batches from training arrays (`load_arrays`).
@@ -423,7 +424,9 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
     `flow_erase` = s > 0 sets an s x s square of the flow image to its median with p = 0.5
     (`augment.erase_patches`, its own draws). `flow_zoom` = z > 0 scales the flow image about its
     centre by a factor in [1 / (1 + z), 1 + z] with p = 0.5 (`augment.zoom_images`, its own
-    draws), before any translation. With `au_vocab` / `adversary` (or tables that
+    draws), before any translation; `flow_rotate` = d > 0 rotates it about its centre by an angle
+    in [-d, d] degrees with p = 0.5 (`augment.rotate_images`, its own draws), after any scaling
+    and before any translation. With `au_vocab` / `adversary` (or tables that
     hold them), the inputs also carry `au_target` (`au_targets`) / `domain_target`
     (`domain_targets`), which the training step takes out before the model reads the batch.
     """
@@ -432,6 +435,8 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
             raise ValueError(f"{name}={shift}: must be >= 0, and > 0 only with augmentation")
     if not 0.0 <= flow_zoom < 1.0 or (flow_zoom and not augment_data):
         raise ValueError(f"flow_zoom={flow_zoom}: must be in [0, 1), and > 0 only with augmentation")
+    if flow_rotate < 0 or (flow_rotate and not augment_data):
+        raise ValueError(f"flow_rotate={flow_rotate}: must be >= 0 degrees, and > 0 only with augmentation")
     if not 0.0 <= flow_u_flip <= 1.0 or (flow_u_flip and not augment_data):
         raise ValueError(f"flow_u_flip={flow_u_flip}: must be in [0, 1], and > 0 only with augmentation")
     if flow_erase > np.shape(data["flow_image"])[1]:
@@ -483,6 +488,9 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
             if flow_zoom:
                 flow_image = augment.zoom_images(
                     flow_image, augment.draws(seed, stream_offset + index, salt=augment.ZOOM_SALT), flow_zoom)
+            if flow_rotate:
+                flow_image = augment.rotate_images(
+                    flow_image, augment.draws(seed, stream_offset + index, salt=augment.ROTATE_SALT), flow_rotate)
             if flow_shift:
                 flow_image = augment.shift_images(
                     flow_image, augment.draws(seed, stream_offset + index, salt=augment.SHIFT_SALT), flow_shift)

@@ -470,7 +470,7 @@ class Session:
                 balance=config.balance, seed=config.seed, input_context=ctx, skip_batches=skip_batches,
                 balance_by=config.balance_by, tables=tables, flow_shift=config.flow_shift,
                 flow_seq_mirror=config.flow_seq_mirror, flow_u_flip=config.flow_u_flip,
-                flow_erase=config.flow_erase, flow_zoom=config.flow_zoom,
+                flow_erase=config.flow_erase, flow_zoom=config.flow_zoom, flow_rotate=config.flow_rotate,
                 apex_shift=config.apex_shift, au_vocab=au_vocab(config), adversary=config.adversary,
                 domains=parse_domains(config.adversary_domains)))
 
