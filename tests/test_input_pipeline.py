@@ -351,20 +351,27 @@ def test_shift_images_translates_with_repeated_edges_or_not_at_all():
     assert not np.allclose(u.numpy()[:4], augment.draws(5, tf.range(4, dtype=tf.int64)).numpy())
 
 
-def _zoom_reference(img, scale):
-    """Bilinear scaling of [h, w, c] about its centre, edges repeated (NumPy, point by point)."""
+def _warp_reference(img, source):
+    """[h, w, c] resampled bilinearly at `source(i, j)` -> (y, x) for each output pixel,
+    clipped to the image (edges repeated); NumPy, point by point."""
     h, w = img.shape[:2]
     out = np.empty_like(img)
     for i in range(h):
         for j in range(w):
-            y = min(max((h - 1) / 2 + (i - (h - 1) / 2) / scale, 0.0), h - 1.0)
-            x = min(max((w - 1) / 2 + (j - (w - 1) / 2) / scale, 0.0), w - 1.0)
+            y, x = source(i, j)
+            y, x = min(max(y, 0.0), h - 1.0), min(max(x, 0.0), w - 1.0)
             y0, x0 = int(np.floor(y)), int(np.floor(x))
             y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
             fy, fx = y - y0, x - x0
             out[i, j] = ((img[y0, x0] * (1 - fx) + img[y0, x1] * fx) * (1 - fy)
                          + (img[y1, x0] * (1 - fx) + img[y1, x1] * fx) * fy)
     return out
+
+
+def _zoom_reference(img, scale):
+    """Scaling of [h, w, c] about its centre."""
+    cy, cx = (img.shape[0] - 1) / 2, (img.shape[1] - 1) / 2
+    return _warp_reference(img, lambda i, j: (cy + (i - cy) / scale, cx + (j - cx) / scale))
 
 
 def test_zoom_images_scales_about_the_centre_or_not_at_all():
@@ -395,22 +402,11 @@ def test_zoom_images_scales_about_the_centre_or_not_at_all():
 
 
 def _rotate_reference(img, degrees):
-    """Bilinear rotation of [h, w, c] about its centre, edges repeated (NumPy, point by point):
-    out[p] is read at the source point of p under cv2's getRotationMatrix2D convention."""
-    h, w = img.shape[:2]
-    t = np.deg2rad(degrees)
-    out = np.empty_like(img)
-    for i in range(h):
-        for j in range(w):
-            dx, dy = j - (w - 1) / 2, i - (h - 1) / 2
-            x = min(max(np.cos(t) * dx - np.sin(t) * dy + (w - 1) / 2, 0.0), w - 1.0)
-            y = min(max(np.sin(t) * dx + np.cos(t) * dy + (h - 1) / 2, 0.0), h - 1.0)
-            y0, x0 = int(np.floor(y)), int(np.floor(x))
-            y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
-            fy, fx = y - y0, x - x0
-            out[i, j] = ((img[y0, x0] * (1 - fx) + img[y0, x1] * fx) * (1 - fy)
-                         + (img[y1, x0] * (1 - fx) + img[y1, x1] * fx) * fy)
-    return out
+    """Rotation of [h, w, c] about its centre: out[p] is read at the source point of p under
+    cv2's getRotationMatrix2D convention."""
+    cy, cx = (img.shape[0] - 1) / 2, (img.shape[1] - 1) / 2
+    c, s = np.cos(np.deg2rad(degrees)), np.sin(np.deg2rad(degrees))
+    return _warp_reference(img, lambda i, j: (s * (j - cx) + c * (i - cy) + cy, c * (j - cx) - s * (i - cy) + cx))
 
 
 def test_rotate_images_turns_about_the_centre_or_not_at_all():
@@ -434,31 +430,21 @@ def test_rotate_images_turns_about_the_centre_or_not_at_all():
                                rtol=1e-6)
 
 
-def test_flow_rotate_changes_only_the_flow_image_of_the_stream(data_dir):
+@pytest.mark.parametrize("flag, value, bad_values", [
+    ("flow_zoom", 0.2, (1.0, -0.1)),
+    ("flow_rotate", 10.0, (-1.0,)),
+])
+def test_a_flow_image_warp_changes_only_the_flow_image_of_the_stream(data_dir, flag, value, bad_values):
     data = _arrays(data_dir)
     plain = ip.dataset_from_arrays(data, 8, 32, seed=3)
-    turned = ip.dataset_from_arrays(data, 8, 32, seed=3, flow_rotate=10.0)
-    (xa, ya), (xb, yb) = next(iter(plain)), next(iter(turned))
+    warped = ip.dataset_from_arrays(data, 8, 32, seed=3, **{flag: value})
+    (xa, ya), (xb, yb) = next(iter(plain)), next(iter(warped))
     np.testing.assert_array_equal(ya, yb)
     for k in ("apex_image", "flow_seq", "flow_len"):
         np.testing.assert_array_equal(xa[k], xb[k], err_msg=k)
     assert 1 <= sum(not np.allclose(a, b) for a, b in zip(xa["flow_image"], xb["flow_image"])) < 8
-    for bad in ({"flow_rotate": -1.0}, {"flow_rotate": 5.0, "augment_data": False}):
-        with pytest.raises(ValueError, match="flow_rotate"):
-            ip.dataset_from_arrays(data, 8, 32, **bad)
-
-
-def test_flow_zoom_changes_only_the_flow_image_of_the_stream(data_dir):
-    data = _arrays(data_dir)
-    plain = ip.dataset_from_arrays(data, 8, 32, seed=3)
-    zoomed = ip.dataset_from_arrays(data, 8, 32, seed=3, flow_zoom=0.2)
-    (xa, ya), (xb, yb) = next(iter(plain)), next(iter(zoomed))
-    np.testing.assert_array_equal(ya, yb)
-    for k in ("apex_image", "flow_seq", "flow_len"):
-        np.testing.assert_array_equal(xa[k], xb[k], err_msg=k)
-    assert 1 <= sum(not np.allclose(a, b) for a, b in zip(xa["flow_image"], xb["flow_image"])) < 8
-    for bad in ({"flow_zoom": 1.0}, {"flow_zoom": -0.1}, {"flow_zoom": 0.1, "augment_data": False}):
-        with pytest.raises(ValueError, match="flow_zoom"):
+    for bad in [{flag: v} for v in bad_values] + [{flag: value, "augment_data": False}]:
+        with pytest.raises(ValueError, match=flag):
             ip.dataset_from_arrays(data, 8, 32, **bad)
 
 
