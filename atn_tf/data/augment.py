@@ -252,7 +252,7 @@ def rotate_images(images, u, max_degrees: float):
     outside the image. It mimics a head rolled by a few degrees between clips. Only the
     layout turns: the flow PNGs scale u and v each by its own unknown factor, so the vectors
     cannot be turned with it (at 10 degrees they would mix by sin 10° = 0.17 of the other)."""
-    b, h, w, c = images.shape[0], images.shape[1], images.shape[2], images.shape[3]
+    h, w = images.shape[1], images.shape[2]
     theta = tf.where(u[:, 0] < 0.5, (u[:, 1] * 2.0 - 1.0) * (max_degrees * np.pi / 180.0), 0.0)     # [B]
     cos, sin = tf.cos(theta)[:, None, None], tf.sin(theta)[:, None, None]
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
