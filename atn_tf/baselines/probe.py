@@ -174,11 +174,11 @@ def load_inputs(data_dir: str, apex_size: int = APEX_SIZE, steps: int | None = N
               "flow_seq_mean": np.stack([s.mean(axis=0) for s in seqs]),
               "flow_seq_first": np.stack([s[0] for s in seqs]),
               "flow_image": np.asarray(fimg, dtype=np.float64)}
-    std = sample_standardize(blocks["flow_image"].reshape(len(ids), FLOW_IMAGE_SIZE, FLOW_IMAGE_SIZE, -1))
+    raw = blocks["flow_image"].reshape(len(ids), FLOW_IMAGE_SIZE, FLOW_IMAGE_SIZE, -1)
+    std = sample_standardize(raw)
     blocks["flow_image_std"] = std.reshape(len(ids), -1)
     blocks["flow_image_hoof"] = flow_image_hoof(std)
     blocks["flow_image_sym"] = flow_image_symmetric(std).reshape(len(ids), -1)
-    raw = blocks["flow_image"].reshape(len(ids), FLOW_IMAGE_SIZE, FLOW_IMAGE_SIZE, -1)
     blocks["flow_image_rigid"] = sample_standardize(remove_affine_motion(raw)).reshape(len(ids), -1)
     if fer:
         blocks["apex_fer"] = fer_features(raw_apex)
