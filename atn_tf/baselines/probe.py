@@ -110,10 +110,21 @@ class ProbeInputs:
     def features(self, probe: str) -> np.ndarray:
         if probe not in PARTS:
             raise ValueError(f"unknown probe input {probe!r}; expected one of {PROBES}")
+        for part in PARTS[probe]:
+            if part not in self.blocks and part in FLOW_IMAGE_DERIVED:
+                self.blocks[part] = self.derived(part)
         missing = [p for p in PARTS[probe] if p not in self.blocks]
         if missing:
             raise ValueError(f"probe input {probe!r} needs {missing}: load the records with fer=True")
         return np.concatenate([self.blocks[p] for p in PARTS[probe]], axis=1)
+
+    def derived(self, part: str) -> np.ndarray:
+        """A descriptor of the flow image, computed when a probe first reads it (each costs up
+        to a second on the 442 clips, and a probe reads one of them)."""
+        n = len(self.sample_ids)
+        raw = self.blocks["flow_image"].reshape(n, FLOW_IMAGE_SIZE, FLOW_IMAGE_SIZE, -1)
+        std = self.blocks["flow_image_std"].reshape(raw.shape)
+        return FLOW_IMAGE_DERIVED[part](raw, std).reshape(n, -1)
 
 
 FER_SIZE = 64
@@ -142,7 +153,8 @@ def load_inputs(data_dir: str, apex_size: int = APEX_SIZE, steps: int | None = N
     real length found); the apex is area-resized to apex_size x apex_size; with `fer`, the
     FER2013 features of the apex are computed too (block `apex_fer`), and with `magnify_apex`
     those of the apex and of the mean face magnified along each clip's flow
-    (`apex_fer_magnified`, `flow_fer_meanface`: two more FER passes, so only when asked)."""
+    (`apex_fer_magnified`, `flow_fer_meanface`: two more FER passes, so only when asked).
+    The flow image's descriptors (`FLOW_IMAGE_DERIVED`) are computed when a probe reads them."""
     import cv2
     from atn_tf.data import input_pipeline
 
@@ -177,9 +189,6 @@ def load_inputs(data_dir: str, apex_size: int = APEX_SIZE, steps: int | None = N
     raw = blocks["flow_image"].reshape(len(ids), FLOW_IMAGE_SIZE, FLOW_IMAGE_SIZE, -1)
     std = sample_standardize(raw)
     blocks["flow_image_std"] = std.reshape(len(ids), -1)
-    blocks["flow_image_hoof"] = flow_image_hoof(std)
-    blocks["flow_image_sym"] = flow_image_symmetric(std).reshape(len(ids), -1)
-    blocks["flow_image_rigid"] = sample_standardize(remove_affine_motion(raw)).reshape(len(ids), -1)
     if fer:
         blocks["apex_fer"] = fer_features(raw_apex)
     if magnify_apex:
@@ -228,6 +237,13 @@ def remove_affine_motion(images: np.ndarray, iterations: int = 10, huber: float 
     return out
 
 
+# Descriptors of the flow image that `ProbeInputs.features` computes on first use, from the
+# raw and the standardised [N, 28, 28, 3] images.
+FLOW_IMAGE_DERIVED = {
+    "flow_image_hoof": lambda raw, std: flow_image_hoof(std),
+    "flow_image_sym": lambda raw, std: flow_image_symmetric(std),
+    "flow_image_rigid": lambda raw, std: sample_standardize(remove_affine_motion(raw)),
+}
 MAGNIFIED_PARTS = ("apex_fer_magnified", "flow_fer_meanface")
 FER_PARTS = ("apex_fer",) + MAGNIFIED_PARTS
 
