@@ -69,7 +69,10 @@ def test_inputs_from_records(megc_dir):
     from atn_tf.baselines import hoof
 
     img = z.reshape(n, 28, 28, 3)
+    # the flow image's descriptors are computed when a probe first reads them, then kept
+    assert not set(probe.FLOW_IMAGE_DERIVED) & set(inputs.blocks)
     h = inputs.features("flow_image_hoof").reshape(n, 16, 8)
+    assert "flow_image_hoof" in inputs.blocks and "flow_image_rigid" not in inputs.blocks
     np.testing.assert_allclose(h.sum(axis=2), 1, atol=1e-9)
     u, v = feature_spec.FLOW_U, feature_spec.FLOW_V
     np.testing.assert_allclose(h[0], hoof.hoof(img[0, ..., u], img[0, ..., v], 8, (4, 4), symmetric=False))
