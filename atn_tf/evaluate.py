@@ -52,6 +52,9 @@ flags.DEFINE_enum("inner_split", "rotating", ["rotating", "fixed"], "--develop: 
                   "validates on part i of a database-stratified partition of the subjects (every subject "
                   "once); fixed = --val_fraction of the training subjects drawn with --seed in every fold "
                   "(the protocol before 2026-12-01: nearly the same subjects in every fold).")
+flags.DEFINE_float("train_subjects", 1.0, "--develop: fit each fold on this fraction of its training subjects "
+                   "(of each database's, drawn with --seed), scored on the same inner-validation clips: a "
+                   "point of the recipe's learning curve.", lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_integer("recipes_tried", None, "How many recipes were run on this protocol before this one "
                      "(recorded in the report; see docs/results.md's recipe log).", lower_bound=0)
 FLAGS = flags.FLAGS
@@ -102,7 +105,8 @@ def _ensemble(paths, command: str) -> str:
 def _develop(config, work_dir: str, command: str) -> str:
     from atn_tf.evaluation import evaluate_lib, reports
     report = evaluate_lib.develop(config, FLAGS.protocol, work_dir, FLAGS.develop, FLAGS.fold_workers,
-                                  experiment=_experiment_name(), command=command, inner_split=FLAGS.inner_split)
+                                  experiment=_experiment_name(), command=command, inner_split=FLAGS.inner_split,
+                                  train_subjects=FLAGS.train_subjects)
     return reports.development_summary(report) + f"\nreport: {os.path.join(work_dir, evaluate_lib.DEV_REPORT)}"
 
 
@@ -132,6 +136,9 @@ def main(argv):
     else:
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        if FLAGS.train_subjects < 1.0 and not FLAGS.develop:
+            raise app.UsageError("--train_subjects subsamples the development protocol's training subjects: "
+                                 "it needs --develop")
         config = flags_lib.cli_config()
         work_dir = FLAGS.work_dir or os.path.join("runs", f"{FLAGS.protocol}_{_experiment_name()}")
         job = (lambda: _develop(config, work_dir, command)) if FLAGS.develop else \

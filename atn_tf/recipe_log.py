@@ -96,6 +96,13 @@ def describe(config: dict) -> str:
     return f"{name}: {changes(config, base)}"
 
 
+def run_recipe(report: dict) -> str:
+    """`describe` of a development report's config, plus the share of the training subjects
+    it was fitted on when that was not all of them (`--train_subjects`)."""
+    share = report.get("train_subjects", 1.0)
+    return describe(report["config"]) + (f" --train_subjects={share:g}" if share < 1.0 else "")
+
+
 def table(reports: list[dict]) -> str:
     lines = ["| # | recipe | model | inner split | changes against the seed recipe at 64 px (`*_cde_cpu.cfg`) or "
              "recipe v2 (`*_cde_v2.cfg`) | steps | UF1 at the last step | best UF1 (step) | "
@@ -109,7 +116,7 @@ def table(reports: list[dict]) -> str:
         # initialisation, so a run repeated with another seed must read as such.
         seed = f" (--seed={cfg['seed']})" if cfg.get("seed", 0) else ""
         mark = OLD_MIRROR_MARK if reports_lib.old_flow_mirror(r) else ""
-        lines.append(f"| {k} | {r['experiment']}{mark} | {cfg['model']} | {inner_split(r)} | {describe(cfg)}{seed} | "
+        lines.append(f"| {k} | {r['experiment']}{mark} | {cfg['model']} | {inner_split(r)} | {run_recipe(r)}{seed} | "
                      f"{cfg['train_steps']} | "
                      f"{final['uf1']:.3f} | {best['uf1']:.3f} ({best['step']}) | {dbs} |")
     return "\n".join(lines) + "\n"
@@ -127,7 +134,7 @@ def seeds_table(reports: list[dict]) -> str:
         cfg = r["config"]
         if inner_split(r) != "rotating":
             continue
-        key = (cfg["model"], describe(cfg), reports_lib.old_flow_mirror(r), reports_lib.cpu(r))
+        key = (cfg["model"], run_recipe(r), reports_lib.old_flow_mirror(r), reports_lib.cpu(r))
         groups.setdefault(key, {})[cfg.get("seed", 0)] = (k, r["final"]["uf1"])
     lines = ["| model | changes | CPU | seeds | rows | last-step UF1 per seed | mean ± sd |",
              "|---|---|---|---:|---|---|---|"]

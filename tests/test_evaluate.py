@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from sklearn.metrics import f1_score, recall_score
 
-from atn_tf.evaluation import evaluate_lib, reports
+from atn_tf.evaluation import evaluate_lib, protocols, reports
 from atn_tf.config import TrainConfig
 from tfrecords_builder.demo import generate_demo_corpus
 from tfrecords_builder.raw_sources import Casme2Source
@@ -354,6 +354,57 @@ def test_checkpoint_selection_uses_inner_validation_and_never_the_test_fold(megc
     assert fixed["inner_split"] == "fixed" and fixed["num_val_samples"] > 0
     with pytest.raises(ValueError, match="scored with the fixed inner split, not rotating"):
         evaluate_lib.develop(cfg, "hde", str(tmp_path / "dev_fixed"), num_folds=3)   # resumed with the other split
+
+
+def test_development_training_subjects_subsample_each_database_apart_from_validation_and_test():
+    dbs = ["casme2"] * 20 + ["samm"] * 16 + ["smic"] * 8
+    subs = [f"s{i // 2}" for i in range(20)] + [f"t{i // 2}" for i in range(16)] + [f"u{i // 2}" for i in range(8)]
+    folds = protocols.make_folds([f"c{i}" for i in range(len(dbs))], dbs, subs, "cde")[::4]
+    held = evaluate_lib.development_splits(dbs, subs, folds, seed=3)
+    keys = protocols.subject_groups(dbs, subs)
+    full = evaluate_lib.development_training_subjects(dbs, subs, folds, held, 1.0, seed=3)
+    half = evaluate_lib.development_training_subjects(dbs, subs, folds, held, 0.5, seed=3)
+    assert half == evaluate_lib.development_training_subjects(dbs, subs, folds, held, 0.5, seed=3)
+    assert half != evaluate_lib.development_training_subjects(dbs, subs, folds, held, 0.5, seed=4)
+    for fold in folds:
+        train = set(keys[np.asarray(fold.train_idx)])
+        assert set(full[fold.name]) == train - set(held[fold.name])
+        assert set(half[fold.name]) <= set(full[fold.name])
+        for db in ("casme2", "samm", "smic"):
+            n = sum(k.startswith(db + "/") for k in full[fold.name])
+            assert sum(k.startswith(db + "/") for k in half[fold.name]) == max(1, round(0.5 * n))
+    with pytest.raises(ValueError, match=r"fraction in \(0, 1\]"):
+        evaluate_lib.development_training_subjects(dbs, subs, folds, held, 0.0)
+
+
+def test_development_on_part_of_the_training_subjects_scores_the_same_clips(tmp_path, monkeypatch):
+    data_dir = build_megc_records(tmp_path / "records", subjects_per_db=4, clips_per_subject=2, num_shards=1)
+    cfg = TrainConfig(data_dir=data_dir, model="time_only", val_fraction=0.34, eval_every=3, **TINY)
+    calls = []
+    real_run = evaluate_lib.FoldRunner.run
+
+    def recording(self, fold, *args, **kwargs):
+        calls.append((fold.name, len(fold.train_idx)))
+        return real_run(self, fold, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate_lib.FoldRunner, "run", recording)
+    full = evaluate_lib.develop(cfg, "hde", str(tmp_path / "all"), num_folds=3)
+    half = evaluate_lib.develop(cfg, "hde", str(tmp_path / "half"), num_folds=3, train_subjects=0.5)
+    rows = {name: [n for f, n in calls if f == name] for name in full["folds"]}
+    assert full["train_subjects"] == 1.0 and half["train_subjects"] == 0.5
+    assert not os.path.exists(tmp_path / "all" / evaluate_lib.TRAIN_SUBJECTS_FILE)
+    stored = json.load(open(tmp_path / "half" / evaluate_lib.TRAIN_SUBJECTS_FILE))
+    for fold in half["folds"]:
+        samples = [json.load(open(tmp_path / d / "folds" / fold / evaluate_lib.DEV_PREDICTIONS))["samples"]
+                   for d in ("all", "half")]
+        assert samples[0] == samples[1]                       # the same inner-validation clips
+        assert rows[fold][1] < rows[fold][0]                  # fitted on fewer training rows
+        assert not {f"{s['database']}/{s['subject']}" for s in samples[1]} & set(stored["subjects"][fold])
+    # a work dir is resumed only on the subjects it was trained on
+    with pytest.raises(ValueError, match="not 1; use another --work_dir"):
+        evaluate_lib.develop(cfg, "hde", str(tmp_path / "half"), num_folds=3)
+    with pytest.raises(ValueError, match="trained on all the training subjects are there, not on 0.5"):
+        evaluate_lib.develop(cfg, "hde", str(tmp_path / "all"), num_folds=3, train_subjects=0.5)
 
 
 @pytest.mark.parametrize("cli", ["atn_tf.evaluate", "atn_tf.train"])

@@ -106,10 +106,15 @@ def test_seeds_table_averages_each_recipe_over_its_seeds(tmp_path):
             dev("b", 4, 0.50, dropout=0.3), dev("c", 5, 0.90, split="fixed"), dev("c_seed1", 6, 0.10, split="fixed",
                                                                               seed=1)]
     other_cpu = [dict(dev(f"a_xeon{s}", 7 + s, 0.8, seed=s), machine="Intel Xeon, 2 logical CPUs") for s in (0, 1)]
-    lines = recipe_log.seeds_table(rows + other_cpu).splitlines()
-    assert len(lines) == 4                      # header, rule, recipe a on each CPU
+    # fitted on half the training subjects (--train_subjects): another recipe, named so
+    half = [dict(dev(f"a_half{s}", 9 + s, 0.5, seed=s), train_subjects=0.5) for s in (0, 1)]
+    lines = recipe_log.seeds_table(rows + other_cpu + half).splitlines()
+    assert len(lines) == 5                      # header, rule, recipe a on each CPU, recipe a on half
     assert "| — | 2 | 1, 3 | 0.700 / 0.640 | 0.670 ± 0.042 |" in lines[2] and "--input_norm" in lines[2]
+    assert "--train_subjects" not in lines[2]
     assert "| Intel Xeon | 2 | 7, 8 | 0.800 / 0.800 | 0.800 ± 0.000 |" in lines[3]
+    assert "--input_norm --train_subjects=0.5 | — | 2 | 9, 10 | 0.500 / 0.500 |" in lines[4]
+    assert "--train_subjects=0.5 (--seed=1) |" in recipe_log.table(half).splitlines()[3]
     from atn_tf.evaluation.reports import cpu
     assert [cpu({"machine": m}) for m in ("AMD EPYC, 2 logical CPUs", "2 cores (AMD EPYC)", {"cpu": "AMD EPYC"}, "")] \
         == ["AMD EPYC", "AMD EPYC", "AMD EPYC", "—"]

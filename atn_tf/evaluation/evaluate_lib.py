@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import time
+import zlib
 from typing import Optional, Sequence
 
 from absl import logging
@@ -259,8 +260,54 @@ def development_splits(databases: Sequence[str], subjects: Sequence[str], folds:
     return splits
 
 
+TRAIN_SUBJECTS_FILE = "train_subjects.json"
+
+
+def development_training_subjects(databases: Sequence[str], subjects: Sequence[str], folds: Sequence[protocols.Fold],
+                                  val_subjects: dict, fraction: float, seed: int = 0) -> dict:
+    """{fold name: the subjects ("db/subject") a development fold fits on}: its training
+    subjects minus its inner-validation ones (`val_subjects`), of which, with `fraction` < 1,
+    a random `fraction` of each database's (rounded, at least one; drawn with `seed` and the
+    fold's name). The inner-validation clips stay the same, so runs with several fractions
+    form a learning curve over training subjects, paired clip by clip."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"train_subjects is a fraction in (0, 1], got {fraction}")
+    keys, dbs = protocols.subject_groups(databases, subjects), np.asarray(databases)
+    kept = {}
+    for fold in folds:
+        rng = np.random.default_rng([seed, zlib.crc32(fold.name.encode())])
+        tr, held = np.asarray(fold.train_idx), set(val_subjects[fold.name])
+        chosen = []
+        for db in sorted(set(dbs[tr])):
+            pool = sorted(set(keys[tr][dbs[tr] == db]) - held)
+            if fraction < 1.0 and pool:
+                pool = sorted(rng.choice(pool, max(1, round(fraction * len(pool))), replace=False).tolist())
+            chosen += pool
+        kept[fold.name] = tuple(chosen)
+    return kept
+
+
+def _fix_training_subjects(work_dir: str, fraction: float, kept: dict, resuming: bool) -> None:
+    """Record a subsampled run's training subjects in `work_dir` (TRAIN_SUBJECTS_FILE), and
+    refuse to resume folds that were trained on other subjects."""
+    path = os.path.join(work_dir, TRAIN_SUBJECTS_FILE)
+    wanted = {"train_subjects": fraction, "subjects": {k: list(v) for k, v in kept.items()}}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            stored = json.load(f)
+        if stored != wanted:
+            raise ValueError(f"{path}: this work dir was trained on {stored.get('train_subjects')} of the training "
+                             f"subjects, not {fraction:g}; use another --work_dir")
+    elif fraction < 1.0 and resuming:
+        raise ValueError(f"{work_dir}: folds trained on all the training subjects are there, not on {fraction:g} "
+                         "of them; use another --work_dir")
+    if fraction < 1.0 and not os.path.isfile(path):
+        _write_json(path, wanted)
+
+
 def develop(config: TrainConfig, protocol: str, work_dir: str, num_folds: int = 8, fold_workers: int = 1,
-            experiment: str = "", command: str = "", inner_split: str = "rotating") -> dict:
+            experiment: str = "", command: str = "", inner_split: str = "rotating",
+            train_subjects: float = 1.0) -> dict:
     """The development protocol: for `num_folds` outer folds, train on the fold's training
     subjects minus an inner-validation set and score that set every `eval_every` steps. The
     outer test folds are never predicted. The report pools the inner-validation predictions
@@ -272,7 +319,11 @@ def develop(config: TrainConfig, protocol: str, work_dir: str, num_folds: int = 
     `"fixed"`: `val_fraction` of each database's training subjects drawn with the config's
     seed in every fold (the protocol before 2026-12-01): the folds' training sets are nearly
     the same, so they draw nearly the same subjects, and the 749 pooled predictions of the
-    MEGC2019 data cover 188 clips of 27 subjects, a noisy yardstick."""
+    MEGC2019 data cover 188 clips of 27 subjects, a noisy yardstick.
+
+    `train_subjects` < 1: each fold fits on that fraction of its training subjects
+    (`development_training_subjects`), scored on the same inner-validation clips: a point
+    of the recipe's learning curve."""
     if config.eval_every <= 0 or (inner_split == "fixed" and config.val_fraction <= 0):
         raise ValueError("the development protocol needs --eval_every > 0 (and --val_fraction > 0 for "
                          "the fixed inner split)")
@@ -282,8 +333,14 @@ def develop(config: TrainConfig, protocol: str, work_dir: str, num_folds: int = 
     all_folds = protocols.make_folds([r["sample_id"] for r in index], databases, subjects, protocol)
     chosen = development_folds(all_folds, num_folds)
     val_subjects = development_splits(databases, subjects, chosen, config.seed, inner_split, config.val_fraction)
+    kept = development_training_subjects(databases, subjects, chosen, val_subjects, train_subjects, config.seed)
     os.makedirs(work_dir, exist_ok=True)
     path = lambda fold: os.path.join(work_dir, "folds", fold_dirname(fold.name), DEV_PREDICTIONS)  # noqa: E731
+    _fix_training_subjects(work_dir, train_subjects, kept, any(os.path.isfile(path(f)) for f in chosen))
+    if train_subjects < 1.0:    # the fold's rows of its kept and its inner-validation subjects
+        keys = protocols.subject_groups(databases, subjects)
+        chosen = [dataclasses.replace(f, train_idx=np.asarray(f.train_idx)[np.isin(
+            keys[np.asarray(f.train_idx)], kept[f.name] + tuple(val_subjects[f.name]))]) for f in chosen]
     todo = [f for f in chosen if not os.path.isfile(path(f))]
     if todo and fold_workers > 1:
         _run_parallel(config, protocol, todo, work_dir, min(fold_workers, len(todo)), False, develop=inner_split,
@@ -317,7 +374,7 @@ def develop(config: TrainConfig, protocol: str, work_dir: str, num_folds: int = 
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": host.describe(), "code_version": host.code_version(),
               "folds": [f.name for f in chosen], "config": dataclasses.asdict(config),
-              "rule": DEV_RULE, "selection": DEV_RULE, "inner_split": inner_split,
+              "rule": DEV_RULE, "selection": DEV_RULE, "inner_split": inner_split, "train_subjects": train_subjects,
               "recipes_tried": _earlier_development_runs(work_dir),
               "num_val_samples": sum(len(s["samples"]) for s in stored),
               "curve": curve, "best": best, "final": curve[-1],
