@@ -1,5 +1,6 @@
 """Evaluation protocols end to end: CDE on the demo corpus, HDE resume, report integrity."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -405,6 +406,14 @@ def test_development_on_part_of_the_training_subjects_scores_the_same_clips(tmp_
         evaluate_lib.develop(cfg, "hde", str(tmp_path / "half"), num_folds=3)
     with pytest.raises(ValueError, match="trained on all the training subjects are there, not on 0.5"):
         evaluate_lib.develop(cfg, "hde", str(tmp_path / "all"), num_folds=3, train_subjects=0.5)
+    other_draw = dataclasses.replace(cfg, seed=1)
+    with pytest.raises(ValueError, match="trained on other subjects"):
+        evaluate_lib.develop(other_draw, "hde", str(tmp_path / "half"), num_folds=3, train_subjects=0.5)
+    # outside the development protocol the flag is a usage error, not silently ignored
+    r = subprocess.run([sys.executable, "-m", "atn_tf.evaluate", f"--data_dir={data_dir}", "--train_subjects=0.5",
+                        f"--work_dir={tmp_path / 'cde'}"], env=dict(os.environ, PYTHONPATH=ROOT),
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "it needs --develop" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize("cli", ["atn_tf.evaluate", "atn_tf.train"])

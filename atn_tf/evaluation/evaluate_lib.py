@@ -295,9 +295,12 @@ def _fix_training_subjects(work_dir: str, fraction: float, kept: dict, resuming:
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             stored = json.load(f)
-        if stored != wanted:
+        if stored.get("train_subjects") != fraction:
             raise ValueError(f"{path}: this work dir was trained on {stored.get('train_subjects')} of the training "
                              f"subjects, not {fraction:g}; use another --work_dir")
+        if stored != wanted:
+            raise ValueError(f"{path}: this work dir was trained on other subjects (another --seed or other "
+                             "records); use another --work_dir")
     elif fraction < 1.0 and resuming:
         raise ValueError(f"{work_dir}: folds trained on all the training subjects are there, not on {fraction:g} "
                          "of them; use another --work_dir")
