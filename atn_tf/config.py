@@ -127,6 +127,7 @@ class TrainConfig:
     isda: float = 0.0                       # > 0 (fusion=late): ISDA on the trained heads, at this final strength
     supcon: float = 0.0                     # > 0 (fusion=late): supervised contrastive term on the heads' embeddings
     supcon_temperature: float = 0.1         # its temperature
+    f1_loss: float = 0.0                    # > 0: weight of a soft macro-F1 term on the batch (training/soft_f1.py)
     input_norm: bool = False                # standardise inputs with training-fold statistics
     flow_sample_norm: bool = False          # standardise each flow image per channel over its own pixels
     embedding_scale: str = "none"           # none | learned (scale on the L2-normalised embeddings)
@@ -342,6 +343,9 @@ class TrainConfig:
             raise ValueError(f"supcon={self.supcon}, supcon_temperature={self.supcon_temperature}: must be >= 0 "
                              "and > 0; supcon > 0 only with fusion=late, members=1, no mirror_tta and no mixup "
                              "(it contrasts each branch head's own embedding, by label)")
+        if self.f1_loss < 0 or (self.f1_loss > 0 and self.mixup > 0):
+            raise ValueError(f"f1_loss={self.f1_loss}: must be >= 0, and > 0 only without mixup "
+                             "(it counts each clip as its one label)")
         if not 0 <= self.gce_q <= 1 or (self.gce_q and self.focal_gamma):
             raise ValueError(f"gce_q={self.gce_q}: must be in [0, 1], and not with focal_gamma")
         if not 0 <= self.val_fraction < 1:

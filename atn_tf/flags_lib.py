@@ -67,6 +67,9 @@ HELP = {
               "trained branch head's embedding: it pulls each clip towards the other clips of its class in "
               "the batch, whatever their database.",
     "supcon_temperature": "Temperature of --supcon's similarities.",
+    "f1_loss": "> 0: weight of a soft macro-F1 term, 1 - the batch's mean over classes of F1 counted with "
+               "softmax probabilities (atn_tf/training/soft_f1.py), on each trained late-fusion head (the "
+               "fused head with fusion=concat).",
     "sam_rho": "> 0: sharpness-aware minimisation with this radius (two passes per step).",
     "input_norm": "Standardise inputs with statistics of the training fold (kept in the model).",
     "flow_sample_norm": "Standardise each flow image per channel over its own pixels, inside the model "

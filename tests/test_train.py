@@ -631,6 +631,49 @@ def test_head_terms_read_each_heads_distance_from_the_fixed_average(data_dir, fl
     assert abs(term).mean() > 0
 
 
+def _soft_f1_numpy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """1 - the mean over the batch's classes of F1 counted with softmax probabilities."""
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    f1 = []
+    for c in np.unique(labels):
+        y = labels == c
+        tp, fp, fn = p[y, c].sum(), p[~y, c].sum(), (1 - p[y, c]).sum()
+        f1.append(2 * tp / (2 * tp + fp + fn))
+    return 1 - float(np.mean(f1))
+
+
+def test_soft_f1_term_is_one_minus_the_soft_macro_f1_and_falls_with_confident_right_answers():
+    """soft_f1.soft_macro_f1_loss matches the counts written out class by class, averages over
+    the classes present only (as UF1 does), and is near 0 for confident right answers and
+    near 1 for confident wrong ones."""
+    from atn_tf.training import soft_f1
+    rng = np.random.default_rng(0)
+    logits, y = rng.normal(size=(7, 3)).astype(np.float32), np.array([0, 2, 2, 0, 0, 2, 0])
+    assert float(soft_f1.soft_macro_f1_loss(y, logits, 3)) == pytest.approx(_soft_f1_numpy(logits, y), rel=1e-5)
+    right = 20.0 * np.eye(3, dtype=np.float32)[y]
+    assert float(soft_f1.soft_macro_f1_loss(y, right, 3)) < 1e-4
+    assert float(soft_f1.soft_macro_f1_loss(y, np.roll(right, 1, axis=1), 3)) > 0.999
+
+
+def test_f1_loss_adds_its_batch_term_on_each_trained_head(data_dir):
+    """--f1_loss=w (late fusion): the first step's loss is the heads' mean cross-entropy plus w x
+    the mean over the heads of 1 - the batch's soft macro F1; with fusion=concat, of the fused
+    head's. Bad settings are refused."""
+    for bad in (dict(f1_loss=-1.0), dict(f1_loss=1.0, mixup=0.2)):
+        with pytest.raises(ValueError, match="f1_loss"):
+            TrainConfig(**bad)
+    for fusion in ("late", "concat"):
+        cfg = TrainConfig(data_dir=data_dir, model="atn", fusion=fusion, embedding_scale="learned", train_steps=1,
+                          dropout=0.0, augment=False, f1_loss=2.0, **{**TINY, "log_every": 1})
+        out, y, keys, loss = _first_step(cfg, data_dir)
+        keys = keys if fusion == "late" else ["logits"]
+        plain = np.mean([_cross_entropy(out[k], y) for k in keys], axis=0).mean()
+        term = np.mean([_soft_f1_numpy(out[k], y) for k in keys])
+        assert term > 0.1
+        assert loss == pytest.approx(plain + 2.0 * term, rel=1e-4)
+
+
 @pytest.mark.parametrize("option", [dict(model="atn", fusion="late", isda=4.0),
                                     dict(model="atn_flow", flow_mixstyle=1.0)], ids=["isda", "flow_mixstyle"])
 def test_training_state_of_an_option_resumes(data_dir, tmp_path, option):

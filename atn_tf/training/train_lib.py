@@ -23,7 +23,7 @@ from absl import logging
 
 from atn_tf import atomic_io
 from atn_tf.data import augment, input_pipeline, provenance
-from atn_tf.training import distribute, isda, supcon
+from atn_tf.training import distribute, isda, soft_f1, supcon
 from atn_tf.evaluation import protocols
 from atn_tf.config import TrainConfig, parse_au_vocab, parse_domains
 from atn_tf.models import DATABASE_INPUT, build_model, complete_inputs, fusion_databases, set_input_statistics
@@ -317,7 +317,7 @@ class Session:
         def example_loss(inputs, labels, out, target_loss):
             """The fused head's loss (with --branch_loss, plus the branch heads'; with late
             fusion, the branch heads', plus --head_distill's, minus --head_diversity's, plus
-            --fused_loss x the fused logits'), plus --apex_distill's term."""
+            --fused_loss x the fused logits'), plus --f1_loss's and --apex_distill's terms."""
             if branch_keys:
                 branch_loss = tf.add_n([target_loss(labels, head_logits(k, labels, out))
                                         for k in branch_keys]) / len(branch_keys)
@@ -333,6 +333,10 @@ class Session:
                 loss = target_loss(labels, tf.cast(out["logits"], tf.float32))
                 if branch_keys:
                     loss += config.branch_loss * branch_loss
+            if config.f1_loss:     # a batch-level term, the same for every clip of the batch
+                keys = branch_keys if late else ["logits"]
+                loss += config.f1_loss * tf.add_n([
+                    soft_f1.soft_macro_f1_loss(labels, out[k], num_classes) for k in keys]) / len(keys)
             if self.teacher is not None:
                 target = tf.cast(self.teacher({"apex_image": inputs["apex_image"]}, training=False), tf.float32)
                 loss += config.apex_distill * tf.reduce_mean(
