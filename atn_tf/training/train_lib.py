@@ -151,6 +151,28 @@ def probe_fitted_heads(config: TrainConfig) -> list[str]:
             if getattr(config, flag) == "probe"]
 
 
+def head_distillation(out: dict, keys) -> tf.Tensor:
+    """--head_distill: each clip's mean over the heads of KL(average || head), the fused
+    prediction, without gradient, as every head's soft target."""
+    teacher = tf.nn.log_softmax(tf.stop_gradient(tf.cast(out["logits"], tf.float32)))
+    terms = [tf.reduce_sum(tf.exp(teacher) * (teacher - tf.nn.log_softmax(tf.cast(out[k], tf.float32))), -1)
+             for k in keys]
+    return tf.add_n(terms) / len(terms)
+
+
+def head_divergence(out: dict, keys) -> tf.Tensor:
+    """--head_diversity: each clip's mean over the heads of ||p_head - p_average||^2 (bounded
+    by 2), the average without gradient: Liu and Yao's negative-correlation penalty."""
+    average = tf.nn.softmax(tf.stop_gradient(tf.cast(out["logits"], tf.float32)))
+    terms = [tf.reduce_sum(tf.square(tf.nn.softmax(tf.cast(out[k], tf.float32)) - average), -1) for k in keys]
+    return tf.add_n(terms) / len(terms)
+
+
+def soft_f1_term(out: dict, keys, labels, num_classes: int) -> tf.Tensor:
+    """--f1_loss: the mean over the heads `keys` of 1 - the batch's soft macro F1 (a scalar)."""
+    return tf.add_n([soft_f1.soft_macro_f1_loss(labels, out[k], num_classes) for k in keys]) / len(keys)
+
+
 class Session:
     """What is built once and reused: strategy, model, optimizer, step counter and the traced
     train step. `reset()` puts every variable back to its state right after building (the
@@ -299,21 +321,6 @@ class Session:
             strength = config.isda * tf.cast(self.step, tf.float32) / config.train_steps
             return isda.augmented_logits(out[key], labels, head.kernel(), head.moments.covariance(), strength)
 
-        def head_distillation(out, keys):
-            """Each clip's mean over the heads of KL(average || head): the fused prediction,
-            without gradient, as every head's soft target."""
-            teacher = tf.nn.log_softmax(tf.stop_gradient(tf.cast(out["logits"], tf.float32)))
-            terms = [tf.reduce_sum(tf.exp(teacher) * (teacher - tf.nn.log_softmax(tf.cast(out[k], tf.float32))), -1)
-                     for k in keys]
-            return tf.add_n(terms) / len(terms)
-
-        def head_divergence(out, keys):
-            """Each clip's mean over the heads of ||p_head - p_average||^2 (bounded by 2),
-            the average without gradient: Liu and Yao's negative-correlation penalty."""
-            average = tf.nn.softmax(tf.stop_gradient(tf.cast(out["logits"], tf.float32)))
-            terms = [tf.reduce_sum(tf.square(tf.nn.softmax(tf.cast(out[k], tf.float32)) - average), -1) for k in keys]
-            return tf.add_n(terms) / len(terms)
-
         def example_loss(inputs, labels, out, target_loss):
             """The fused head's loss (with --branch_loss, plus the branch heads'; with late
             fusion, the branch heads', plus --head_distill's, minus --head_diversity's, plus
@@ -334,9 +341,7 @@ class Session:
                 if branch_keys:
                     loss += config.branch_loss * branch_loss
             if config.f1_loss:     # a batch-level term, the same for every clip of the batch
-                keys = branch_keys if late else ["logits"]
-                loss += config.f1_loss * tf.add_n([
-                    soft_f1.soft_macro_f1_loss(labels, out[k], num_classes) for k in keys]) / len(keys)
+                loss += config.f1_loss * soft_f1_term(out, branch_keys if late else ["logits"], labels, num_classes)
             if self.teacher is not None:
                 target = tf.cast(self.teacher({"apex_image": inputs["apex_image"]}, training=False), tf.float32)
                 loss += config.apex_distill * tf.reduce_mean(
