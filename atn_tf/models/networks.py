@@ -253,39 +253,11 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
       subject); the reversed gradient trains the branch to hide the domain (Ganin &
       Lempitsky, 2015). Built last, after the AU heads; prediction unchanged.
     """
+    a = types.SimpleNamespace(**locals())
     # Every argument is checked before any layer is built (the checks read them by name).
-    branches, use_dropout, attention, fer, flow_fer = _check_recipe(types.SimpleNamespace(**locals()))
-    model_in = model_inputs(image_size, flow_image_size)
-    inputs = mirror_views(model_in, flow_seq_mirror) if mirror_tta else model_in
-    if database_head_weights:
-        model_in = {**model_in, DATABASE_INPUT: keras.Input((), dtype="int32", name=DATABASE_INPUT)}
-    raw_flow_image = inputs["flow_image"]     # the mini-Xception reads 0..255 maps, as its faces
-    flow_cnn = dict(mixstyle=flow_mixstyle, kernel=flow_kernel, layers=flow_layers)
-    if flow_shift_tta:      # the raw image, before the per-image standardisation, as in training
-        inputs = {**inputs, "flow_image": ShiftViews(flow_shift_tta, name="flow_shift_views")(inputs["flow_image"])}
-    if flow_sample_norm:      # after the mirror, which flips the raw 0..255 horizontal flow
-        inputs = {**inputs, "flow_image": SampleStandardize(name=FLOW_SAMPLE_NORM)(inputs["flow_image"])}
-    flow_seq = PolarToCartesian(name=CARTESIAN_LAYER)(inputs["flow_seq"]) \
-        if flow_seq_repr == "cartesian" and ("time" in branches) else inputs["flow_seq"]
-    embeddings = {}
-    if "apex" in branches:
-        if fer:
-            embeddings["apex_embedding"] = L2Normalize(name="apex_embedding")(
-                fer_features(inputs["apex_image"], apex_feature_norm))
-        else:
-            embeddings["apex_embedding"] = backbone.apex_branch(inputs["apex_image"], width, attention,
-                                                                input_norm=input_norm)
-    if "time" in branches:
-        embeddings["time_embedding"] = backbone.time_branch(
-            flow_seq, inputs["flow_len"], lstm_units, max_steps, input_norm=input_norm, pool=time_pool)
-    if "flow" in branches and flow_fer:
-        embeddings["flow_embedding"] = flow_fer_branch(raw_flow_image)
-    elif "flow" in branches:
-        embeddings["flow_embedding"] = backbone.flow_branch(inputs["flow_image"], flow_width or width,
-                                                              input_norm=input_norm, **flow_cnn)
-        if flow_shift_tta:
-            embeddings["flow_embedding"] = MergeViews("mean", views=(2 * flow_shift_tta + 1) ** 2,
-                                                      name="flow_merged_views")(embeddings["flow_embedding"])
+    branches, use_dropout, attention, fer, flow_fer = _check_recipe(a)
+    model_in, inputs, raw_flow_image, flow_seq = _input_views(a, branches)
+    embeddings = _branch_embeddings(a, branches, inputs, raw_flow_image, flow_seq, attention, fer, flow_fer)
     readout = None
     if apex_head_input == "distill":     # (checked above: only with apex_distill)
         # The heads read the student's FER2013 features: the read-out, L2-normalised as the
@@ -316,23 +288,12 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         heads = merge(branch_logits(embeddings, features, num_classes, rate, fixed))
         for k in range(1, members):
             copies = member_embeddings(embeddings, k, flow_seq, inputs, lstm_units, max_steps, flow_width or width,
-                                       input_norm, time_pool, flow_cnn)
+                                       input_norm, time_pool, _flow_cnn(a))
             heads.update(merge(branch_logits(copies, scaled(copies), num_classes, rate)))
         if linear:
             heads.update(merge({"linear_logits": linear_path(inputs, branches, num_classes, linear_steps, linear_l2,
                                                              flow_seq, linear_inputs, linear_trainable)}))
-        def row(w: dict) -> list:     # each head's weight: its branch's, else 1
-            return [w.get(key.split("_")[0], 1.0) for key in heads]
-
-        weights = row(head_weights or {})
-        if database_head_weights:
-            rows = [row(w) for w in database_head_weights.values()]
-            logits = DatabaseWeightedMean(rows + [weights], databases=list(database_head_weights), name="logits")(
-                [model_in[DATABASE_INPUT], *heads.values()])
-        elif head_weights:
-            logits = WeightedMean(weights, name="logits")(list(heads.values()))
-        else:
-            logits = keras.layers.Average(name="logits")(list(heads.values()))
+        logits, weights = _late_fusion_logits(heads, head_weights, database_head_weights, model_in)
     else:
         weights = []        # (au_class_heads, which reads them, needs late fusion: checked above)
         if branch_dropout > 0 and len(features) > 1:
@@ -356,6 +317,76 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
         outputs.update(_adversary_outputs(dict(zip(head_inputs, features)), adversary_heads, merge))
     return _finish(keras.Model(inputs=model_in, outputs=outputs, name=name), sync_batchnorm, apex_init, freeze_apex, fer,
                    flow_init)
+
+
+def _flow_cnn(a) -> dict:
+    """`backbone.flow_branch`'s options from `build_model`'s arguments `a`."""
+    return dict(mixstyle=a.flow_mixstyle, kernel=a.flow_kernel, layers=a.flow_layers)
+
+
+def _input_views(a, branches) -> tuple:
+    """`build_model`'s inputs (`a`: its arguments) -> (model_in: the model's inputs; inputs: what
+    the branches read -- mirrored views with mirror_tta, the flow image's translated views and
+    per-image standardisation; raw_flow_image: the flow image before those two; flow_seq: the
+    time branch's sequence, Cartesian with flow_seq_repr=cartesian)."""
+    model_in = model_inputs(a.image_size, a.flow_image_size)
+    inputs = mirror_views(model_in, a.flow_seq_mirror) if a.mirror_tta else model_in
+    if a.database_head_weights:
+        model_in = {**model_in, DATABASE_INPUT: keras.Input((), dtype="int32", name=DATABASE_INPUT)}
+    raw_flow_image = inputs["flow_image"]     # the mini-Xception reads 0..255 maps, as its faces
+    if a.flow_shift_tta:      # the raw image, before the per-image standardisation, as in training
+        inputs = {**inputs, "flow_image": ShiftViews(a.flow_shift_tta, name="flow_shift_views")(inputs["flow_image"])}
+    if a.flow_sample_norm:      # after the mirror, which flips the raw 0..255 horizontal flow
+        inputs = {**inputs, "flow_image": SampleStandardize(name=FLOW_SAMPLE_NORM)(inputs["flow_image"])}
+    flow_seq = PolarToCartesian(name=CARTESIAN_LAYER)(inputs["flow_seq"]) \
+        if a.flow_seq_repr == "cartesian" and ("time" in branches) else inputs["flow_seq"]
+    return model_in, inputs, raw_flow_image, flow_seq
+
+
+def _branch_embeddings(a, branches, inputs: dict, raw_flow_image, flow_seq, attention: bool, fer: bool,
+                       flow_fer: bool) -> dict:
+    """Each branch's L2-normalised embedding, `<branch>_embedding`, built in the order apex,
+    time, flow (seeded initial weights follow the order in which layers are built)."""
+    embeddings = {}
+    if "apex" in branches:
+        if fer:
+            embeddings["apex_embedding"] = L2Normalize(name="apex_embedding")(
+                fer_features(inputs["apex_image"], a.apex_feature_norm))
+        else:
+            embeddings["apex_embedding"] = backbone.apex_branch(inputs["apex_image"], a.width, attention,
+                                                                input_norm=a.input_norm)
+    if "time" in branches:
+        embeddings["time_embedding"] = backbone.time_branch(
+            flow_seq, inputs["flow_len"], a.lstm_units, a.max_steps, input_norm=a.input_norm, pool=a.time_pool)
+    if "flow" in branches and flow_fer:
+        embeddings["flow_embedding"] = flow_fer_branch(raw_flow_image)
+    elif "flow" in branches:
+        embeddings["flow_embedding"] = backbone.flow_branch(inputs["flow_image"], a.flow_width or a.width,
+                                                              input_norm=a.input_norm, **_flow_cnn(a))
+        if a.flow_shift_tta:
+            embeddings["flow_embedding"] = MergeViews("mean", views=(2 * a.flow_shift_tta + 1) ** 2,
+                                                      name="flow_merged_views")(embeddings["flow_embedding"])
+    return embeddings
+
+
+def _late_fusion_logits(heads: dict, head_weights: dict | None, database_head_weights: dict | None,
+                        model_in: dict) -> tuple:
+    """The late-fusion heads' weighted mean -> (logits, each head's weight in head_weights).
+    A head's weight is its branch's (the key's first word), else 1; with
+    database_head_weights, a clip's row is its database's (`DATABASE_INPUT`)."""
+    def row(w: dict) -> list:
+        return [w.get(key.split("_")[0], 1.0) for key in heads]
+
+    weights = row(head_weights or {})
+    if database_head_weights:
+        rows = [row(w) for w in database_head_weights.values()]
+        logits = DatabaseWeightedMean(rows + [weights], databases=list(database_head_weights), name="logits")(
+            [model_in[DATABASE_INPUT], *heads.values()])
+    elif head_weights:
+        logits = WeightedMean(weights, name="logits")(list(heads.values()))
+    else:
+        logits = keras.layers.Average(name="logits")(list(heads.values()))
+    return logits, weights
 
 
 def _check_recipe(a) -> tuple:
