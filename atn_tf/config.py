@@ -245,6 +245,19 @@ class TrainConfig:
     feature_encodings: str = ""
 
     def __post_init__(self):
+        """Refuses a bad setting, or a bad combination, with a ValueError that names it."""
+        self._check_sizes()
+        self._check_fusion()
+        self._check_augmentation()
+        self._check_apex()
+        self._check_losses()
+        self._check_selection()
+        # Lists from JSON or flags become tuples so the config stays hashable and frozen.
+        object.__setattr__(self, "test_subjects", tuple(self.test_subjects))
+        object.__setattr__(self, "test_databases", tuple(self.test_databases))
+
+    def _check_sizes(self):
+        """Sizes, rates and the named choices."""
         for name in ("train_steps", "batch_size", "image_size", "width", "lstm_units",
                      "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
@@ -261,6 +274,9 @@ class TrainConfig:
         if self.linear_steps < 1 or self.linear_l2 < 0:
             raise ValueError(f"linear_steps must be >= 1 and linear_l2 >= 0, got {self.linear_steps}, "
                              f"{self.linear_l2}")
+
+    def _check_fusion(self):
+        """How the branches are fused and their heads weighted and fitted."""
         if self.branch_loss < 0:
             raise ValueError(f"branch_loss must be >= 0, got {self.branch_loss}")
         if self.fusion == "late" and self.branch_loss > 0:
@@ -293,6 +309,9 @@ class TrainConfig:
             raise ValueError(f"members={self.members}: must be >= 1, and > 1 only with fusion=late")
         if not 0.0 <= self.branch_dropout < 1.0 or (self.branch_dropout > 0 and self.fusion == "late"):
             raise ValueError(f"branch_dropout={self.branch_dropout}: must be in [0, 1), with fusion=concat")
+
+    def _check_augmentation(self):
+        """Training augmentation and test-time views."""
         for name in ("flow_shift", "apex_shift", "flow_erase"):
             if getattr(self, name) < 0 or (getattr(self, name) and not self.augment):
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 0, and > 0 only with augment")
@@ -306,6 +325,9 @@ class TrainConfig:
             raise ValueError(f"flow_rotate={self.flow_rotate}: must be in [0, 45] degrees, and > 0 only with augment")
         if not 0 <= self.flow_u_flip <= 1 or (self.flow_u_flip and not self.augment):
             raise ValueError(f"flow_u_flip={self.flow_u_flip}: must be in [0, 1], and > 0 only with augment")
+
+    def _check_apex(self):
+        """The ResNet apex branch's distillation options."""
         if self.apex_distill < 0 or (self.apex_distill > 0 and self.apex_backbone != "resnet"):
             raise ValueError(f"apex_distill={self.apex_distill}: must be >= 0, and > 0 only with apex_backbone=resnet")
         if not 0 <= self.apex_label_grad <= 1 or (self.apex_label_grad < 1 and self.apex_backbone != "resnet"):
@@ -313,6 +335,9 @@ class TrainConfig:
                              "apex_backbone=resnet")
         if self.apex_head_input == "distill" and self.apex_distill <= 0:
             raise ValueError("apex_head_input=distill reads the apex_distill read-out: set apex_distill > 0")
+
+    def _check_losses(self):
+        """The training loss's terms and what each needs."""
         if self.mixup < 0:
             raise ValueError(f"mixup must be >= 0 (the Beta distribution's alpha; 0: off), got {self.mixup}")
         parse_au_vocab(self.au_vocab)
@@ -348,15 +373,15 @@ class TrainConfig:
                              "(it counts each clip as its one label)")
         if not 0 <= self.gce_q <= 1 or (self.gce_q and self.focal_gamma):
             raise ValueError(f"gce_q={self.gce_q}: must be in [0, 1], and not with focal_gamma")
+
+    def _check_selection(self):
+        """Checkpoint selection on inner validation."""
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.warmup_steps < 0 or self.eval_every < 0:
             raise ValueError("warmup_steps and eval_every must be >= 0")
         if (self.val_fraction > 0) != (self.eval_every > 0):
             raise ValueError("checkpoint selection needs both val_fraction > 0 and eval_every > 0")
-        # Lists from JSON or flags become tuples so the config stays hashable and frozen.
-        object.__setattr__(self, "test_subjects", tuple(self.test_subjects))
-        object.__setattr__(self, "test_databases", tuple(self.test_databases))
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
