@@ -28,8 +28,12 @@ demo: $(STAMP)
 	$(PY) -m atn_tf.export --model_dir=runs/demo --export_base=saved_models/demo --version=1 --overwrite
 	$(PY) -m atn_tf.predict --saved_model=saved_models/demo --clip_dir=$(DEMO_CLIP) --apex_frame=auto --explain=runs/demo/explain.png
 
+# Two worker processes (pytest-xdist); a module's tests stay on one, so its module-scoped
+# fixtures are built once. TEST_WORKERS=0 runs the suite in this process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # Real-data and long runs (opt-in; need ../shared/reference).
 test-slow: $(STAMP)
