@@ -430,42 +430,13 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
     hold them), the inputs also carry `au_target` (`au_targets`) / `domain_target`
     (`domain_targets`), which the training step takes out before the model reads the batch.
     """
-    for name, shift in (("flow_shift", flow_shift), ("apex_shift", apex_shift), ("flow_erase", flow_erase)):
-        if shift < 0 or (shift and not augment_data):
-            raise ValueError(f"{name}={shift}: must be >= 0, and > 0 only with augmentation")
-    if not 0.0 <= flow_zoom < 1.0 or (flow_zoom and not augment_data):
-        raise ValueError(f"flow_zoom={flow_zoom}: must be in [0, 1), and > 0 only with augmentation")
-    if flow_rotate < 0 or (flow_rotate and not augment_data):
-        raise ValueError(f"flow_rotate={flow_rotate}: must be >= 0 degrees, and > 0 only with augmentation")
-    if not 0.0 <= flow_u_flip <= 1.0 or (flow_u_flip and not augment_data):
-        raise ValueError(f"flow_u_flip={flow_u_flip}: must be in [0, 1], and > 0 only with augmentation")
-    if flow_erase > np.shape(data["flow_image"])[1]:
-        raise ValueError(f"flow_erase={flow_erase}: larger than the flow image ({np.shape(data['flow_image'])[1]} px)")
+    _check_augmentation(data, augment_data, flow_shift=flow_shift, apex_shift=apex_shift, flow_erase=flow_erase,
+                        flow_zoom=flow_zoom, flow_rotate=flow_rotate, flow_u_flip=flow_u_flip)
     labels = np.asarray(data["label"])
     if labels.size == 0:
         raise DataError("no training records to stream")
-    groups = balance_groups(data, balance_by) if balance else labels
-    present = np.unique(groups).tolist()
-    if balance and len(present) > 1:
-        streams = [tf.data.Dataset.from_tensor_slices(np.flatnonzero(groups == g).astype(np.int64))
-                       .shuffle(int(np.sum(groups == g)), seed=seed + 17 * g, reshuffle_each_iteration=True)
-                       .repeat()
-                   for g in present]
-        ids = tf.data.Dataset.sample_from_datasets(streams, weights=[1.0 / len(present)] * len(present),
-                                                   seed=seed, stop_on_empty_dataset=False)
-    else:
-        ids = tf.data.Dataset.range(int(labels.size)).shuffle(
-            int(labels.size), seed=seed, reshuffle_each_iteration=True).repeat()
-    per_replica = batch_size
-    if input_context is not None:
-        ids = ids.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-        per_replica = input_context.get_per_replica_batch_size(batch_size)
-    # Stream positions key the augmentation, so skipping (resume) keeps the stream identical.
-    ids = ids.enumerate()
-    if skip_batches:
-        ids = ids.skip(skip_batches * batch_size // (input_context.num_input_pipelines if input_context else 1))
-    ids = ids.batch(per_replica * GROUP, drop_remainder=True)
-
+    ids, per_replica = _index_stream(balance_groups(data, balance_by) if balance else labels, balance, batch_size,
+                                     seed, input_context, skip_batches)
     if tables is None:
         table, row_ids = stream_tables(data, image_size, augment_data, flow_seq_mirror, au_vocab, adversary,
                                        domains), None
@@ -476,39 +447,18 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
     del data
     # Each input pipeline (tf.distribute) gets its own augmentation stream.
     stream_offset = (input_context.input_pipeline_id if input_context else 0) * 2 ** 40
+    flow_options = dict(flow_zoom=flow_zoom, flow_rotate=flow_rotate, flow_shift=flow_shift, apex_shift=apex_shift,
+                        flow_u_flip=flow_u_flip, flow_erase=flow_erase)
 
     def make_batch(index, rows):
         if row_ids is not None:
             rows = tf.gather(row_ids, rows)
         flow_len = tf.gather(table["flow_len"], rows)
-        t = tf.reduce_max(flow_len)
         if augment_data:
-            u = augment.draws(seed, stream_offset + index)
-            apex, flow_image = augment.augment_images(table["apex_image"], table["flow_image"], rows, u)
-            if flow_zoom:
-                flow_image = augment.zoom_images(
-                    flow_image, augment.draws(seed, stream_offset + index, salt=augment.ZOOM_SALT), flow_zoom)
-            if flow_rotate:
-                flow_image = augment.rotate_images(
-                    flow_image, augment.draws(seed, stream_offset + index, salt=augment.ROTATE_SALT), flow_rotate)
-            if flow_shift:
-                flow_image = augment.shift_images(
-                    flow_image, augment.draws(seed, stream_offset + index, salt=augment.SHIFT_SALT), flow_shift)
-            if apex_shift:
-                apex = augment.shift_images(
-                    apex, augment.draws(seed, stream_offset + index, salt=augment.APEX_SHIFT_SALT), apex_shift)
-            mirrored = tf.stack([tf.cast(augment.decisions(u)[0], tf.int64), rows], axis=1)
-            x = {"apex_image": apex, "flow_seq": tf.gather_nd(table["flow_seq"], mirrored)[:, :t],
-                 "flow_image": flow_image}
-            if flow_u_flip:
-                flip = augment.draws(seed, stream_offset + index, salt=augment.U_FLIP_SALT)[:, 0] < flow_u_flip
-                x["flow_image"], x["flow_seq"] = augment.flip_u(x["flow_image"], x["flow_seq"], flow_len, flip)
-            if flow_erase:
-                x["flow_image"] = augment.erase_patches(
-                    x["flow_image"], augment.draws(seed, stream_offset + index, salt=augment.ERASE_SALT), flow_erase)
+            x = _augmented_inputs(table, rows, flow_len, seed, stream_offset + index, **flow_options)
         else:
             x = {"apex_image": tf.cast(tf.gather(table["apex_image"], rows), tf.float32),
-                 "flow_seq": tf.gather(table["flow_seq"], rows)[:, :t],
+                 "flow_seq": tf.gather(table["flow_seq"], rows)[:, :tf.reduce_max(flow_len)],
                  "flow_image": tf.cast(tf.gather(table["flow_image"], rows), tf.float32)}
         x["flow_len"] = flow_len
         for target in ("au_target", "domain_target"):       # targets, taken out by the training step
@@ -520,6 +470,76 @@ def dataset_from_arrays(data: dict, batch_size: int, image_size: int = IMAGE_SIZ
     options = tf.data.Options()
     options.deterministic = True
     return ds.rebatch(per_replica, drop_remainder=True).with_options(options).prefetch(AUTOTUNE)
+
+
+def _check_augmentation(data: dict, augment_data: bool, *, flow_shift: int, apex_shift: int, flow_erase: int,
+                        flow_zoom: float, flow_rotate: float, flow_u_flip: float) -> None:
+    """`dataset_from_arrays`' augmentation options: in range, and set only when augmenting."""
+    for name, shift in (("flow_shift", flow_shift), ("apex_shift", apex_shift), ("flow_erase", flow_erase)):
+        if shift < 0 or (shift and not augment_data):
+            raise ValueError(f"{name}={shift}: must be >= 0, and > 0 only with augmentation")
+    if not 0.0 <= flow_zoom < 1.0 or (flow_zoom and not augment_data):
+        raise ValueError(f"flow_zoom={flow_zoom}: must be in [0, 1), and > 0 only with augmentation")
+    if flow_rotate < 0 or (flow_rotate and not augment_data):
+        raise ValueError(f"flow_rotate={flow_rotate}: must be >= 0 degrees, and > 0 only with augmentation")
+    if not 0.0 <= flow_u_flip <= 1.0 or (flow_u_flip and not augment_data):
+        raise ValueError(f"flow_u_flip={flow_u_flip}: must be in [0, 1], and > 0 only with augmentation")
+    if flow_erase > np.shape(data["flow_image"])[1]:
+        raise ValueError(f"flow_erase={flow_erase}: larger than the flow image ({np.shape(data['flow_image'])[1]} px)")
+
+
+def _index_stream(groups: np.ndarray, balance: bool, batch_size: int, seed: int,
+                  input_context: Optional[tf.distribute.InputContext], skip_batches: int):
+    """The endless stream of (position, record indices) groups of GROUP batches that
+    `dataset_from_arrays` maps to images, and the per-replica batch size. Balanced: one
+    endless shuffled stream per sampling group (`groups`), drawn with equal weights."""
+    present = np.unique(groups).tolist()
+    if balance and len(present) > 1:
+        streams = [tf.data.Dataset.from_tensor_slices(np.flatnonzero(groups == g).astype(np.int64))
+                       .shuffle(int(np.sum(groups == g)), seed=seed + 17 * g, reshuffle_each_iteration=True)
+                       .repeat()
+                   for g in present]
+        ids = tf.data.Dataset.sample_from_datasets(streams, weights=[1.0 / len(present)] * len(present),
+                                                   seed=seed, stop_on_empty_dataset=False)
+    else:
+        ids = tf.data.Dataset.range(int(groups.size)).shuffle(
+            int(groups.size), seed=seed, reshuffle_each_iteration=True).repeat()
+    per_replica = batch_size
+    if input_context is not None:
+        ids = ids.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        per_replica = input_context.get_per_replica_batch_size(batch_size)
+    # Stream positions key the augmentation, so skipping (resume) keeps the stream identical.
+    ids = ids.enumerate()
+    if skip_batches:
+        ids = ids.skip(skip_batches * batch_size // (input_context.num_input_pipelines if input_context else 1))
+    return ids.batch(per_replica * GROUP, drop_remainder=True), per_replica
+
+
+def _augmented_inputs(table: dict, rows, flow_len, seed: int, key, *, flow_zoom: float, flow_rotate: float,
+                      flow_shift: int, apex_shift: int, flow_u_flip: float, flow_erase: int) -> dict:
+    """The augmented apex, flow sequence and flow image of `rows`; every draw is keyed by
+    (`seed`, `key`: the stream position) and each option has its own salt, so adding one
+    leaves the others' draws unchanged."""
+    u = augment.draws(seed, key)
+    apex, flow_image = augment.augment_images(table["apex_image"], table["flow_image"], rows, u)
+    if flow_zoom:
+        flow_image = augment.zoom_images(flow_image, augment.draws(seed, key, salt=augment.ZOOM_SALT), flow_zoom)
+    if flow_rotate:
+        flow_image = augment.rotate_images(flow_image, augment.draws(seed, key, salt=augment.ROTATE_SALT), flow_rotate)
+    if flow_shift:
+        flow_image = augment.shift_images(flow_image, augment.draws(seed, key, salt=augment.SHIFT_SALT), flow_shift)
+    if apex_shift:
+        apex = augment.shift_images(apex, augment.draws(seed, key, salt=augment.APEX_SHIFT_SALT), apex_shift)
+    mirrored = tf.stack([tf.cast(augment.decisions(u)[0], tf.int64), rows], axis=1)
+    x = {"apex_image": apex, "flow_seq": tf.gather_nd(table["flow_seq"], mirrored)[:, :tf.reduce_max(flow_len)],
+         "flow_image": flow_image}
+    if flow_u_flip:
+        flip = augment.draws(seed, key, salt=augment.U_FLIP_SALT)[:, 0] < flow_u_flip
+        x["flow_image"], x["flow_seq"] = augment.flip_u(x["flow_image"], x["flow_seq"], flow_len, flip)
+    if flow_erase:
+        x["flow_image"] = augment.erase_patches(x["flow_image"], augment.draws(seed, key, salt=augment.ERASE_SALT),
+                                                flow_erase)
+    return x
 
 
 def eval_dataset(data_dir: str, selection: Optional[Selection] = None, batch_size: int = 32,
