@@ -220,6 +220,24 @@ def test_row_space_fit_equals_the_plain_fit():
     assert probe.RowSpace().fit(X[:, :20]).basis_ is None     # fewer columns than rows: identity
 
 
+def test_row_space_falls_back_to_gesvd_when_gesdd_does_not_converge(monkeypatch):
+    """NumPy's SVD (gesdd) can fail to converge on degenerate matrices; the row space is then
+    computed by gesvd, and spans the same space."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(40, 200))
+    X[:, 100:] = 0.0                                         # degenerate: half the columns empty
+    expected = probe.RowSpace().fit(X).basis_
+
+    def no_convergence(*args, **kwargs):
+        raise np.linalg.LinAlgError("SVD did not converge")
+
+    monkeypatch.setattr(probe.np.linalg, "svd", no_convergence)
+    got = probe.RowSpace().fit(X).basis_
+    assert got.shape == expected.shape == (200, 40)
+    # The same span, whatever the signs and order of the vectors: equal projectors.
+    np.testing.assert_allclose(got @ got.T, expected @ expected.T, atol=1e-10)
+
+
 def test_development_probe_scores_only_inner_validation_subjects_of_the_chosen_folds(monkeypatch):
     from atn_tf.evaluation import evaluate_lib
 

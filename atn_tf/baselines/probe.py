@@ -271,7 +271,7 @@ class RowSpace(BaseEstimator, TransformerMixin):
         if X.shape[1] <= X.shape[0]:
             self.basis_ = None
             return self
-        _, s, vt = np.linalg.svd(X, full_matrices=False)
+        _, s, vt = _svd(X)
         keep = s > s[0] * max(X.shape) * np.finfo(np.float64).eps if s.size and s[0] > 0 else s > 0
         self.basis_ = vt[keep].T
         return self
@@ -279,6 +279,16 @@ class RowSpace(BaseEstimator, TransformerMixin):
     def transform(self, X):
         X = np.asarray(X, dtype=np.float64)
         return X if self.basis_ is None else X @ self.basis_
+
+
+def _svd(X: np.ndarray):
+    """Thin SVD by LAPACK's gesdd (NumPy's), or by the slower gesvd when gesdd does not
+    converge, as it can on degenerate matrices (features centred on each subject did)."""
+    try:
+        return np.linalg.svd(X, full_matrices=False)
+    except np.linalg.LinAlgError:
+        import scipy.linalg
+        return scipy.linalg.svd(X, full_matrices=False, lapack_driver="gesvd")
 
 
 def probe_pipeline(C: float):
