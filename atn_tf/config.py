@@ -70,7 +70,7 @@ def parse_database_head_weights(text: str) -> dict[str, dict[str, float]]:
 CHOICES = {"balance_by": ("class", "database_class"), "optimizer": ("sgd", "adamw"),
            "lr_schedule": ("step", "cosine"), "embedding_scale": ("none", "learned"),
            "apex_backbone": ("resnet", "fer_xception"), "apex_init": ("", "fer2013"),
-           "flow_backbone": ("cnn", "fer_xception"), "flow_init": ("", "fer2013"), "time_pool": ("mean", "last"),
+           "flow_backbone": ("cnn", "fer_xception", "transformer"), "flow_init": ("", "fer2013"), "time_pool": ("mean", "last"),
            "flow_seq_repr": ("polar", "cartesian"), "fusion": ("concat", "late"),
            "adversary": ("", "database", "subject"),
            "linear_inputs": ("all", "flow_seq"), "linear_fit": ("train", "probe"),
@@ -99,7 +99,7 @@ class TrainConfig:
     image_size: int = 224
     width: int = 64
     flow_width: int = 0                     # flow-image CNN channels (0: the apex's width)
-    flow_backbone: str = "cnn"              # cnn (shallow, from scratch) | fer_xception (per channel)
+    flow_backbone: str = "cnn"              # cnn (shallow, from scratch) | fer_xception (per channel) | transformer
     flow_init: str = ""                     # "" (from scratch) | fer2013 (fer_xception only)
     lstm_units: int = 512
     sync_batchnorm: bool = True             # replicas share BN statistics: same curve as one device

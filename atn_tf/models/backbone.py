@@ -5,6 +5,7 @@
 * `time_branch`: two stacked LSTMs over the right-padded flow sequence, masked by its length,
   mean over the real steps only.
 * `flow_branch`: our own shallow CNN on the 28x28x3 onset->apex flow image (STSTNet-like).
+* `flow_transformer_branch`: a small vision transformer on the same image (`flow_backbone=transformer`).
 
 Each branch ends in an L2-normalised embedding. Layer names follow the Caffe layer names
 where there is one (`data_bn`, `conv1`, `block2_conv_expand`, `last_bn`, `lstm1`, ...).
@@ -32,7 +33,8 @@ from __future__ import annotations
 
 import keras
 
-from atn_tf.models.layers import AttentionGate, L2Normalize, MaskedMean, MixStyle, SequenceMask, Standardize
+from atn_tf.models.layers import (AttentionGate, L2Normalize, MaskedMean, MixStyle, PositionEmbedding, SequenceMask,
+                                  Standardize)
 
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.99
@@ -189,6 +191,37 @@ def flow_branch(flow_image, width: int = 64, input_norm: bool = False, mixstyle:
             if mixstyle > 0:
                 x = MixStyle(mixstyle, name=f"flow_mixstyle{i + 1}")(x)
             x = keras.layers.MaxPooling2D(2, name=f"flow_pool{i + 1}")(x)
+    x = keras.layers.Flatten(name="flow_flatten")(x)
+    x = keras.layers.Dense(flow_embedding_dim(width), name="flow_dense")(x)
+    return L2Normalize(name="flow_embedding")(x)
+
+
+def flow_transformer_branch(flow_image, width: int = 64, input_norm: bool = False, layers: int = 2,
+                            heads: int = 4, patch: int = 4):
+    """Onset->apex flow image [B, 28, 28, 3] -> L2-normalised `2 * width` dims, as `flow_branch`,
+    through a small vision transformer instead of the CNN (the patch-and-attention family of
+    recent micro-expression networks on the same 28x28 flow, e.g. HTNet).
+
+    The input is standardised as the CNN's; non-overlapping `patch` x `patch` patches (7 x 7 =
+    49 tokens at 28 px) are embedded linearly to `width` dims with a learned position
+    embedding, then `layers` pre-norm blocks (multi-head self-attention with `heads` heads,
+    then a GELU MLP of `2 * width`, each with a residual), a final LayerNorm, flatten (the
+    layout of the movement matters, as in the CNN), a linear dense layer, L2 normalisation.
+    """
+    x = Standardize(tuple(flow_image.shape[1:]), name="flow_image_norm")(flow_image) if input_norm \
+        else _bn(flow_image, "flow_data_bn")
+    x = keras.layers.Conv2D(width, patch, strides=patch, name="flow_patches")(x)
+    x = keras.layers.Reshape((-1, width), name="flow_tokens")(x)
+    x = PositionEmbedding(name="flow_positions")(x)
+    for i in range(1, layers + 1):
+        y = keras.layers.LayerNormalization(epsilon=1e-6, name=f"flow_block{i}_ln1")(x)
+        y = keras.layers.MultiHeadAttention(heads, width // heads, name=f"flow_block{i}_attention")(y, y)
+        x = keras.layers.Add(name=f"flow_block{i}_add1")([x, y])
+        y = keras.layers.LayerNormalization(epsilon=1e-6, name=f"flow_block{i}_ln2")(x)
+        y = keras.layers.Dense(2 * width, activation="gelu", name=f"flow_block{i}_mlp1")(y)
+        y = keras.layers.Dense(width, name=f"flow_block{i}_mlp2")(y)
+        x = keras.layers.Add(name=f"flow_block{i}_add2")([x, y])
+    x = keras.layers.LayerNormalization(epsilon=1e-6, name="flow_ln")(x)
     x = keras.layers.Flatten(name="flow_flatten")(x)
     x = keras.layers.Dense(flow_embedding_dim(width), name="flow_dense")(x)
     return L2Normalize(name="flow_embedding")(x)

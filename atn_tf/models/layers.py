@@ -282,6 +282,22 @@ class Standardize(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class PositionEmbedding(keras.layers.Layer):
+    """`x + p`: a learned embedding `p` [tokens, dim] added to a token sequence [B, tokens, dim]
+    (a vision transformer's positions: where on the face a patch lies)."""
+
+    def build(self, input_shape):
+        self.position = self.add_weight(shape=tuple(input_shape[1:]), trainable=True, name="position",
+                                        initializer=keras.initializers.TruncatedNormal(stddev=0.02))
+
+    def call(self, inputs):
+        return inputs + self.position
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class LearnedScale(keras.layers.Layer):
     """`s * x` with one learnable scalar `s` (the temperature of a normalised embedding).
 
