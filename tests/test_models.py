@@ -350,6 +350,10 @@ JAX_SCRIPT = textwrap.dedent("""
     swapped = dict(batch, flow_image=batch["flow_image"][..., ::-1])
     assert both.shape == (2, 384)
     assert np.allclose(np.asarray(per_channel(swapped, training=False))[:, :128], both[:, 256:], atol=1e-5)
+    # the flow image's vision transformer (MultiHeadAttention, PositionEmbedding)
+    model = build_model("flow_only", image_size=64, width=8, lstm_units=16, flow_backbone="transformer")
+    flow = np.asarray(model(batch, training=False)["flow_embedding"])
+    assert flow.shape == (2, 16) and np.allclose(np.linalg.norm(flow, axis=1), 1, atol=1e-5)
     print(json.dumps(shapes))
 """)
 
