@@ -227,6 +227,8 @@ def test_flow_transformer_trains_saves_and_exports_and_reads_where_each_patch_li
     (dict(name="atn", flow_backbone="fer_xception"), "needs a flow branch"),
     (dict(name="atn_flow", flow_backbone="vgg"), "flow_backbone='vgg'"),
     (dict(name="atn_flow", flow_backbone="transformer", flow_width=6), "multiple of 4"),
+    (dict(name="atn_flow", flow_backbone="transformer", fusion="late", members=2, apex_backbone="fer_xception",
+          freeze_apex=True), "one member"),
     (dict(name="atn_flow", flow_backbone="fer_xception", fusion="late", members=2, apex_backbone="fer_xception",
           freeze_apex=True), "one member"),
 ])

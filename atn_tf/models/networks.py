@@ -233,6 +233,10 @@ def build_model(name: str, image_size: int = feature_spec.IMAGE_SIZE, width: int
       mixes the clips' feature statistics in training and is the identity at inference.
     * `flow_kernel`, `flow_layers` (the flow CNN): its convolutions' kernel size and how many
       there are (3 and 3 by default; `backbone.flow_branch`).
+    * `flow_backbone`: the flow image's branch: `cnn` (the shallow CNN above), `fer_xception`
+      (each of u, v and strain through one shared FER2013 mini-Xception, `flow_fer_branch`;
+      `flow_init="fer2013"` loads its weights) or `transformer` (a small vision transformer
+      on 4 x 4 patches, `backbone.flow_transformer_branch`). Both of the latter: one member.
     * `head_weights` (late fusion): branch -> weight of its heads in the average that
       predicts (`WeightedMean`; unnamed branches 1); the heads' own outputs, and so their
       losses, are unchanged.
@@ -461,9 +465,10 @@ def _check_recipe(a) -> tuple:
         raise ValueError(f"flow_backbone={a.flow_backbone!r} (one of {FLOW_BACKBONES}), flow_init={a.flow_init!r} "
                          f"(one of {APEX_INITS}, only with fer_xception): fer_xception needs a flow branch "
                          f"(model {a.name!r} has {branches}) and one member")
-    if a.flow_backbone == "transformer" and (a.flow_width or a.width) % TRANSFORMER_HEADS:
+    if a.flow_backbone == "transformer" and ((a.flow_width or a.width) % TRANSFORMER_HEADS or a.members > 1):
         raise ValueError(f"flow_backbone='transformer' splits the flow width over {TRANSFORMER_HEADS} heads: "
-                         f"flow_width={a.flow_width or a.width} must be a multiple of {TRANSFORMER_HEADS}")
+                         f"flow_width={a.flow_width or a.width} must be a multiple of {TRANSFORMER_HEADS}; "
+                         f"one member (members={a.members}: the copies are CNNs)")
     if not 0.0 <= a.flow_mixstyle <= 1.0 or (a.flow_mixstyle and a.flow_backbone != "cnn"):
         raise ValueError(f"flow_mixstyle={a.flow_mixstyle}: a probability in [0, 1], > 0 only with the flow "
                          "CNN (flow_backbone='cnn')")
