@@ -204,6 +204,16 @@ def test_the_thirty_first_round_as_written():
     assert "mean gain so far +0.0018" in v.reason
 
 
+@pytest.mark.parametrize("name, gain", [("r40", "-0.0071"), ("r41", "-0.0176")])
+def test_the_fortieth_and_forty_first_rounds_as_written(name, gain):
+    """docs/results.md: SGD on v16 (r40) and the flow transformer (r41), each stopped against v16
+    on seeds 24-25, both below, under the +0.008 / 6 of 8 rule."""
+    rule = dev_rule.Rule(min_gain=0.008, min_level=6)
+    v = dev_rule.judge(committed("v16", range(24, 32)), committed(name, range(24, 26)), rule)
+    assert v.status == "stopped" and "2 of the first 4 seeds below" in v.reason
+    assert f"mean gain so far {gain}" in v.reason
+
+
 def test_cli(tmp_path):
     runs(tmp_path, "bar", BAR[:2])
     runs(tmp_path, "c", [0.9, 0.9])

@@ -22,6 +22,9 @@ clips) and says what the rule says:
 `--seeds` fixes the rule's seeds in advance, for a bar that is run beside the candidate: a seed
 counts once both runs of it are there, and until then it is pending.
 
+`python -m atn_tf.evaluation.dev_series` runs a candidate's seeds one after another and
+applies this rule after each, stopping as soon as it decides.
+
 A work dir stands for its `development.json`. Reports that were not run on the same
 partition as their bar's (another protocol, inner split, validation fraction, set of
 development folds or records) are refused: their difference would not be paired.
@@ -184,13 +187,23 @@ def parse_seed(text: str) -> int:
         raise ValueError(f"--seeds: {text!r} is not a seed (an integer)") from None
 
 
-def define_flags() -> None:
-    flags.DEFINE_list("bar", [], "The current recipe's development reports or work dirs, one per seed.")
-    flags.DEFINE_list("candidate", [], "The changed recipe's, on some or all of the same seeds.")
+def define_rule_flags() -> None:
+    """The rule's four flags (`rule_from_flags` reads them); also `dev_series`'."""
     flags.DEFINE_float("min_gain", Rule.min_gain, "Passing needs a mean gain at least this large.")
     flags.DEFINE_integer("min_level", Rule.min_level, "… and level or better on at least this many seeds.")
     flags.DEFINE_integer("stop_after", Rule.stop_after, "Early stop: look at the first this many seeds (of the bar, or of --seeds) …")
     flags.DEFINE_integer("stop_below", Rule.stop_below, "… and stop if at least this many of them are below.")
+
+
+def rule_from_flags() -> Rule:
+    F = flags.FLAGS
+    return Rule(F.min_gain, F.min_level, F.stop_after, F.stop_below)
+
+
+def define_flags() -> None:
+    flags.DEFINE_list("bar", [], "The current recipe's development reports or work dirs, one per seed.")
+    flags.DEFINE_list("candidate", [], "The changed recipe's, on some or all of the same seeds.")
+    define_rule_flags()
     flags.DEFINE_list("seeds", None, "The rule's seeds, fixed before the runs (default: the bar's). With it the "
                       "bar may be incomplete, as when it is run beside the candidate: a seed counts once both "
                       "runs of it are there.")
@@ -200,7 +213,7 @@ def main(argv):
     del argv
     F = flags.FLAGS
     try:
-        rule = Rule(F.min_gain, F.min_level, F.stop_after, F.stop_below)
+        rule = rule_from_flags()
         seeds = None if F.seeds is None else [parse_seed(s) for s in F.seeds]
         verdict = judge([DevRun.load(p) for p in F.bar], [DevRun.load(p) for p in F.candidate], rule, seeds)
     except ValueError as e:
