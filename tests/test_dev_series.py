@@ -91,7 +91,8 @@ def test_a_run_that_fails_names_its_log(setup):
 def test_bad_arguments_are_refused_before_any_run(setup, change, why):
     bar, recipe, root = setup
     calls = []
-    args = dict(bar=bar, recipe=recipe, name="cand", work_root=root, rule=RULE, run=fake_evaluate({}, calls), say=lambda _: None)
+    args = dict(bar=bar, recipe=recipe, name="cand", work_root=root, rule=RULE, run=fake_evaluate({}, calls),
+                say=lambda _: None)
     with pytest.raises(ValueError, match=why):
         dev_series.run_series(**{**args, **change})
     assert calls == []
