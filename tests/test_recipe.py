@@ -27,6 +27,21 @@ def _inputs(n=3, t=4, seed=0, size=64):
             "flow_image": rng.uniform(0, 255, (n, 28, 28, 3)).astype("float32")}
 
 
+def _reloads_and_exports_alike(model, model_dir, tmp_path, x, export=True):
+    """The trained `model`, reloaded from `model_dir` (and, with `export`, its SavedModel),
+    predicts `x` as it does."""
+    want = keras.ops.convert_to_numpy(model(x, training=False)["probabilities"])
+    loaded, _ = train_lib.load_trained(model_dir)
+    np.testing.assert_allclose(loaded(x, training=False)["probabilities"], want, atol=1e-6)
+    if export:
+        import tensorflow as tf
+        from atn_tf.serving import export_lib
+        fn = tf.saved_model.load(export_lib.export(model_dir, str(tmp_path / "sm"))).signatures["serving_default"]
+        names = fn.structured_input_signature[1]
+        got = fn(**{k: tf.constant(v) for k, v in x.items() if k in names})["probabilities"].numpy()
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 def test_input_statistics_count_only_real_steps():
     data = _inputs(n=2, t=3)
     data["flow_len"] = np.array([3, 1], np.int32)
@@ -135,18 +150,8 @@ def test_fer_branch_fine_tunes_or_stays_frozen(tmp_path, freeze):
     # the head always trains
     assert np.abs(result.model.get_layer("logits").get_weights()[0]
                   - before.get_layer("logits").get_weights()[0]).max() > 0
-    loaded, _ = train_lib.load_trained(cfg.model_dir)
-    x = _inputs(n=2)
-    want = keras.ops.convert_to_numpy(result.model(x)["probabilities"])
-    np.testing.assert_allclose(loaded(x)["probabilities"], want, atol=1e-6)
-    if not freeze:      # the SavedModel of the fine-tuned model answers the same
-        import tensorflow as tf
-        from atn_tf.serving import export_lib
-        sm = tf.saved_model.load(export_lib.export(cfg.model_dir, str(tmp_path / "sm")))
-        fn = sm.signatures["serving_default"]
-        names = fn.structured_input_signature[1]
-        got = fn(**{k: tf.constant(v) for k, v in x.items() if k in names})["probabilities"].numpy()
-        np.testing.assert_allclose(got, want, atol=1e-5)
+    # (the SavedModel of the fine-tuned model answers the same)
+    _reloads_and_exports_alike(result.model, cfg.model_dir, tmp_path, _inputs(n=2), export=not freeze)
 
 
 def test_flow_fer_xception_reads_each_flow_channel_through_the_fer2013_network():
@@ -183,16 +188,7 @@ def test_flow_fer_xception_fine_tunes_saves_and_exports(tmp_path):
     trained = lambda m, name: m.get_layer(name).get_weights()[0]      # noqa: E731
     assert np.abs(trained(result.model, "flowfer_conv2d_1") - trained(before, "flowfer_conv2d_1")).max() > 0
     np.testing.assert_array_equal(trained(result.model, "fer_conv2d_1"), trained(before, "fer_conv2d_1"))
-    loaded, _ = train_lib.load_trained(cfg.model_dir)
-    x = _inputs(n=2)
-    want = keras.ops.convert_to_numpy(result.model(x, training=False)["probabilities"])
-    np.testing.assert_allclose(loaded(x, training=False)["probabilities"], want, atol=1e-6)
-    import tensorflow as tf
-    from atn_tf.serving import export_lib
-    fn = tf.saved_model.load(export_lib.export(cfg.model_dir, str(tmp_path / "sm"))).signatures["serving_default"]
-    names = fn.structured_input_signature[1]
-    got = fn(**{k: tf.constant(v) for k, v in x.items() if k in names})["probabilities"].numpy()
-    np.testing.assert_allclose(got, want, atol=1e-5)
+    _reloads_and_exports_alike(result.model, cfg.model_dir, tmp_path, _inputs(n=2))
 
 
 def test_flow_transformer_trains_saves_and_exports_and_reads_where_each_patch_lies(tmp_path):
@@ -206,20 +202,12 @@ def test_flow_transformer_trains_saves_and_exports_and_reads_where_each_patch_li
     result = train_lib.train(cfg, progress=False)
     assert result.model.get_layer("flow_positions").get_weights()[0].shape == (49, 8)
     assert not any(layer.name.startswith("flow_conv") for layer in result.model.layers)
-    loaded, _ = train_lib.load_trained(cfg.model_dir)
     x = _inputs(n=2)
-    want = keras.ops.convert_to_numpy(result.model(x, training=False)["probabilities"])
-    np.testing.assert_allclose(loaded(x, training=False)["probabilities"], want, atol=1e-6)
+    _reloads_and_exports_alike(result.model, cfg.model_dir, tmp_path, x)
     patches = x["flow_image"].reshape(2, 7, 4, 7, 4, 3)
     shuffled = {**x, "flow_image": np.ascontiguousarray(patches[:, ::-1, :, ::-1]).reshape(2, 28, 28, 3)}
     flow = keras.Model(result.model.inputs, result.model.get_layer("flow_embedding").output)
     assert np.abs(keras.ops.convert_to_numpy(flow(shuffled)) - keras.ops.convert_to_numpy(flow(x))).max() > 1e-3
-    import tensorflow as tf
-    from atn_tf.serving import export_lib
-    fn = tf.saved_model.load(export_lib.export(cfg.model_dir, str(tmp_path / "sm"))).signatures["serving_default"]
-    names = fn.structured_input_signature[1]
-    got = fn(**{k: tf.constant(v) for k, v in x.items() if k in names})["probabilities"].numpy()
-    np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 @pytest.mark.parametrize("bad, match", [
