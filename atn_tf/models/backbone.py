@@ -38,6 +38,7 @@ from atn_tf.models.layers import (AttentionGate, L2Normalize, MaskedMean, MixSty
 
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.99
+TRANSFORMER_HEADS = 4       # the flow transformer's attention heads (flow_backbone=transformer)
 
 
 def stage_channels(width: int) -> tuple[int, int, int, int]:
@@ -181,8 +182,7 @@ def flow_branch(flow_image, width: int = 64, input_norm: bool = False, mixstyle:
     BatchNorm input layer. With `mixstyle` = p > 0 the first two layers' feature maps go
     through `MixStyle(p)` in training.
     """
-    x = Standardize(tuple(flow_image.shape[1:]), name="flow_image_norm")(flow_image) if input_norm \
-        else _bn(flow_image, "flow_data_bn")
+    x = _flow_input(flow_image, input_norm)
     filters = [max(1, width // 2 ** (layers - 1 - i)) for i in range(layers)]
     for i, f in enumerate(filters):
         x = _conv(x, f, kernel, 1, f"flow_conv{i + 1}")
@@ -191,13 +191,27 @@ def flow_branch(flow_image, width: int = 64, input_norm: bool = False, mixstyle:
             if mixstyle > 0:
                 x = MixStyle(mixstyle, name=f"flow_mixstyle{i + 1}")(x)
             x = keras.layers.MaxPooling2D(2, name=f"flow_pool{i + 1}")(x)
+    return _flow_embedding(x, width)
+
+
+def _flow_input(flow_image, input_norm: bool):
+    """The flow branches' first layer: the training fold's per-pixel standardisation with
+    `input_norm`, else BN with a learned scale."""
+    if input_norm:
+        return Standardize(tuple(flow_image.shape[1:]), name="flow_image_norm")(flow_image)
+    return _bn(flow_image, "flow_data_bn")
+
+
+def _flow_embedding(x, width: int):
+    """The flow branches' last layers: flatten (the layout of the movement matters), a linear
+    dense layer to `flow_embedding_dim(width)`, L2 normalisation."""
     x = keras.layers.Flatten(name="flow_flatten")(x)
     x = keras.layers.Dense(flow_embedding_dim(width), name="flow_dense")(x)
     return L2Normalize(name="flow_embedding")(x)
 
 
 def flow_transformer_branch(flow_image, width: int = 64, input_norm: bool = False, layers: int = 2,
-                            heads: int = 4, patch: int = 4):
+                            heads: int = TRANSFORMER_HEADS, patch: int = 4):
     """Onset->apex flow image [B, 28, 28, 3] -> L2-normalised `2 * width` dims, as `flow_branch`,
     through a small vision transformer instead of the CNN (the patch-and-attention family of
     recent micro-expression networks on the same 28x28 flow, e.g. HTNet).
@@ -208,8 +222,7 @@ def flow_transformer_branch(flow_image, width: int = 64, input_norm: bool = Fals
     then a GELU MLP of `2 * width`, each with a residual), a final LayerNorm, flatten (the
     layout of the movement matters, as in the CNN), a linear dense layer, L2 normalisation.
     """
-    x = Standardize(tuple(flow_image.shape[1:]), name="flow_image_norm")(flow_image) if input_norm \
-        else _bn(flow_image, "flow_data_bn")
+    x = _flow_input(flow_image, input_norm)
     x = keras.layers.Conv2D(width, patch, strides=patch, name="flow_patches")(x)
     x = keras.layers.Reshape((-1, width), name="flow_tokens")(x)
     x = PositionEmbedding(name="flow_positions")(x)
@@ -221,7 +234,4 @@ def flow_transformer_branch(flow_image, width: int = 64, input_norm: bool = Fals
         y = keras.layers.Dense(2 * width, activation="gelu", name=f"flow_block{i}_mlp1")(y)
         y = keras.layers.Dense(width, name=f"flow_block{i}_mlp2")(y)
         x = keras.layers.Add(name=f"flow_block{i}_add2")([x, y])
-    x = keras.layers.LayerNormalization(epsilon=1e-6, name="flow_ln")(x)
-    x = keras.layers.Flatten(name="flow_flatten")(x)
-    x = keras.layers.Dense(flow_embedding_dim(width), name="flow_dense")(x)
-    return L2Normalize(name="flow_embedding")(x)
+    return _flow_embedding(keras.layers.LayerNormalization(epsilon=1e-6, name="flow_ln")(x), width)

@@ -42,7 +42,6 @@ MODEL_NAMES = tuple(_VARIANTS)
 APEX_BACKBONES = ("resnet", "fer_xception")
 APEX_INITS = ("", "fer2013")
 FLOW_BACKBONES = ("cnn", "fer_xception", "transformer")
-TRANSFORMER_HEADS = 4            # the flow transformer's attention heads (flow_backbone=transformer)
 EMBEDDING_SCALES = ("none", "learned")
 FLOW_SEQ_REPRS = ("polar", "cartesian")
 FUSIONS = ("concat", "late")
@@ -366,14 +365,14 @@ def _branch_embeddings(a, branches, inputs: dict, raw_flow_image, flow_seq, atte
     if "flow" in branches and flow_fer:
         embeddings["flow_embedding"] = flow_fer_branch(raw_flow_image)
     elif "flow" in branches:
-        embeddings["flow_embedding"] = backbone.flow_transformer_branch(
-            inputs["flow_image"], a.flow_width or a.width, input_norm=a.input_norm, heads=TRANSFORMER_HEADS) \
-            if a.flow_backbone == "transformer" else \
-            backbone.flow_branch(inputs["flow_image"], a.flow_width or a.width, input_norm=a.input_norm,
-                                 **_flow_cnn(a))
+        flow = inputs["flow_image"], a.flow_width or a.width
+        if a.flow_backbone == "transformer":
+            embedding = backbone.flow_transformer_branch(*flow, input_norm=a.input_norm)
+        else:
+            embedding = backbone.flow_branch(*flow, input_norm=a.input_norm, **_flow_cnn(a))
         if a.flow_shift_tta:
-            embeddings["flow_embedding"] = MergeViews("mean", views=(2 * a.flow_shift_tta + 1) ** 2,
-                                                      name="flow_merged_views")(embeddings["flow_embedding"])
+            embedding = MergeViews("mean", views=(2 * a.flow_shift_tta + 1) ** 2, name="flow_merged_views")(embedding)
+        embeddings["flow_embedding"] = embedding
     return embeddings
 
 
@@ -465,9 +464,10 @@ def _check_recipe(a) -> tuple:
         raise ValueError(f"flow_backbone={a.flow_backbone!r} (one of {FLOW_BACKBONES}), flow_init={a.flow_init!r} "
                          f"(one of {APEX_INITS}, only with fer_xception): fer_xception needs a flow branch "
                          f"(model {a.name!r} has {branches}) and one member")
-    if a.flow_backbone == "transformer" and ((a.flow_width or a.width) % TRANSFORMER_HEADS or a.members > 1):
-        raise ValueError(f"flow_backbone='transformer' splits the flow width over {TRANSFORMER_HEADS} heads: "
-                         f"flow_width={a.flow_width or a.width} must be a multiple of {TRANSFORMER_HEADS}; "
+    heads = backbone.TRANSFORMER_HEADS
+    if a.flow_backbone == "transformer" and ((a.flow_width or a.width) % heads or a.members > 1):
+        raise ValueError(f"flow_backbone='transformer' splits the flow width over {heads} heads: "
+                         f"flow_width={a.flow_width or a.width} must be a multiple of {heads}; "
                          f"one member (members={a.members}: the copies are CNNs)")
     if not 0.0 <= a.flow_mixstyle <= 1.0 or (a.flow_mixstyle and a.flow_backbone != "cnn"):
         raise ValueError(f"flow_mixstyle={a.flow_mixstyle}: a probability in [0, 1], > 0 only with the flow "
