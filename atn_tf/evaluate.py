@@ -73,7 +73,7 @@ def _experiment_name() -> str:
 
 def _compare(paths) -> str:
     from atn_tf.evaluation import reports, stats
-    loaded = [(os.path.basename(os.path.normpath(d)), reports.load_report(d)) for d in paths]
+    loaded = [(reports.report_label(d), reports.load_report(d)) for d in paths]
     table = reports.compare_table(loaded) + "\n" + stats.compare_text(loaded, target_uf1=FLAGS.target_uf1)
     if FLAGS.subsets:
         table += _subsets_text(loaded, FLAGS.subsets, FLAGS.target_uf1)

@@ -191,13 +191,22 @@ def test_interrupted_hde_resumes_with_the_remaining_folds(megc_dir, tmp_path, mo
     assert {p["fold"] for p in report["predictions"]} == {"casme2", "samm", "smic"}
 
 
+def test_report_label_names_a_work_dir_by_its_folder():
+    assert reports.report_label("runs/x") == reports.report_label("runs/x/") == "x"
+    assert reports.report_label("runs/x/report.json") == "x"
+    assert reports.report_label("docs/results/cde_v16_x3.json") == "cde_v16_x3.json"
+    assert reports.report_label("report.json") == "report.json"
+
+
 def test_compare_cli_and_unknown_fold(megc_dir, tmp_path):
     cfg = TrainConfig(data_dir=megc_dir, model="time_only", **TINY)
     with pytest.raises(ValueError, match="unknown fold"):
         evaluate_lib.evaluate(cfg, "hde", str(tmp_path / "x"), folds=["nope"])
     for name in ("a", "b"):
         evaluate_lib.evaluate(cfg.replace(seed=ord(name)), "hde", str(tmp_path / name), folds=["smic"])
-    r = subprocess.run([sys.executable, "-m", "atn_tf.evaluate", "--compare", str(tmp_path / "a"), str(tmp_path / "b"),
+    # a work dir, or its report.json: either is named by the work dir
+    r = subprocess.run([sys.executable, "-m", "atn_tf.evaluate", "--compare", str(tmp_path / "a"),
+                        str(tmp_path / "b" / "report.json"),
                         f"--compare_output={tmp_path / 'cmp.md'}"], env=dict(os.environ, PYTHONPATH=ROOT),
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -51,6 +51,16 @@ def read_kind(path: str, kind: str, what: str) -> dict:
     return report
 
 
+def report_label(path: str) -> str:
+    """How a report is named in a comparison: its folder for a work dir or a work dir's
+    `report.json` (every finished run writes one, so the file name says nothing), else its
+    file name."""
+    path = os.path.normpath(path)
+    if os.path.basename(path) == "report.json":
+        path = os.path.dirname(path) or path
+    return os.path.basename(os.path.abspath(path))
+
+
 def load_report(path: str) -> dict:
     if os.path.isdir(path):
         path = os.path.join(path, "report.json")
