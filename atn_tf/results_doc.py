@@ -10,7 +10,11 @@ Three generated blocks; everything outside their markers (the baselines' tables,
   subject-bootstrap interval of its overall UF1 (`atn_tf.evaluation.stats`), the linear probe of the
   same inputs under the same protocol beside it, and the model-selection rule, number of
   recipes tried and wall time when the report records them ("—" when it does not);
-- linear probes (`probe_<protocol>_<input>.json` written by `python -m atn_tf.baselines --probe`);
+- linear probes (`probe_<protocol>_<input>.json` written by `python -m atn_tf.baselines --probe`),
+  and late fusions of them (`probe_fused_<protocol>_<inputs>.json`: `python -m atn_tf.evaluate
+  --ensemble` over probe reports, the mean of their probabilities). A late-fusion model (one
+  head per branch, their weighted mean predicts) is read against the fusion of its branches'
+  probes as well: the floor that combines its inputs the way it does;
 - the deep-model issue's targets (`atn_tf.evaluation.targets`): for each, the best headline
   recipe (seeds 0-2), its margins and how many recipes meet it.
 
@@ -46,6 +50,9 @@ MODEL_PROBES = {"atn": ("apex_flow_seq",), "apex_only": ("apex",), "micro_attent
                 "time_only": ("flow_seq",), "atn_flow": ("all",), "flow_only": ("flow_image",)}
 PROBE_ORDER = ("flow_seq", "flow_seq_cartesian", "flow_image", "flow_image_std", "apex", "apex_flow_seq", "all",
                "apex_fer")
+# model -> its branches, each read against the probe of the input it reads (`branch_probes`)
+MODEL_BRANCHES = {"atn": ("apex", "time"), "atn_flow": ("apex", "time", "flow")}
+PROBE_PREFIX = "probe_"
 
 # The paper's UF1 / UAR (ACII 2019, DESIGN.md §4): literature values to compare against.
 PAPER = {
@@ -120,14 +127,40 @@ def seed_group(experiment: str) -> str:
     return SEED_SUFFIX.sub("", experiment or "")
 
 
+def fused_inputs(report: dict) -> tuple[str, ...]:
+    """The inputs whose probes a mean-probability ensemble fuses (sorted; its members'
+    experiments are `probe_<input>`), or () for any other report."""
+    names = [m.get("experiment") or "" for m in report.get("members") or []]
+    if len(names) < 2 or not all(n.startswith(PROBE_PREFIX) for n in names):
+        return ()
+    return tuple(sorted(n[len(PROBE_PREFIX):] for n in names))
+
+
 def load_probes(results_dir: str) -> dict:
-    """(protocol, input) -> (path, report) of the committed probe reports."""
+    """(protocol, input) -> (path, report) of the committed probe reports; a fusion of probes
+    is keyed by its inputs joined with "+" (`fused_inputs`)."""
     out = {}
     for path in sorted(glob.glob(os.path.join(results_dir, "probe_*.json"))):
         r = reports.load_report(path)
-        if r.get("probe"):
-            out[(r["protocol"], r["probe"])] = (path, r)
+        name = r.get("probe") or "+".join(fused_inputs(r))
+        if name:
+            out[(r["protocol"], name)] = (path, r)
     return out
+
+
+def branch_probes(model: str, config: dict | None) -> str:
+    """The key of the fusion of a late-fusion model's branch probes ("" for any other model):
+    each branch's input as the branch reads it -- the FER2013 features for the
+    `fer_xception` apex, Cartesian flow for `flow_seq_repr=cartesian`, the per-image
+    standardised flow image for `flow_sample_norm`."""
+    cfg = config or {}
+    branches = MODEL_BRANCHES.get(model, ())
+    if cfg.get("fusion") != "late" or len(branches) < 2:
+        return ""
+    read = {"apex": "apex_fer" if cfg.get("apex_backbone") == "fer_xception" else "apex",
+            "time": "flow_seq_cartesian" if cfg.get("flow_seq_repr") == "cartesian" else "flow_seq",
+            "flow": "flow_image_std" if cfg.get("flow_sample_norm") else "flow_image"}
+    return "+".join(sorted(read[b] for b in branches))
 
 
 def probe_inputs(model: str, protocol: str, probes: dict, config: dict | None = None) -> tuple[str, ...]:
@@ -136,7 +169,8 @@ def probe_inputs(model: str, protocol: str, probes: dict, config: dict | None = 
     also read against the probe on those features (`apex_fer`; for `apex_only`, instead
     of the pixels), and one whose time branch reads Cartesian flow (`flow_seq_repr`) also
     against the probe on the same components (`flow_seq_cartesian`); likewise one whose
-    flow image is standardised per image (`flow_sample_norm`: `flow_image_std`)."""
+    flow image is standardised per image (`flow_sample_norm`: `flow_image_std`); and a
+    late-fusion model against the fusion of its branches' probes (`branch_probes`)."""
     wanted = MODEL_PROBES.get(model, ())
     if wanted == ("apex_flow_seq",) and (protocol, "apex_flow_seq") not in probes:
         wanted = ("apex", "flow_seq")
@@ -146,6 +180,9 @@ def probe_inputs(model: str, protocol: str, probes: dict, config: dict | None = 
         wanted = wanted + ("flow_seq_cartesian",)
     if (config or {}).get("flow_sample_norm") and (protocol, "flow_image_std") in probes:
         wanted = wanted + ("flow_image_std",)
+    fused = branch_probes(model, config)
+    if fused and (protocol, fused) in probes:
+        wanted = wanted + (fused,)
     return wanted
 
 
@@ -235,8 +272,9 @@ def probe_table(probes: dict) -> str:
              "|" + "---|" * (7 + len(DBS) + 3)]
     order = {name: i for i, name in enumerate(PROBE_ORDER)}
     for (protocol, name), (path, r) in sorted(probes.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 9))):
-        cs = collections.Counter(f["C"] for f in r.get("folds", []))
-        cells = [_link(path), name, str((r.get("probe_inputs") or {}).get("dim", "?")), protocol.upper(),
+        cs = collections.Counter(f["C"] for f in r.get("folds", []) if isinstance(f, dict) and "C" in f)
+        dim = f"fused ({len(r['members'])})" if r.get("members") else str((r.get("probe_inputs") or {}).get("dim", "?"))
+        cells = [_link(path), name, dim, protocol.upper(),
                  _pair(r["overall"]), _ci(r), f"{r['overall']['accuracy']:.3f}"]
         cells += [_pair(r["per_database"][db]) if db in r["per_database"] else "" for db in DBS]
         cells += [", ".join(f"{c:g} ({k})" for c, k in sorted(cs.items())) or "—",
@@ -265,7 +303,8 @@ def update(results_dir: str, output: str, when: str, machine: str) -> str:
             "held-out database). Paper values in parentheses. 95 % CI: percentile interval of the "
             f"overall UF1 over {N_BOOT} subject-bootstrap replicates (subjects resampled with replacement "
             "within each database; `atn_tf.evaluation.stats`). Probe: logistic regression on the same inputs, same "
-            "protocol and folds (table below). selection / recipes tried / wall s: as recorded by the "
+            "protocol and folds (table below); for a late-fusion model also the mean of its branches' probes "
+            "(inputs joined by +). selection / recipes tried / wall s: as recorded by the "
             "report (— for reports written before they were recorded).\n\n"
             "Experiments run over several seeds:\n\n" + headline_table(loaded, probes)
             + "\nEvery report:\n\n" + table(paths, probes) + f"\n{END}")

@@ -45,7 +45,8 @@ def test_every_deep_report_is_in_the_results_table():
             assert f"(results/{name})" in doc, f"{name} missing from docs/results.md (run python -m atn_tf.results_doc)"
 
 
-PROBES = [p for p in REPORTS if os.path.basename(p).startswith("probe_")]
+FUSED = [p for p in REPORTS if os.path.basename(p).startswith("probe_fused_")]
+PROBES = [p for p in REPORTS if os.path.basename(p).startswith("probe_") and p not in FUSED]
 
 
 def test_the_probe_floor_is_committed_for_every_input_and_protocol():
@@ -77,6 +78,44 @@ def test_probe_report_format_and_command(path):
     assert len(report["fold_seconds"]) == len(report["folds"]) == report["num_folds"]
 
 
+@pytest.mark.parametrize("path", FUSED, ids=[os.path.basename(p) for p in FUSED])
+def test_a_fusion_of_probes_is_the_mean_of_the_committed_probes_it_names(path):
+    """`probe_fused_<protocol>_<inputs>.json`: written by `atn_tf.evaluate --ensemble` over the
+    committed probe reports of those inputs; each clip's probabilities are their mean."""
+    import numpy as np
+
+    from atn_tf import results_doc
+
+    report = json.load(open(path))
+    inputs = results_doc.fused_inputs(report)
+    assert os.path.basename(path) == f"probe_fused_{report['protocol']}_{'+'.join(inputs)}.json"
+    cmd = report["command"].split()
+    assert cmd[:4] == ["python", "-m", "atn_tf.evaluate", "--ensemble"]
+    members = [a for a in cmd[4:] if not a.startswith("--")]
+    assert sorted(members) == sorted(f"docs/results/probe_{report['protocol']}_{i}.json" for i in inputs)
+    probs = {}
+    for m in members:
+        for p in json.load(open(os.path.join(ROOT, m)))["predictions"]:
+            probs.setdefault(p["sample_id"], []).append(p["probabilities"])
+    assert len(report["predictions"]) == len(probs)
+    for p in report["predictions"]:
+        np.testing.assert_allclose(p["probabilities"], np.mean(probs[p["sample_id"]], axis=0), atol=1e-6)
+
+
+def test_a_late_fusion_model_is_read_against_the_fusion_of_its_branches_probes():
+    from atn_tf import results_doc
+
+    cfg = {"fusion": "late", "apex_backbone": "fer_xception", "flow_seq_repr": "cartesian", "flow_sample_norm": True}
+    key = "apex_fer+flow_image_std+flow_seq_cartesian"
+    assert results_doc.branch_probes("atn_flow", cfg) == key
+    assert results_doc.branch_probes("atn_flow", {**cfg, "fusion": "concat"}) == ""
+    assert results_doc.branch_probes("flow_only", cfg) == ""          # one branch: nothing to fuse
+    assert results_doc.branch_probes("atn", {"fusion": "late"}) == "apex+flow_seq"
+    probes = {("cde", "all"): ("p", {}), ("cde", key): ("f", {})}
+    assert results_doc.probe_inputs("atn_flow", "cde", probes, cfg)[-1] == key
+    assert key not in results_doc.probe_inputs("atn_flow", "hde", probes, cfg)   # none committed for HDE
+
+
 def test_generated_tables_are_up_to_date():
     from atn_tf import results_doc
 
@@ -92,7 +131,8 @@ def test_generated_tables_are_up_to_date():
     assert results_doc.headline_table(results_doc._deep(deep), probes) in doc, stale
 
 
-def _fake(tmp, name, experiment, seed, accuracy, protocol="cde", model="atn", members=None, probe=None, **extra):
+def _fake(tmp, name, experiment, seed, accuracy, protocol="cde", model="atn", members=None, probe=None,
+          config_extra=None, deep=True, **extra):
     import numpy as np
 
     from atn_tf.evaluation import protocols
@@ -111,8 +151,8 @@ def _fake(tmp, name, experiment, seed, accuracy, protocol="cde", model="atn", me
                           "probabilities": prob})
     m = protocols.pooled_metrics([p["label"] for p in preds], [p["pred"] for p in preds],
                                  [p["database"] for p in preds])
-    cfg = None if probe else {"model": model, "seed": seed, "image_size": 64, "width": 16, "lstm_units": 128,
-                              "train_steps": 300}
+    cfg = None if probe or not deep else {"model": model, "seed": seed, "image_size": 64, "width": 16,
+                                          "lstm_units": 128, "train_steps": 300, **(config_extra or {})}
     r = {"protocol": protocol, "experiment": experiment, "command": f"python -m atn_tf.evaluate {name}",
          "date": "2026-12-01T00:00:00+00:00", "complete": True, "num_folds": 9, "config": cfg,
          "overall": m["overall"], "per_database": m["per_database"], "predictions": preds, **extra}
@@ -137,6 +177,9 @@ def test_results_doc_groups_seeds_pairs_probes_and_shows_new_keys(tmp_path):
           wall_seconds=123.4, fold_seconds={"a": 1.0})
     _fake(res, "probe_cde_flow_seq.json", "probe_flow_seq", 0, 0.75, probe="flow_seq")
     _fake(res, "probe_cde_apex.json", "probe_apex", 0, 0.4, probe="apex")
+    _fake(res, "cde_z_seed0.json", "z_seed0", 0, 0.7, model="atn", config_extra={"fusion": "late"})
+    _fake(res, "probe_fused_cde_apex+flow_seq.json", "probe_fused_apex+flow_seq", 0, 0.7, deep=False,
+          members=[("probe_apex", None), ("probe_flow_seq", None)])
     out = tmp_path / "results.md"
     out.write_text("# Results\n\nhand-written prose\n")
     results_doc.update(str(res), str(out), "2026-12-01", "test machine")
@@ -157,6 +200,13 @@ def test_results_doc_groups_seeds_pairs_probes_and_shows_new_keys(tmp_path):
     assert float(lo) <= runs[0]["overall"]["uf1"] <= float(hi)
     probe_row = next(l for l in doc.splitlines() if l.startswith("| [probe_cde_flow_seq.json]"))
     assert "| 0.01 (9) | 12 |" in probe_row
+    # a late-fusion model is read against the fusion of its branches' probes too, which the
+    # probe table lists
+    row_z = next(l for l in doc.splitlines() if l.startswith("| [cde_z_seed0.json]"))
+    assert "[apex+flow_seq](results/probe_fused_cde_apex+flow_seq.json)" in row_z
+    assert "[apex+flow_seq](results/probe_fused_cde_apex+flow_seq.json)" not in row_x     # not late fusion
+    fused_row = next(l for l in doc.splitlines() if l.startswith("| [probe_fused_cde_apex+flow_seq.json]"))
+    assert "| apex+flow_seq | fused (2) | CDE |" in fused_row
     # regenerating replaces both blocks in place
     results_doc.update(str(res), str(out), "2026-12-02", "test machine")
     again = out.read_text()
