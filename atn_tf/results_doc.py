@@ -140,7 +140,7 @@ def load_probes(results_dir: str) -> dict:
     """(protocol, input) -> (path, report) of the committed probe reports; a fusion of probes
     is keyed by its inputs joined with "+" (`fused_inputs`)."""
     out = {}
-    for path in sorted(glob.glob(os.path.join(results_dir, "probe_*.json"))):
+    for path in sorted(glob.glob(os.path.join(results_dir, f"{PROBE_PREFIX}*.json"))):
         r = reports.load_report(path)
         name = r.get("probe") or "+".join(fused_inputs(r))
         if name:
@@ -148,38 +148,42 @@ def load_probes(results_dir: str) -> dict:
     return out
 
 
-def branch_probes(model: str, config: dict | None) -> str:
-    """The key of the fusion of a late-fusion model's branch probes ("" for any other model):
-    each branch's input as the branch reads it -- the FER2013 features for the
+PLAIN_READS = {"apex": "apex", "time": "flow_seq", "flow": "flow_image"}   # branch -> its raw input's probe
+
+
+def branch_reads(config: dict | None) -> dict:
+    """branch -> the probe of its input as the branch reads it: the FER2013 features for the
     `fer_xception` apex, Cartesian flow for `flow_seq_repr=cartesian`, the per-image
-    standardised flow image for `flow_sample_norm`."""
+    standardised flow image for `flow_sample_norm`; else the raw input (`PLAIN_READS`)."""
     cfg = config or {}
-    branches = MODEL_BRANCHES.get(model, ())
-    if cfg.get("fusion") != "late" or len(branches) < 2:
-        return ""
-    read = {"apex": "apex_fer" if cfg.get("apex_backbone") == "fer_xception" else "apex",
+    return {"apex": "apex_fer" if cfg.get("apex_backbone") == "fer_xception" else "apex",
             "time": "flow_seq_cartesian" if cfg.get("flow_seq_repr") == "cartesian" else "flow_seq",
             "flow": "flow_image_std" if cfg.get("flow_sample_norm") else "flow_image"}
+
+
+def branch_probes(model: str, config: dict | None) -> str:
+    """The key of the fusion of a late-fusion model's branch probes (`branch_reads`; "" for
+    any other model)."""
+    branches = MODEL_BRANCHES.get(model, ())
+    if (config or {}).get("fusion") != "late" or len(branches) < 2:
+        return ""
+    read = branch_reads(config)
     return "+".join(sorted(read[b] for b in branches))
 
 
 def probe_inputs(model: str, protocol: str, probes: dict, config: dict | None = None) -> tuple[str, ...]:
     """The probe input(s) matching a model's inputs; the ATN falls back to its two inputs
-    separately when there is no apex_flow_seq probe. A model with the FER2013 apex branch is
-    also read against the probe on those features (`apex_fer`; for `apex_only`, instead
-    of the pixels), and one whose time branch reads Cartesian flow (`flow_seq_repr`) also
-    against the probe on the same components (`flow_seq_cartesian`); likewise one whose
-    flow image is standardised per image (`flow_sample_norm`: `flow_image_std`); and a
-    late-fusion model against the fusion of its branches' probes (`branch_probes`)."""
+    separately when there is no apex_flow_seq probe. A branch that reads its input
+    transformed (`branch_reads`: the FER2013 apex, Cartesian flow, the standardised flow
+    image) is also read against the probe of what it reads (for `apex_only`, instead of the
+    pixels); and a late-fusion model against the fusion of its branches' probes
+    (`branch_probes`)."""
     wanted = MODEL_PROBES.get(model, ())
     if wanted == ("apex_flow_seq",) and (protocol, "apex_flow_seq") not in probes:
         wanted = ("apex", "flow_seq")
-    if (config or {}).get("apex_backbone") == "fer_xception" and (protocol, "apex_fer") in probes:
-        wanted = ("apex_fer",) if model == "apex_only" else wanted + ("apex_fer",)
-    if (config or {}).get("flow_seq_repr") == "cartesian" and (protocol, "flow_seq_cartesian") in probes:
-        wanted = wanted + ("flow_seq_cartesian",)
-    if (config or {}).get("flow_sample_norm") and (protocol, "flow_image_std") in probes:
-        wanted = wanted + ("flow_image_std",)
+    for branch, name in branch_reads(config).items():
+        if name != PLAIN_READS[branch] and (protocol, name) in probes:
+            wanted = (name,) if model == "apex_only" and branch == "apex" else wanted + (name,)
     fused = branch_probes(model, config)
     if fused and (protocol, fused) in probes:
         wanted = wanted + (fused,)
